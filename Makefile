@@ -1,0 +1,48 @@
+# auditlake: the two commands a new user needs are `make demo` and `make test`.
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+
+.PHONY: install proto demo demo-check test lint bench browser clean
+
+install: $(STAMP)
+
+# Re-install when the project's dependency list changes.
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[test]'
+	touch $(STAMP)
+
+# Regenerate the committed protobuf/gRPC modules from proto/auditlake/v1/audit.proto.
+proto: $(STAMP)
+	$(PY) -m grpc_tools.protoc -Iproto --python_out=proto --pyi_out=proto \
+	    --grpc_python_out=proto proto/auditlake/v1/audit.proto
+
+# Collector + sample traffic + compliance answers + admin UI, until Ctrl-C.
+demo: $(STAMP)
+	$(PY) examples/demo.py
+
+# The same demo, exiting after the answers (used by the test suite).
+demo-check: $(STAMP)
+	$(PY) examples/demo.py --no-serve
+
+# Debian's chromium for the admin UI's browser tests (never a downloaded browser).
+browser:
+	@command -v chromium >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq chromium >/dev/null; \
+	  else sudo apt-get update -qq && sudo apt-get install -y -qq chromium >/dev/null; fi; }
+
+test: $(STAMP) browser
+	$(PY) -m pytest -q -p no:cacheprovider
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check sdk collector tests bench examples
+	$(VENV)/bin/mypy sdk collector
+
+bench: $(STAMP)
+	$(PY) bench/run.py
+
+clean:
+	rm -rf $(VENV) auditlake-data .pytest_cache

@@ -1,0 +1,7 @@
+"""``python -m auditlake.collector``: the `auditlake` command."""
+
+import sys
+
+from auditlake.collector.cli import main
+
+sys.exit(main())

@@ -1,0 +1,214 @@
+"""The `auditlake` command: serve, keys, query, and the subcommands that
+other stages register (verify, export, users, retention, import).
+
+Each stage module that offers subcommands defines
+``register(subparsers: argparse._SubParsersAction) -> None``; the parser
+gives each a ``func(args) -> int`` default.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import signal
+import sys
+from pathlib import Path
+from types import FrameType
+
+from auditlake import __version__
+from auditlake.collector.config import collector_config, load_toml
+from auditlake.collector.datadir import DataDir
+from auditlake.collector.errors import CollectorError
+
+#: Stage modules that add subcommands when present.
+STAGE_COMMANDS = ("verify", "admin", "export", "retention", "backfill", "compact")
+
+
+def add_data_arg(p: argparse.ArgumentParser) -> None:
+    """``--data DIR`` (default ``AUDITLAKE_DATA`` or ./auditlake-data)."""
+    p.add_argument(
+        "--data",
+        metavar="DIR",
+        default=None,
+        help="data directory (default: $AUDITLAKE_DATA or ./auditlake-data)",
+    )
+
+
+def config_path(args: argparse.Namespace, data: DataDir) -> Path:
+    """The TOML file: ``--config`` or ``DIR/auditlake.toml``."""
+    given = getattr(args, "config", None)
+    return Path(given) if given else data.config_file
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from auditlake.collector.server import Collector, ready_file_write  # noqa: PLC0415
+
+    data = DataDir.resolve(args.data)
+    toml = load_toml(config_path(args, data))
+    config = collector_config(
+        toml,
+        grpc_listen=args.grpc_listen,
+        http_listen=args.http_listen,
+        seal_interval_s=args.seal_interval,
+        checkpoint_mirror=args.checkpoint_mirror,
+    )
+    collector = Collector(data, config)
+    collector.config_toml = toml  # type: ignore[attr-defined]
+
+    def stop(signum: int, frame: FrameType | None) -> None:
+        collector._stopped.set()  # noqa: SLF001 - wake wait(); stop() below
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    collector.start()
+    http = collector.http.address if collector.http is not None else ""
+    print(f"auditlake collector listening: grpc={collector.grpc_address}"
+          + (f" http=http://{http}" if http else ""), flush=True)
+    if args.ready_file:
+        ready_file_write(args.ready_file, collector.grpc_address, http)
+    collector.wait()
+    collector._stopped.clear()  # noqa: SLF001
+    collector.stop()
+    return 0
+
+
+def cmd_keys_create(args: argparse.Namespace) -> int:
+    from auditlake.collector.keys import IngestKeyStore  # noqa: PLC0415
+
+    data = DataDir.resolve(args.data)
+    data.create()
+    token = IngestKeyStore(data.keys).create(args.tenant, args.description or "")
+    print(token)
+    return 0
+
+
+def cmd_keys_list(args: argparse.Namespace) -> int:
+    from auditlake.collector.keys import IngestKeyStore  # noqa: PLC0415
+
+    data = DataDir.resolve(args.data)
+    for k in IngestKeyStore(data.keys).keys():
+        print(f"{k.key_id}\t{','.join(sorted(k.tenants))}\t{k.created_at}\t{k.description}")
+    return 0
+
+
+def cmd_keys_revoke(args: argparse.Namespace) -> int:
+    from auditlake.collector.keys import IngestKeyStore  # noqa: PLC0415
+
+    data = DataDir.resolve(args.data)
+    if not IngestKeyStore(data.keys).revoke(args.key_id):
+        print(f"auditlake: no ingest key with id {args.key_id}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def cmd_keys_public(args: argparse.Namespace) -> int:
+    from auditlake.collector.keys import SigningKey  # noqa: PLC0415
+
+    data = DataDir.resolve(args.data)
+    data.create()
+    sys.stdout.write(SigningKey.load_or_create(data.keys).public_pem().decode())
+    return 0
+
+
+def cmd_query(args: argparse.Namespace) -> int:
+    import duckdb  # noqa: PLC0415
+    from auditlake.collector.query import run_query  # noqa: PLC0415
+
+    data = DataDir.resolve(args.data)
+    sql = args.sql if args.sql != "-" else sys.stdin.read()
+    try:
+        out = run_query(data, sql, args.format, extra_globs=_cold_globs(args, data))
+    except duckdb.Error as exc:
+        print(f"auditlake query: {exc}", file=sys.stderr)
+        return 2
+    sys.stdout.write(out)
+    return 0
+
+
+def _cold_globs(args: argparse.Namespace, data: DataDir) -> list[str]:
+    """Globs of the cold tier, when retention is configured (else none)."""
+    try:
+        retention = importlib.import_module("auditlake.collector.retention")
+    except ModuleNotFoundError:
+        return []
+    fn = getattr(retention, "cold_globs", None)
+    return list(fn(data, load_toml(config_path(args, data)))) if fn else []
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="auditlake",
+        description="auditlake collector: ingest, store, verify and query audit events.",
+    )
+    parser.add_argument("--version", action="version", version=f"auditlake {__version__}")
+    parser.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING, ERROR")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("serve", help="run the collector (gRPC ingest, sealing, admin UI)")
+    add_data_arg(p)
+    p.add_argument("--config", metavar="FILE", help="TOML configuration (default DIR/auditlake.toml)")
+    p.add_argument("--grpc-listen", metavar="HOST:PORT", help="gRPC address (default 127.0.0.1:4317; port 0 picks a free one)")
+    p.add_argument("--http-listen", metavar="HOST:PORT", help="admin UI/API address (default 127.0.0.1:8080; '' disables)")
+    p.add_argument("--seal-interval", type=float, metavar="SECONDS", help="seconds between seals (default 1)")
+    p.add_argument("--checkpoint-mirror", metavar="DIR", help="second folder for signed checkpoints")
+    p.add_argument("--ready-file", metavar="FILE", help=argparse.SUPPRESS)
+    p.set_defaults(func=cmd_serve)
+
+    keys = sub.add_parser("keys", help="ingest API keys and the signing key")
+    ks = keys.add_subparsers(dest="keys_command", required=True, metavar="ACTION")
+    p = ks.add_parser("create", help="create an ingest key for one or more tenants; prints it once")
+    add_data_arg(p)
+    p.add_argument("--tenant", action="append", required=True, help="tenant the key may write (repeatable)")
+    p.add_argument("--description", help="what the key is for")
+    p.set_defaults(func=cmd_keys_create)
+    p = ks.add_parser("list", help="list ingest keys (ids and tenants; secrets are never stored)")
+    add_data_arg(p)
+    p.set_defaults(func=cmd_keys_list)
+    p = ks.add_parser("revoke", help="revoke an ingest key by id")
+    add_data_arg(p)
+    p.add_argument("key_id")
+    p.set_defaults(func=cmd_keys_revoke)
+    p = ks.add_parser("public", help="print the checkpoint signing public key (PEM) for auditors")
+    add_data_arg(p)
+    p.set_defaults(func=cmd_keys_public)
+
+    p = sub.add_parser("query", help="run DuckDB SQL over the lake (view: events)")
+    add_data_arg(p)
+    p.add_argument("--config", metavar="FILE", help=argparse.SUPPRESS)
+    p.add_argument("--format", choices=("table", "csv", "json"), default="table")
+    p.add_argument("sql", help="SQL text, or - to read it from stdin")
+    p.set_defaults(func=cmd_query)
+
+    for name in STAGE_COMMANDS:
+        try:
+            module = importlib.import_module(f"auditlake.collector.{name}")
+        except ModuleNotFoundError as exc:
+            if exc.name != f"auditlake.collector.{name}":
+                raise
+            continue
+        register = getattr(module, "register", None)
+        if register is not None:
+            register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=getattr(logging, str(args.log_level).upper(), logging.INFO),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    try:
+        return int(args.func(args))
+    except CollectorError as exc:
+        print(f"auditlake: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,94 @@
+"""Collector configuration, in one place: command-line arguments win, then
+``AUDITLAKE_*`` environment variables, then ``auditlake.toml`` in the data
+dir (or the file ``--config`` names), then the defaults below.
+
+Each table of the TOML file maps to one section here: ``[collector]`` to
+CollectorConfig; other stages (``[retention]``, ``[admin]``) read their own
+table through ``load_toml``.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from dataclasses import dataclass, fields, replace
+from pathlib import Path
+from typing import Any
+
+from auditlake.collector.errors import ConfigError
+
+DEFAULT_GRPC_LISTEN = "127.0.0.1:4317"
+DEFAULT_HTTP_LISTEN = "127.0.0.1:8080"
+
+
+@dataclass(frozen=True)
+class CollectorConfig:
+    """Settings of `auditlake serve` (TOML table ``[collector]``)."""
+
+    grpc_listen: str = DEFAULT_GRPC_LISTEN
+    #: Admin UI and API address; "" disables the HTTP server.
+    http_listen: str = DEFAULT_HTTP_LISTEN
+    #: Seconds between seals: an acknowledged event is queryable within about this.
+    seal_interval_s: float = 1.0
+    #: Unsealed events above which Export answers RESOURCE_EXHAUSTED.
+    max_unsealed_events: int = 2_000_000
+    #: Free disk below which Export answers RESOURCE_EXHAUSTED.
+    min_free_disk_bytes: int = 256 * 1024 * 1024
+    #: A second folder (another disk) for signed checkpoints; "" for none.
+    checkpoint_mirror: str = ""
+    grpc_workers: int = 16
+
+    def __post_init__(self) -> None:
+        for name in ("grpc_listen",):
+            value = getattr(self, name)
+            if value.rpartition(":")[0] == "" or not value.rpartition(":")[2].isdigit():
+                raise ConfigError(f"{name} must be HOST:PORT, got {value!r}")
+        if self.seal_interval_s <= 0:
+            raise ConfigError("seal_interval_s must be positive")
+        if self.max_unsealed_events <= 0:
+            raise ConfigError("max_unsealed_events must be positive")
+        if self.grpc_workers <= 0:
+            raise ConfigError("grpc_workers must be positive")
+
+
+def load_toml(path: Path | None) -> dict[str, Any]:
+    """The parsed TOML file, or {} when there is none."""
+    if path is None or not path.exists():
+        return {}
+    try:
+        with open(path, "rb") as f:
+            return tomllib.load(f)
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise ConfigError(f"cannot read configuration {path}: {exc}") from exc
+
+
+def _coerce(name: str, value: Any, kind: Any) -> Any:
+    try:
+        if kind in (int, "int"):
+            return int(value)
+        if kind in (float, "float"):
+            return float(value)
+        return str(value)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"{name}: expected {kind}, got {value!r}") from exc
+
+
+def collector_config(toml: dict[str, Any], **overrides: Any) -> CollectorConfig:
+    """CollectorConfig from the TOML ``[collector]`` table, then environment
+    variables ``AUDITLAKE_<FIELD>``, then non-None ``overrides``."""
+    cfg = CollectorConfig()
+    table = toml.get("collector", {})
+    known = {f.name: f.type for f in fields(CollectorConfig)}
+    unknown = set(table) - set(known)
+    if unknown:
+        raise ConfigError(f"unknown setting(s) in [collector]: {', '.join(sorted(unknown))}")
+    values: dict[str, Any] = {}
+    for name, kind in known.items():
+        if name in table:
+            values[name] = _coerce(f"[collector].{name}", table[name], kind)
+        env = os.environ.get(f"AUDITLAKE_{name.upper()}")
+        if env is not None:
+            values[name] = _coerce(f"AUDITLAKE_{name.upper()}", env, kind)
+        if overrides.get(name) is not None:
+            values[name] = _coerce(f"--{name.replace('_', '-')}", overrides[name], kind)
+    return replace(cfg, **values)

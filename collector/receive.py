@@ -1,0 +1,402 @@
+"""Receive: the gRPC AuditService.  Authenticate, decode the wire batch into
+Arrow columns, validate, hand to the write-ahead log, answer once durable.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import struct
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import Future
+from dataclasses import dataclass
+
+import grpc
+import pyarrow as pa
+import pyarrow.compute as pc
+from auditlake.collector.errors import AuthError
+from auditlake.collector.keys import IngestKeyStore
+from auditlake.collector.schema import MAX_BYTES, OUTCOMES, REQUIRED_FIELDS, STRING_FIELDS
+from auditlake.v1 import audit_pb2, audit_pb2_grpc
+
+log = logging.getLogger(__name__)
+
+#: Wire columns of a received batch, before the collector adds its own.
+WIRE_SCHEMA = pa.schema(
+    [pa.field(name, pa.string(), nullable=False) for name in STRING_FIELDS]
+    + [pa.field("created_at", pa.timestamp("us", tz="UTC"), nullable=False)]
+)
+
+_UUID_RE = r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$"
+_HEX_RE = {"trace_id": r"^([0-9a-f]{32})?$", "span_id": r"^([0-9a-f]{16})?$"}
+_MAX_BATCH_ID = 128
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Validation limits for incoming events."""
+
+    #: Events dated further ahead of the collector clock than this are rejected.
+    max_future_us: int = 24 * 3600 * 1_000_000
+    #: Events further than this from the collector clock are stored, flagged.
+    skew_flag_us: int = 15 * 60 * 1_000_000
+    max_batch_events: int = 100_000
+
+    def __post_init__(self) -> None:
+        for name in ("max_future_us", "skew_flag_us", "max_batch_events"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"Limits.{name} must be positive")
+
+
+@dataclass
+class Rejection:
+    """One event that failed validation: its index in the batch and why."""
+
+    index: int
+    event_id: str
+    field: str
+    message: str
+
+    def __str__(self) -> str:
+        ident = f" (id={self.event_id})" if self.event_id else ""
+        return f"event {self.index}{ident}: field '{self.field}' {self.message}"
+
+
+def decode_request(request: audit_pb2.ExportRequest) -> pa.Table:
+    """The request's events (messages then columns) as one Arrow table of
+    WIRE_SCHEMA.  Raises ValueError when the columns differ in length."""
+    tables = []
+    cols = request.columns
+    n = len(cols.id)
+    if n or request.HasField("columns"):
+        arrays = []
+        for name in STRING_FIELDS:
+            values = getattr(cols, name)
+            if len(values) != n:
+                raise ValueError(
+                    f"columns.{name} has {len(values)} values, columns.id has {n}: "
+                    "every column must hold one value per event"
+                )
+            arrays.append(pa.array(values, pa.string()))
+        if len(cols.created_at_us) != n:
+            raise ValueError(
+                f"columns.created_at_us has {len(cols.created_at_us)} values, "
+                f"columns.id has {n}"
+            )
+        arrays.append(pa.array(cols.created_at_us, pa.int64()).cast(WIRE_SCHEMA[-1].type))
+        tables.append(pa.Table.from_arrays(arrays, schema=WIRE_SCHEMA))
+    if len(request.events):
+        events = request.events
+        arrays = [pa.array([getattr(e, name) for e in events], pa.string()) for name in STRING_FIELDS]
+        arrays.append(
+            pa.array([e.created_at_us for e in events], pa.int64()).cast(WIRE_SCHEMA[-1].type)
+        )
+        tables.insert(0, pa.Table.from_arrays(arrays, schema=WIRE_SCHEMA))
+    if not tables:
+        return WIRE_SCHEMA.empty_table()
+    return tables[0] if len(tables) == 1 else pa.concat_tables(tables)
+
+
+def _first(mask: pa.Array | pa.ChunkedArray) -> int | None:
+    """Index of the first true value of ``mask`` (nulls count as false)."""
+    idx = pc.index(pc.fill_null(mask, False), True).as_py()
+    return None if idx is None or idx < 0 else int(idx)
+
+
+def _all_true(mask: pa.Array | pa.ChunkedArray) -> list[int]:
+    arr = pc.fill_null(mask, False)
+    if not pc.any(arr).as_py():
+        return []
+    return [int(i) for i in pc.indices_nonzero(arr).to_pylist()]  # type: ignore[attr-defined]
+
+
+def normalize(table: pa.Table) -> pa.Table:
+    """Defaults: an empty outcome is ``success``; empty changes/metadata are ``{}``."""
+    for name, default in (("outcome", "success"), ("changes", "{}"), ("metadata", "{}")):
+        col = table.column(name)
+        empty = pc.equal(pc.binary_length(col), 0)
+        if pc.any(empty).as_py():
+            i = table.schema.get_field_index(name)
+            table = table.set_column(i, table.schema.field(i), pc.if_else(empty, default, col))
+    return table
+
+
+def validate(table: pa.Table, now_us: int, limits: Limits) -> list[Rejection]:
+    """Every validation problem of a normalized batch, at most one per event."""
+    problems: dict[int, Rejection] = {}
+    ids = table.column("id")
+
+    def reject(mask: pa.Array | pa.ChunkedArray, field: str, message: str) -> None:
+        for i in _all_true(mask):
+            if i not in problems:
+                problems[i] = Rejection(i, ids[i].as_py()[:64], field, message)
+
+    for name in REQUIRED_FIELDS:
+        reject(pc.equal(pc.binary_length(table.column(name)), 0), name, "is required")
+    for name in STRING_FIELDS:
+        limit = MAX_BYTES[name]
+        reject(
+            pc.greater(pc.binary_length(table.column(name)), limit),
+            name,
+            f"is longer than {limit} bytes",
+        )
+    reject(
+        pc.and_(
+            pc.greater(pc.binary_length(ids), 0),
+            pc.invert(pc.match_substring_regex(ids, _UUID_RE)),
+        ),
+        "id",
+        "is not a UUID (expected 8-4-4-4-12 hex digits, e.g. a UUIDv7)",
+    )
+    reject(
+        pc.invert(pc.is_in(table.column("outcome"), pa.array(sorted(OUTCOMES)))),
+        "outcome",
+        f"must be one of {', '.join(sorted(OUTCOMES))}",
+    )
+    for name, regex in _HEX_RE.items():
+        reject(
+            pc.invert(pc.match_substring_regex(table.column(name), regex)),
+            name,
+            "must be lowercase hex of the W3C trace-context length, or empty",
+        )
+    created = pc.cast(table.column("created_at"), pa.int64())
+    reject(pc.less_equal(created, 0), "created_at", "is missing (created_at_us must be > 0)")
+    reject(
+        pc.greater(created, now_us + limits.max_future_us),
+        "created_at",
+        f"is more than {limits.max_future_us // 3_600_000_000} h ahead of the collector clock",
+    )
+    for name in ("changes", "metadata"):
+        col = table.column(name)
+        plain = pc.equal(col, "{}")
+        if pc.all(plain).as_py():
+            continue
+        for i, value in enumerate(col.to_pylist()):
+            if value == "{}" or i in problems:
+                continue
+            try:
+                ok = isinstance(json.loads(value), dict)
+            except ValueError:
+                ok = False
+            if not ok:
+                problems[i] = Rejection(i, ids[i].as_py()[:64], name, "must be a JSON object")
+    return [problems[i] for i in sorted(problems)]
+
+
+# -- the WAL record of an accepted batch ---------------------------------------
+
+_BATCH_HEADER = struct.Struct("<4sqBH")
+_MAGIC = b"ALB1"
+FLAG_IMPORTED = 1
+
+
+@dataclass
+class AcceptedBatch:
+    """A validated batch on its way to the lake."""
+
+    batch_id: str
+    received_at_us: int
+    table: pa.Table
+    imported: bool = False
+
+    def encode(self) -> bytes:
+        """The WAL payload: header, batch id, Arrow IPC stream of the table."""
+        sink = pa.BufferOutputStream()
+        with pa.ipc.new_stream(sink, self.table.schema) as writer:
+            writer.write_table(self.table)
+        bid = self.batch_id.encode()
+        flags = FLAG_IMPORTED if self.imported else 0
+        header = _BATCH_HEADER.pack(_MAGIC, self.received_at_us, flags, len(bid))
+        return header + bid + sink.getvalue().to_pybytes()
+
+    @classmethod
+    def decode(cls, payload: bytes) -> AcceptedBatch:
+        """Inverse of encode (used when recovering the WAL)."""
+        magic, received, flags, blen = _BATCH_HEADER.unpack_from(payload)
+        if magic != _MAGIC:
+            raise ValueError("not an auditlake batch record")
+        start = _BATCH_HEADER.size
+        bid = payload[start : start + blen].decode()
+        with pa.ipc.open_stream(pa.py_buffer(payload[start + blen :])) as reader:
+            table = reader.read_all()
+        return cls(bid, received, table, bool(flags & FLAG_IMPORTED))
+
+
+# -- the service -----------------------------------------------------------------
+
+
+class BatchIndex:
+    """Batch ids already stored or in flight, so a retried batch is stored once."""
+
+    def __init__(self, known: dict[str, int] | None = None) -> None:
+        self._lock = threading.Lock()
+        self._done: dict[str, int] = dict(known or {})
+        self._inflight: dict[str, Future[int]] = {}
+
+    def claim(self, batch_id: str) -> tuple[bool, int | Future[int] | None]:
+        """(True, None) if the caller now owns ``batch_id``; else (False, the
+        stored count, or the future of the request storing it now)."""
+        with self._lock:
+            if batch_id in self._done:
+                return False, self._done[batch_id]
+            if batch_id in self._inflight:
+                return False, self._inflight[batch_id]
+            self._inflight[batch_id] = Future()
+            return True, None
+
+    def finish(self, batch_id: str, accepted: int | None) -> None:
+        """Record the outcome of an owned batch (None: it failed, may be retried)."""
+        with self._lock:
+            fut = self._inflight.pop(batch_id)
+            if accepted is not None:
+                self._done[batch_id] = accepted
+        if accepted is None:
+            fut.set_exception(RuntimeError("the first attempt of this batch failed"))
+        else:
+            fut.set_result(accepted)
+
+    def add(self, batch_id: str, accepted: int) -> None:
+        """Mark ``batch_id`` stored (from recovery)."""
+        with self._lock:
+            self._done[batch_id] = accepted
+
+    def forget_oldest(self, keep: int) -> None:
+        """Keep only the newest ``keep`` ids in memory."""
+        with self._lock:
+            extra = len(self._done) - keep
+            if extra > 0:
+                for key in list(self._done)[:extra]:
+                    del self._done[key]
+
+
+def _bearer(context: grpc.ServicerContext) -> str | None:
+    for key, value in context.invocation_metadata() or ():
+        if key == "authorization":
+            v = str(value)
+            return v[7:].strip() if v.lower().startswith("bearer ") else v.strip()
+        if key == "x-api-key":
+            return str(value).strip()
+    return None
+
+
+class AuditService(audit_pb2_grpc.AuditServiceServicer):  # type: ignore[misc]
+    """gRPC AuditService.Export: the ingest boundary, where errors become statuses."""
+
+    def __init__(
+        self,
+        keys: IngestKeyStore,
+        store: Callable[[AcceptedBatch], Future[object]],
+        batches: BatchIndex,
+        *,
+        limits: Limits | None = None,
+        overloaded: Callable[[], float | None] = lambda: None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._keys = keys
+        self._store = store
+        self._batches = batches
+        self._limits = limits or Limits()
+        self._overloaded = overloaded
+        self._clock = clock
+
+    def Export(  # noqa: N802 - gRPC method name
+        self, request: audit_pb2.ExportRequest, context: grpc.ServicerContext
+    ) -> audit_pb2.ExportResponse:
+        try:
+            key = self._keys.authenticate(_bearer(context))
+        except AuthError as exc:
+            context.abort(grpc.StatusCode.UNAUTHENTICATED, str(exc))
+        batch_id = request.batch_id
+        if not batch_id or len(batch_id) > _MAX_BATCH_ID:
+            context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"batch_id is required (1..{_MAX_BATCH_ID} characters, unique per batch)",
+            )
+        try:
+            table = decode_request(request)
+        except ValueError as exc:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        if table.num_rows > self._limits.max_batch_events:
+            context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"batch holds {table.num_rows} events; the limit is "
+                f"{self._limits.max_batch_events}: send smaller batches",
+            )
+        tenants = table.column("tenant_id")
+        foreign = pc.invert(pc.is_in(tenants, pa.array(sorted(key.tenants), pa.string())))
+        bad = _first(pc.and_(foreign, pc.greater(pc.binary_length(tenants), 0)))
+        if bad is not None:
+            context.abort(
+                grpc.StatusCode.PERMISSION_DENIED,
+                f"event {bad} (id={table.column('id')[bad].as_py()}): this API key may not "
+                f"write tenant '{tenants[bad].as_py()}' (allowed: {', '.join(sorted(key.tenants))}); "
+                "nothing in this batch was stored",
+            )
+        delay = self._overloaded()
+        if delay is not None:
+            _abort_exhausted(context, delay)
+
+        owned, previous = self._batches.claim(batch_id)
+        if not owned:
+            if isinstance(previous, Future):
+                try:
+                    count = previous.result(timeout=30)
+                except Exception:  # noqa: BLE001 - the first attempt failed: retry it
+                    context.abort(grpc.StatusCode.ABORTED, "a concurrent attempt failed; retry")
+            else:
+                count = int(previous or 0)
+            return audit_pb2.ExportResponse(accepted=count, duplicate=True)
+
+        accepted: int | None = None
+        try:
+            now_us = int(self._clock() * 1_000_000)
+            table = normalize(table)
+            rejections = validate(table, now_us, self._limits)
+            if rejections:
+                rejected = pa.array([r.index for r in rejections], pa.int64())
+                keep = pc.invert(pc.is_in(pa.array(range(table.num_rows), pa.int64()), rejected))
+                table = table.filter(keep)
+            if table.num_rows:
+                self._store(AcceptedBatch(batch_id, now_us, table)).result()
+            accepted = table.num_rows
+        except Exception as exc:
+            log.exception("storing batch %s failed", batch_id)
+            self._batches.finish(batch_id, None)
+            context.abort(grpc.StatusCode.UNAVAILABLE, f"the collector could not store the batch: {exc}")
+        self._batches.finish(batch_id, accepted)
+        if rejections:
+            shown = "; ".join(str(r) for r in rejections[:20])
+            more = f"; and {len(rejections) - 20} more" if len(rejections) > 20 else ""
+            context.set_trailing_metadata((("auditlake-accepted", str(accepted)),))
+            context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"{len(rejections)} of {len(rejections) + accepted} events rejected "
+                f"({accepted} valid events stored): {shown}{more}",
+            )
+        return audit_pb2.ExportResponse(accepted=accepted, duplicate=False)
+
+
+def _abort_exhausted(context: grpc.ServicerContext, delay_s: float) -> None:
+    """RESOURCE_EXHAUSTED with a google.rpc.RetryInfo the client should honour."""
+    from google.protobuf import any_pb2, duration_pb2  # noqa: PLC0415
+
+    try:
+        from google.rpc import error_details_pb2, status_pb2  # noqa: PLC0415
+    except ImportError:  # googleapis-common-protos absent: plain status
+        context.abort(
+            grpc.StatusCode.RESOURCE_EXHAUSTED,
+            f"collector over its write-ahead log limit; retry in {delay_s:.1f} s",
+        )
+    message = f"collector over its write-ahead log limit; retry in {delay_s:.1f} s"
+    retry = error_details_pb2.RetryInfo(
+        retry_delay=duration_pb2.Duration(seconds=int(delay_s), nanos=int((delay_s % 1) * 1e9))
+    )
+    detail = any_pb2.Any()
+    detail.Pack(retry)
+    status = status_pb2.Status(
+        code=grpc.StatusCode.RESOURCE_EXHAUSTED.value[0], message=message, details=[detail]
+    )
+    context.set_trailing_metadata((("grpc-status-details-bin", status.SerializeToString()),))
+    context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, message)

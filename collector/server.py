@@ -1,0 +1,141 @@
+"""The running collector: wires receive -> WAL -> seal, and serves gRPC (and,
+when enabled, the admin HTTP server) until stopped.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import logging
+import os
+import shutil
+import threading
+from concurrent import futures
+from pathlib import Path
+from typing import Any
+
+import grpc
+from auditlake.collector.config import CollectorConfig
+from auditlake.collector.datadir import DataDir
+from auditlake.collector.errors import ConfigError
+from auditlake.collector.keys import IngestKeyStore, SigningKey
+from auditlake.collector.receive import AcceptedBatch, AuditService, BatchIndex
+from auditlake.collector.seal import Sealer, SealPolicy
+from auditlake.collector.wal import LogPosition, WriteAheadLog
+from auditlake.v1 import audit_pb2_grpc
+
+log = logging.getLogger(__name__)
+
+
+class Collector:
+    """One collector instance (one writer) over one data directory."""
+
+    def __init__(self, data: DataDir, config: CollectorConfig) -> None:
+        self.data = data
+        self.config = config
+        data.create()
+        self._lock_file = open(data.root / ".lock", "w")  # noqa: SIM115 - held while running
+        try:
+            fcntl.flock(self._lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError as exc:
+            raise ConfigError(
+                f"another collector is running on {data.root}: each collector needs "
+                "its own data directory"
+            ) from exc
+        self.keys = IngestKeyStore(data.keys)
+        self.signing_key = SigningKey.load_or_create(data.keys)
+        mirrors = (Path(config.checkpoint_mirror),) if config.checkpoint_mirror else ()
+        self.sealer = Sealer(
+            data,
+            data.wal,
+            self.signing_key,
+            policy=SealPolicy(interval_s=config.seal_interval_s),
+            checkpoint_mirrors=mirrors,
+        )
+        self.batches = BatchIndex(self.sealer.known_batches())
+        self.wal = WriteAheadLog(data.wal, on_durable=self._durable)
+        for batch in self.sealer.recover(self.wal):
+            self.batches.add(batch.batch_id, batch.table.num_rows)
+        self.grpc_server: grpc.Server | None = None
+        self.grpc_port = 0
+        self.http: Any = None
+        self._stopped = threading.Event()
+
+    def _durable(self, context: object, position: LogPosition) -> None:
+        assert isinstance(context, AcceptedBatch)
+        self.sealer.add(context, position)
+
+    def store(self, batch: AcceptedBatch) -> Any:
+        """Append an accepted batch to the WAL; the future resolves once fsynced."""
+        return self.wal.append(batch.encode(), batch)
+
+    def overloaded(self) -> float | None:
+        """Seconds a client should wait before retrying, or None when there is room."""
+        if self.sealer.pending_rows > self.config.max_unsealed_events:
+            return 1.0
+        if shutil.disk_usage(self.data.root).free < self.config.min_free_disk_bytes:
+            return 30.0
+        return None
+
+    def start(self) -> None:
+        """Start sealing and serving."""
+        self.sealer.start()
+        self.grpc_server = grpc.server(
+            futures.ThreadPoolExecutor(max_workers=self.config.grpc_workers, thread_name_prefix="auditlake-grpc"),
+            options=[
+                ("grpc.max_receive_message_length", 64 * 1024 * 1024),
+                ("grpc.so_reuseport", 0),
+            ],
+        )
+        service = AuditService(self.keys, self.store, self.batches, overloaded=self.overloaded)
+        audit_pb2_grpc.add_AuditServiceServicer_to_server(service, self.grpc_server)
+        port = self.grpc_server.add_insecure_port(self.config.grpc_listen)
+        if port == 0:
+            raise ConfigError(f"cannot listen for gRPC on {self.config.grpc_listen}")
+        self.grpc_port = port
+        self.grpc_server.start()
+        if self.config.http_listen:
+            self._start_http()
+        log.info(
+            "auditlake collector %s serving gRPC on %s (data %s)",
+            self.sealer.writer_id,
+            self.grpc_address,
+            self.data.root,
+        )
+
+    def _start_http(self) -> None:
+        try:
+            from auditlake.collector.admin import AdminServer  # noqa: PLC0415
+        except ImportError:  # the admin UI is not built into this version
+            return
+        self.http = AdminServer(self)
+        self.http.start()
+
+    @property
+    def grpc_address(self) -> str:
+        host = self.config.grpc_listen.rpartition(":")[0]
+        return f"{host}:{self.grpc_port}"
+
+    def stop(self, grace: float = 5.0) -> None:
+        """Stop accepting, answer in-flight requests, seal everything, stop."""
+        if self._stopped.is_set():
+            return
+        self._stopped.set()
+        if self.http is not None:
+            self.http.stop()
+        if self.grpc_server is not None:
+            self.grpc_server.stop(grace).wait()
+        self.wal.close()
+        self.sealer.stop()
+        self._lock_file.close()
+
+    def wait(self) -> None:
+        """Block until stop() is called."""
+        self._stopped.wait()
+
+
+def ready_file_write(path: str, address: str, http: str) -> None:
+    """Write ``address`` (and the HTTP address) for whoever started us (tests, demo)."""
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        f.write(f"{address}\n{http}\n")
+    os.replace(tmp, path)

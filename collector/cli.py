@@ -57,7 +57,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     collector.config_toml = toml  # type: ignore[attr-defined]
 
     def stop(signum: int, frame: FrameType | None) -> None:
-        collector._stopped.set()  # noqa: SLF001 - wake wait(); stop() below
+        collector.request_stop()
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
@@ -68,7 +68,6 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if args.ready_file:
         ready_file_write(args.ready_file, collector.grpc_address, http)
     collector.wait()
-    collector._stopped.clear()  # noqa: SLF001
     collector.stop()
     return 0
 

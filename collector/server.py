@@ -11,7 +11,7 @@ import shutil
 import threading
 from concurrent import futures
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 import grpc
 from auditlake.collector.config import CollectorConfig
@@ -33,14 +33,13 @@ class Collector:
         self.data = data
         self.config = config
         data.create()
-        self._lock_file = open(data.root / ".lock", "w")  # noqa: SIM115 - held while running
-        try:
-            fcntl.flock(self._lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError as exc:
+        lock = try_lock(data)
+        if lock is None:
             raise ConfigError(
                 f"another collector is running on {data.root}: each collector needs "
                 "its own data directory"
-            ) from exc
+            )
+        self._lock_file = lock
         self.keys = IngestKeyStore(data.keys)
         self.signing_key = SigningKey.load_or_create(data.keys)
         mirrors = (Path(config.checkpoint_mirror),) if config.checkpoint_mirror else ()
@@ -59,6 +58,7 @@ class Collector:
         self.grpc_port = 0
         self.http: Any = None
         self._stopped = threading.Event()
+        self._stop_requested = threading.Event()
 
     def _durable(self, context: object, position: LogPosition) -> None:
         assert isinstance(context, AcceptedBatch)
@@ -67,6 +67,41 @@ class Collector:
     def store(self, batch: AcceptedBatch) -> Any:
         """Append an accepted batch to the WAL; the future resolves once fsynced."""
         return self.wal.append(batch.encode(), batch)
+
+    def drain_inbox(self) -> int:
+        """Ingest batches other commands dropped into DIR/inbox/; returns events taken."""
+        from auditlake.collector.inbox import pending_items  # noqa: PLC0415
+
+        taken = 0
+        for item in pending_items(self.data):
+            batch = item.load()
+            owned, _ = self.batches.claim(batch.batch_id)
+            if owned:
+                try:
+                    self.store(batch).result()
+                except BaseException:
+                    self.batches.finish(batch.batch_id, None)
+                    raise
+                self.batches.finish(batch.batch_id, batch.table.num_rows)
+                taken += batch.table.num_rows
+            item.path.unlink()
+        return taken
+
+    def _inbox_loop(self) -> None:
+        while not self._stopped.wait(self.config.seal_interval_s):
+            try:
+                self.drain_inbox()
+            except Exception:  # noqa: BLE001 - the files stay; next tick retries
+                log.exception("taking the inbox failed")
+
+    @classmethod
+    def ingest_offline(cls, data: DataDir) -> int:
+        """With no collector running: take the inbox, seal, stop."""
+        collector = cls(data, CollectorConfig(http_listen=""))
+        try:
+            return collector.drain_inbox()
+        finally:
+            collector.stop()
 
     def overloaded(self) -> float | None:
         """Seconds a client should wait before retrying, or None when there is room."""
@@ -93,6 +128,8 @@ class Collector:
             raise ConfigError(f"cannot listen for gRPC on {self.config.grpc_listen}")
         self.grpc_port = port
         self.grpc_server.start()
+        self.drain_inbox()
+        threading.Thread(target=self._inbox_loop, name="auditlake-inbox", daemon=True).start()
         if self.config.http_listen:
             self._start_http()
         log.info(
@@ -120,6 +157,7 @@ class Collector:
         if self._stopped.is_set():
             return
         self._stopped.set()
+        self._stop_requested.set()
         if self.http is not None:
             self.http.stop()
         if self.grpc_server is not None:
@@ -128,9 +166,25 @@ class Collector:
         self.sealer.stop()
         self._lock_file.close()
 
+    def request_stop(self) -> None:
+        """Ask wait() to return (safe from a signal handler)."""
+        self._stop_requested.set()
+
     def wait(self) -> None:
-        """Block until stop() is called."""
-        self._stopped.wait()
+        """Block until request_stop() or stop() is called."""
+        self._stop_requested.wait()
+
+
+def try_lock(data: DataDir) -> TextIO | None:
+    """Take the data dir's collector lock; None when another process holds it."""
+    data.root.mkdir(parents=True, exist_ok=True)
+    f = open(data.root / ".lock", "w")  # noqa: SIM115 - held while running
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        f.close()
+        return None
+    return f
 
 
 def ready_file_write(path: str, address: str, http: str) -> None:

@@ -1,19 +1,80 @@
-"""auditlake SDK: record who did what, to which data, when, and from where."""
+"""auditlake SDK: record who did what, to which data, when, and from where.
+
+    from auditlake import sdk as audit
+
+    audit.configure(service_name="billing")        # or AUDITLAKE_* variables
+    with audit.actor(user_id="u1", tenant_id="t1"):
+        audit.record("update", "invoice", "inv-7", changes=audit.diff(old, new))
+
+``record()`` only enqueues; a background thread batches, exports over gRPC,
+retries and spools to disk while the collector is away.  See docs/sdk.md.
+"""
 
 from __future__ import annotations
 
+from auditlake.sdk._compliance import (
+    data_access,
+    login,
+    login_failed,
+    logout,
+    permission_grant,
+    permission_revoke,
+)
+from auditlake.sdk._config import (
+    Settings,
+    configure,
+    flush,
+    is_configured,
+    shutdown,
+    stats,
+)
+from auditlake.sdk._context import Actor, actor, current_actor, start_thread
+from auditlake.sdk._decorators import audited
+from auditlake.sdk._diff import diff
 from auditlake.sdk._exceptions import (
     AuditlakeError,
     ConfigurationError,
     DeliveryError,
+    DeliveryRejected,
     DeliveryTimeout,
     NotConfiguredError,
 )
+from auditlake.sdk._exporter import Exporter, ExportResult, ExportStatus
+from auditlake.sdk._policies import BatchPolicy, RetryPolicy, SpoolPolicy
+from auditlake.sdk._processor import Stats
+from auditlake.sdk._record import record
 
 __all__ = [
+    "Actor",
     "AuditlakeError",
+    "BatchPolicy",
     "ConfigurationError",
     "DeliveryError",
+    "DeliveryRejected",
     "DeliveryTimeout",
+    "ExportResult",
+    "ExportStatus",
+    "Exporter",
     "NotConfiguredError",
+    "RetryPolicy",
+    "Settings",
+    "SpoolPolicy",
+    "Stats",
+    "actor",
+    "audited",
+    "configure",
+    "current_actor",
+    "data_access",
+    "diff",
+    "flush",
+    "is_configured",
+    "login",
+    "login_failed",
+    "logout",
+    "permission_grant",
+    "permission_revoke",
+    "record",
+    "shutdown",
+    "start_thread",
+    "stats",
 ]

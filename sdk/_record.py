@@ -1,0 +1,96 @@
+"""``record()``: the caller's whole cost of an audit event.
+
+It captures the arguments, the actor scope, the current OpenTelemetry span
+and the clock into a tuple and appends it to the processor's queue; nothing
+is formatted, serialised or copied deeply here (see ``_event.py``).
+Mutable ``changes``/``metadata`` dicts are copied shallowly; do not mutate
+nested values after recording.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from time import time_ns
+from typing import Any
+
+from auditlake.sdk._config import PROVIDER
+from auditlake.sdk._context import ACTOR
+from auditlake.sdk._event import OUTCOMES
+from auditlake.sdk._exceptions import NotConfiguredError
+from auditlake.sdk._processor import Waiter
+from auditlake.sdk._trace import get_current_span
+
+
+def record(
+    action: str,
+    resource_type: str = "",
+    resource_id: object = "",
+    *,
+    user_id: str | None = None,
+    tenant_id: str | None = None,
+    outcome: str = "success",
+    reason: str = "",
+    changes: Mapping[str, Any] | str | None = None,
+    metadata: Mapping[str, Any] | str | None = None,
+    ip_address: str | None = None,
+    user_agent: str | None = None,
+    request_id: str | None = None,
+    durable: bool = False,
+    timeout: float | None = None,
+) -> None:
+    """Record one audit event; returns at once (unless ``durable``).
+
+    Fields left ``None`` come from the enclosing :func:`actor` scope.
+    ``outcome`` is ``success``, ``failure`` or ``denied``.  With
+    ``durable=True`` the call waits (up to ``timeout``, default the
+    configured ``durable_timeout``) for the collector's acknowledgement and
+    raises :class:`DeliveryError` / :class:`DeliveryTimeout` without it.
+    """
+    processor = PROVIDER.processor
+    if processor is None:
+        raise NotConfiguredError("call auditlake.sdk.configure() before record()")
+    if outcome not in OUTCOMES or not action:
+        _invalid(action, outcome)
+    if type(changes) is dict:
+        changes = changes.copy()
+    if type(metadata) is dict:
+        metadata = metadata.copy()
+    waiter = Waiter() if durable else None
+    event = (
+        time_ns(),
+        next(processor.seq),
+        ACTOR.get(),
+        get_current_span(),
+        action,
+        resource_type,
+        resource_id,
+        user_id,
+        tenant_id,
+        outcome,
+        reason,
+        changes,
+        metadata,
+        ip_address,
+        user_agent,
+        request_id,
+        waiter,
+    )
+    queue = processor.queue
+    if len(queue) >= processor.max_queue:
+        processor.overflow(event)
+    else:
+        queue.append(event)
+        # Wake the export thread only when a batch is full; otherwise its
+        # short schedule delay picks the events up.
+        if len(queue) % processor.batch_size == 0:
+            processor.wake.set()
+    if waiter is not None:
+        if timeout is None:
+            timeout = PROVIDER.settings.durable_timeout
+        processor.wait_durable(waiter, timeout)
+
+
+def _invalid(action: str, outcome: str) -> None:
+    if not action:
+        raise ValueError("action: must not be empty")
+    raise ValueError(f"outcome: must be one of success, failure, denied (got {outcome!r})")

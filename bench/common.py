@@ -1,0 +1,73 @@
+"""Shared pieces of the benchmarks: free ports, a collector process, the table."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def run_cli(*args: str) -> str:
+    return subprocess.run(
+        [sys.executable, "-m", "auditlake.collector", *args],
+        capture_output=True, text=True, check=True,
+    ).stdout
+
+
+def start_collector(data: Path, tenant: str = "acme", extra: tuple[str, ...] = (),
+                    seal_interval: float = 1.0) -> tuple[subprocess.Popen[bytes], str, str]:
+    """`auditlake serve` on a free port: (process, endpoint, ingest key)."""
+    key = run_cli("keys", "create", "--data", str(data), "--tenant", tenant).strip()
+    port = free_port()
+    ready = data / "bench.ready"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "auditlake.collector", "serve", "--data", str(data),
+         "--grpc-listen", f"127.0.0.1:{port}", "--http-listen", "",
+         "--seal-interval", str(seal_interval), "--ready-file", str(ready), *extra],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 30
+    while not ready.exists():
+        if proc.poll() is not None or time.monotonic() > deadline:
+            stop_process(proc)
+            raise RuntimeError("collector did not start")
+        time.sleep(0.05)
+    return proc, f"127.0.0.1:{port}", key
+
+
+def stop_process(proc: subprocess.Popen[bytes]) -> None:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def table_text(rows: list[tuple[str, str, str, str]]) -> str:
+    """A Markdown table of (metric, auditlake, baseline, ratio) rows."""
+    head = ("metric", "auditlake", "baseline (same run)", "ratio")
+    lines = ["| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"]
+    lines += ["| " + " | ".join(r) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def print_table(rows: list[tuple[str, str, str, str]]) -> None:
+    print(table_text(rows))
+
+
+def machine() -> str:
+    return f"{os.cpu_count()} cores, Python {sys.version.split()[0]}"

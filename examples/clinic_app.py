@@ -66,8 +66,8 @@ def run(rounds: int, seed: int = 7) -> int:
         ip = rng.choice(IPS)
         ids = [p for p in store.patients if p.startswith(tenant[:4])]
         if rng.random() < 0.15:
-            sdk.login_failed(user_id=user, tenant_id=tenant, ip_address="203.0.113.66",
-                             user_agent="python-requests/2.31", reason="bad password")
+            with sdk.actor(tenant_id=tenant, ip_address="203.0.113.66", user_agent="python-requests/2.31"):
+                sdk.login_failed(user, reason="bad password")
             count += 1
         with sdk.actor(user_id=user, tenant_id=tenant, ip_address=ip, user_agent=BROWSER,
                        request_id=f"req-{r:05d}"):
@@ -83,7 +83,7 @@ def run(rounds: int, seed: int = 7) -> int:
                 count += 1
             if rng.random() < 0.1:
                 target = rng.choice(TENANTS[tenant])
-                sdk.permission_grant(target, "role:prescriber", resource_type="user")
+                sdk.permission_grant(target, "role:prescriber")
                 count += 1
             if rng.random() < 0.05:
                 sdk.record("export", "patient", "ward-A", metadata={"format": "csv", "rows": 40})

@@ -118,7 +118,10 @@ def _walk(
                     out,
                 )
             return
-    if _same(before, after):
+    if _same(before, after) or (before is None and after is _MISSING) or (
+        before is _MISSING and after is None
+    ):
+        # An absent key and a null value read the same in JSON: no noise.
         return
     if redacted:
         out[path] = {"before": _redact_value(before), "after": _redact_value(after)}

@@ -9,6 +9,7 @@ nested values after recording.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping
 from time import time_ns
 from typing import Any
@@ -19,6 +20,8 @@ from auditlake.sdk._event import OUTCOMES
 from auditlake.sdk._exceptions import NotConfiguredError
 from auditlake.sdk._processor import Waiter
 from auditlake.sdk._trace import get_current_span
+
+log = logging.getLogger("auditlake.sdk")
 
 
 def record(
@@ -88,6 +91,20 @@ def record(
         if timeout is None:
             timeout = PROVIDER.settings.durable_timeout
         processor.wait_durable(waiter, timeout)
+
+
+def record_quietly(action: str, resource_type: str, resource_id: object, **fields: Any) -> None:
+    """``record()`` for middleware: an unconfigured SDK must not break requests."""
+    try:
+        record(action, resource_type, resource_id, **fields)
+    except NotConfiguredError:
+        global _warned_unconfigured
+        if not _warned_unconfigured:
+            _warned_unconfigured = True
+            log.warning("auditlake: middleware event not recorded: configure() was not called")
+
+
+_warned_unconfigured = False
 
 
 def _invalid(action: str, outcome: str) -> None:

@@ -34,6 +34,14 @@ class CollectorConfig:
     max_unsealed_events: int = 2_000_000
     #: Free disk below which Export answers RESOURCE_EXHAUSTED.
     min_free_disk_bytes: int = 256 * 1024 * 1024
+    #: Write-ahead log bytes on disk above which Export answers RESOURCE_EXHAUSTED.
+    max_wal_bytes: int = 1024 * 1024 * 1024
+    #: Batch ids remembered (state/batches.log) so a retried batch is stored once.
+    dedupe_batches: int = 200_000
+    #: Event ids remembered (the newest sealed) so a re-sent event is stored once.
+    dedupe_window_events: int = 2_000_000
+    #: Seconds between compaction runs inside `auditlake serve` (0: never).
+    compact_interval_s: float = 3600.0
     #: A second folder (another disk) for signed checkpoints; "" for none.
     checkpoint_mirror: str = ""
     grpc_workers: int = 16
@@ -47,6 +55,12 @@ class CollectorConfig:
             raise ConfigError("seal_interval_s must be positive")
         if self.max_unsealed_events <= 0:
             raise ConfigError("max_unsealed_events must be positive")
+        if self.max_wal_bytes <= 0:
+            raise ConfigError("max_wal_bytes must be positive")
+        if self.dedupe_batches <= 0 or self.dedupe_window_events < 0:
+            raise ConfigError("dedupe_batches must be positive and dedupe_window_events >= 0")
+        if self.compact_interval_s < 0:
+            raise ConfigError("compact_interval_s must be >= 0")
         if self.grpc_workers <= 0:
             raise ConfigError("grpc_workers must be positive")
 

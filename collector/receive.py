@@ -4,6 +4,7 @@ Arrow columns, validate, hand to the write-ahead log, answer once durable.
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import struct
@@ -228,12 +229,17 @@ class AcceptedBatch:
 
 
 class BatchIndex:
-    """Batch ids already stored or in flight, so a retried batch is stored once."""
+    """Batch ids already stored or in flight, so a retried batch is stored once.
 
-    def __init__(self, known: dict[str, int] | None = None) -> None:
+    Remembers the newest ``keep`` stored ids (oldest forgotten first); a
+    second request with an id still in flight waits for the first's outcome.
+    """
+
+    def __init__(self, known: dict[str, int] | None = None, keep: int = 200_000) -> None:
         self._lock = threading.Lock()
         self._done: dict[str, int] = dict(known or {})
         self._inflight: dict[str, Future[int]] = {}
+        self.keep = keep
 
     def claim(self, batch_id: str) -> tuple[bool, int | Future[int] | None]:
         """(True, None) if the caller now owns ``batch_id``; else (False, the
@@ -252,15 +258,34 @@ class BatchIndex:
             fut = self._inflight.pop(batch_id)
             if accepted is not None:
                 self._done[batch_id] = accepted
+                self._trim()
         if accepted is None:
             fut.set_exception(RuntimeError("the first attempt of this batch failed"))
         else:
             fut.set_result(accepted)
 
+    def stored(self, batch_id: str) -> int | None:
+        """The accepted count of an already stored ``batch_id``, else None."""
+        with self._lock:
+            return self._done.get(batch_id)
+
     def add(self, batch_id: str, accepted: int) -> None:
         """Mark ``batch_id`` stored (from recovery)."""
         with self._lock:
             self._done[batch_id] = accepted
+            self._trim()
+
+    def _trim(self) -> None:
+        # dicts keep insertion order: the first keys are the oldest.  Trim in
+        # steps of 1/16 so the cost is amortised.
+        extra = len(self._done) - self.keep
+        if extra > 0:
+            extra = max(extra, self.keep // 16)
+            for key in list(itertools.islice(self._done, extra)):
+                del self._done[key]
+
+    def __len__(self) -> int:
+        return len(self._done)
 
     def forget_oldest(self, keep: int) -> None:
         """Keep only the newest ``keep`` ids in memory."""
@@ -291,7 +316,7 @@ class AuditService(audit_pb2_grpc.AuditServiceServicer):  # type: ignore[misc]
         batches: BatchIndex,
         *,
         limits: Limits | None = None,
-        overloaded: Callable[[], float | None] = lambda: None,
+        overloaded: Callable[[], tuple[float, str] | None] = lambda: None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._keys = keys
@@ -309,10 +334,10 @@ class AuditService(audit_pb2_grpc.AuditServiceServicer):  # type: ignore[misc]
         except AuthError as exc:
             context.abort(grpc.StatusCode.UNAUTHENTICATED, str(exc))
         batch_id = request.batch_id
-        if not batch_id or len(batch_id) > _MAX_BATCH_ID:
+        if not batch_id or len(batch_id) > _MAX_BATCH_ID or not batch_id.isprintable():
             context.abort(
                 grpc.StatusCode.INVALID_ARGUMENT,
-                f"batch_id is required (1..{_MAX_BATCH_ID} characters, unique per batch)",
+                f"batch_id is required (1..{_MAX_BATCH_ID} printable characters, unique per batch)",
             )
         try:
             table = decode_request(request)
@@ -334,9 +359,12 @@ class AuditService(audit_pb2_grpc.AuditServiceServicer):  # type: ignore[misc]
                 f"write tenant '{tenants[bad].as_py()}' (allowed: {', '.join(sorted(key.tenants))}); "
                 "nothing in this batch was stored",
             )
-        delay = self._overloaded()
-        if delay is not None:
-            _abort_exhausted(context, delay)
+        stored = self._batches.stored(batch_id)
+        if stored is not None:  # a retry of a stored batch: answer even when busy
+            return audit_pb2.ExportResponse(accepted=stored, duplicate=True)
+        busy = self._overloaded()
+        if busy is not None:
+            _abort_exhausted(context, *busy)
 
         owned, previous = self._batches.claim(batch_id)
         if not owned:
@@ -378,18 +406,15 @@ class AuditService(audit_pb2_grpc.AuditServiceServicer):  # type: ignore[misc]
         return audit_pb2.ExportResponse(accepted=accepted, duplicate=False)
 
 
-def _abort_exhausted(context: grpc.ServicerContext, delay_s: float) -> None:
+def _abort_exhausted(context: grpc.ServicerContext, delay_s: float, why: str = "over its limits") -> None:
     """RESOURCE_EXHAUSTED with a google.rpc.RetryInfo the client should honour."""
     from google.protobuf import any_pb2, duration_pb2  # noqa: PLC0415
 
+    message = f"collector busy ({why}); nothing was stored: retry in {delay_s:.1f} s"
     try:
         from google.rpc import error_details_pb2, status_pb2  # noqa: PLC0415
     except ImportError:  # googleapis-common-protos absent: plain status
-        context.abort(
-            grpc.StatusCode.RESOURCE_EXHAUSTED,
-            f"collector over its write-ahead log limit; retry in {delay_s:.1f} s",
-        )
-    message = f"collector over its write-ahead log limit; retry in {delay_s:.1f} s"
+        context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, message)
     retry = error_details_pb2.RetryInfo(
         retry_delay=duration_pb2.Duration(seconds=int(delay_s), nanos=int((delay_s % 1) * 1e9))
     )

@@ -5,6 +5,20 @@ day touched, records its progress atomically, publishes the files, signs a
 checkpoint, and only then lets the WAL drop what it covered.  Recovery after
 a crash finishes or repeats the last seal so that every acknowledged event
 is in the lake exactly once.
+
+Crash points of a seal and what recovery does (state/seal.json is the commit
+point; ``last`` in it names the files and checkpoint of the latest commit):
+
+1. staging the Parquet temps, appending batch ids to state/batches.log:
+   not committed; the temps are deleted, the WAL replays the batches;
+2. state saved: committed; recovery renames the temps still staged and
+   rewrites the signed checkpoint (both idempotent);
+3. WAL segments dropped: only segments wholly before the committed position.
+
+Event-id dedupe: the sealer remembers the ids of the newest
+``dedupe_window_events`` events it sealed (128-bit UUID values, 24 bytes
+each) and drops a row whose id it sealed before, or that repeats within the
+seal; after a restart the window is rebuilt from the newest sealed files.
 """
 
 from __future__ import annotations
@@ -15,12 +29,15 @@ import logging
 import os
 import threading
 import time
-from dataclasses import dataclass
+from collections.abc import Iterable
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.parquet as pq
 from auditlake.collector.checkpoint import ChainCheckpoint, FileEntry, write_checkpoint
 from auditlake.collector.datadir import DataDir
 from auditlake.collector.integrity import GENESIS, chain_table
@@ -43,17 +60,25 @@ log = logging.getLogger(__name__)
 @dataclass(frozen=True)
 class SealPolicy:
     """When to seal: every ``interval_s`` seconds, or sooner once
-    ``max_rows`` events wait.  ``interval_s`` bounds freshness."""
+    ``max_rows`` events wait.  ``interval_s`` bounds freshness.
+    ``dedupe_batches`` batch ids and ``dedupe_window_events`` event ids are
+    remembered for idempotent retries."""
 
     interval_s: float = 1.0
     max_rows: int = 200_000
     skew_flag_us: int = 15 * 60 * 1_000_000
+    dedupe_batches: int = 200_000
+    dedupe_window_events: int = 2_000_000
 
     def __post_init__(self) -> None:
         if not 0 < self.interval_s <= 3600:
             raise ValueError("SealPolicy.interval_s must be in (0, 3600] seconds")
         if self.max_rows <= 0:
             raise ValueError("SealPolicy.max_rows must be positive")
+        if self.dedupe_batches <= 0:
+            raise ValueError("SealPolicy.dedupe_batches must be positive")
+        if self.dedupe_window_events < 0:
+            raise ValueError("SealPolicy.dedupe_window_events must be >= 0")
 
 
 @dataclass
@@ -72,6 +97,109 @@ class SealState:
     @property
     def position(self) -> LogPosition:
         return LogPosition(self.wal_segment, self.wal_offset)
+
+
+# -- event-id dedupe -------------------------------------------------------------
+
+_HEX = np.full(256, 255, np.uint8)
+for _i, _c in enumerate(b"0123456789abcdef"):
+    _HEX[_c] = _i
+for _i, _c in enumerate(b"ABCDEF"):
+    _HEX[_c] = 10 + _i
+#: Byte positions of the 32 hex digits in an 8-4-4-4-12 UUID string.
+_UUID_DIGITS = np.array([i for i in range(36) if i not in (8, 13, 18, 23)], np.int64)
+_MIX = np.uint64(0x9E3779B97F4A7C15)
+
+
+def uuid_keys(ids: pa.Array | pa.ChunkedArray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(rows, hi, lo, key) of the ids that are UUID strings: their row
+    indices, the UUID's two 64-bit halves, and a mixed 64-bit sort key.
+    Other ids (not 36 characters of 8-4-4-4-12 hex) are left out."""
+    if isinstance(ids, pa.ChunkedArray):
+        ids = ids.combine_chunks()
+    n = len(ids)
+    empty = np.zeros(0, np.uint64)
+    if n == 0:
+        return np.zeros(0, np.int64), empty, empty, empty
+    if ids.type != pa.string():
+        ids = ids.cast(pa.string())
+    offsets = np.frombuffer(ids.buffers()[1], np.int32)[ids.offset : ids.offset + n + 1]
+    data_buf = ids.buffers()[2]
+    if data_buf is None:
+        return np.zeros(0, np.int64), empty, empty, empty
+    data = np.frombuffer(data_buf, np.uint8)
+    rows = np.flatnonzero(np.diff(offsets) == 36)
+    if ids.null_count:
+        valid = np.asarray(pc.is_valid(ids).to_numpy(zero_copy_only=False))
+        rows = rows[valid[rows]]
+    nib = _HEX[data[offsets[rows][:, None] + _UUID_DIGITS[None, :]]]
+    ok = (nib != 255).all(axis=1)
+    if not ok.all():
+        rows, nib = rows[ok], nib[ok]
+    packed = ((nib[:, 0::2] << 4) | nib[:, 1::2]).astype(np.uint8)
+    halves = np.ascontiguousarray(packed).view(">u8").astype(np.uint64)
+    hi, lo = halves[:, 0].copy(), halves[:, 1].copy()
+    return rows.astype(np.int64), hi, lo, hi ^ (lo * _MIX)
+
+
+class RecentEventIds:
+    """The ids of the newest ``capacity`` sealed events, for event-id dedupe.
+
+    Held as a few sorted generations of 128-bit UUID values (24 bytes per
+    id with the sort key); a lookup is a binary search per generation.  A
+    row counts as a duplicate only when its full 128-bit id matches, so a
+    key collision can at worst store a duplicate, never drop an event.
+    """
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self._gen_cap = max(capacity // 8, 4096)
+        self._gens: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
+        self._lock = threading.Lock()
+
+    def __len__(self) -> int:
+        return sum(len(g[0]) for g in self._gens)
+
+    def duplicates(self, ids: pa.Array | pa.ChunkedArray) -> np.ndarray:
+        """Row indices of ``ids`` that were seen before or repeat an earlier
+        row of ``ids`` (the first occurrence is kept)."""
+        if self.capacity == 0:
+            return np.zeros(0, np.int64)
+        rows, hi, lo, key = uuid_keys(ids)
+        if len(rows) == 0:
+            return rows
+        dup = np.zeros(len(rows), bool)
+        order = np.argsort(key, kind="stable")
+        ks, hs, ls = key[order], hi[order], lo[order]
+        same = (ks[1:] == ks[:-1]) & (hs[1:] == hs[:-1]) & (ls[1:] == ls[:-1])
+        dup[order[1:][same]] = True
+        with self._lock:
+            gens = list(self._gens)
+        for gk, ghi, glo in gens:
+            pos = np.searchsorted(gk, key)
+            np.minimum(pos, len(gk) - 1, out=pos)
+            dup |= (gk[pos] == key) & (ghi[pos] == hi) & (glo[pos] == lo)
+        return rows[dup]
+
+    def remember(self, ids: pa.Array | pa.ChunkedArray) -> None:
+        """Add ``ids`` (sealed now) as the newest; forget the oldest beyond capacity."""
+        if self.capacity == 0:
+            return
+        _, hi, lo, key = uuid_keys(ids)
+        if len(key) == 0:
+            return
+        with self._lock:
+            if self._gens and len(self._gens[-1][0]) + len(key) <= self._gen_cap:
+                gk, ghi, glo = self._gens.pop()
+                key, hi, lo = np.concatenate([gk, key]), np.concatenate([ghi, hi]), np.concatenate([glo, lo])
+            order = np.argsort(key, kind="stable")
+            self._gens.append((key[order], hi[order], lo[order]))
+            total = sum(len(g[0]) for g in self._gens)
+            while len(self._gens) > 1 and total - len(self._gens[0][0]) >= self.capacity:
+                total -= len(self._gens.pop(0)[0])
+
+
+# -- the sealer -------------------------------------------------------------------
 
 
 class Sealer:
@@ -93,14 +221,19 @@ class Sealer:
         self.checkpoint_dirs = (data.checkpoints, *checkpoint_mirrors)
         self._state_path = data.state / "seal.json"
         self._batches_log = data.state / "batches.log"
+        self._batches_lines = 0
         self.state = self._load_state()
         self._lock = threading.Condition()
+        #: Held while a seal or another checkpoint changes the chain state.
+        self._chain_lock = threading.RLock()
         self._pending: list[tuple[AcceptedBatch, LogPosition]] = []
         self._pending_rows = 0
         self._stop = False
         self._thread: threading.Thread | None = None
         self.wal: WriteAheadLog | None = None
+        self.recent_ids = RecentEventIds(self.policy.dedupe_window_events)
         self.sealed_events = 0
+        self.duplicate_events = 0
         self.last_seal_time = 0.0
         self.last_error: str | None = None
 
@@ -123,20 +256,47 @@ class Sealer:
         os.replace(tmp, self._state_path)
         fsync_dir(self.data.state)
 
-    def known_batches(self, keep: int = 1_000_000) -> dict[str, int]:
-        """Batch ids sealed before (newest ``keep``), for idempotent retries."""
+    def known_batches(self, keep: int | None = None) -> dict[str, int]:
+        """Batch ids sealed before (the newest ``keep``, default the policy's
+        ``dedupe_batches``), for idempotent retries.  Also compacts
+        state/batches.log down to those ids, so it never grows without bound."""
+        keep = keep or self.policy.dedupe_batches
         out: dict[str, int] = {}
+        lines = 0
         try:
             with open(self._batches_log) as f:
                 for line in f:
+                    lines += 1
                     bid, _, count = line.rstrip("\n").rpartition(" ")
-                    if bid:
+                    if bid and count.isdigit():
+                        out.pop(bid, None)  # a re-sealed id moves to the newest end
                         out[bid] = int(count)
         except FileNotFoundError:
             return out
         if len(out) > keep:
             out = dict(list(out.items())[-keep:])
+        if lines > len(out):
+            self._rewrite_batches_log(out)
+        self._batches_lines = len(out)
         return out
+
+    def _rewrite_batches_log(self, ids: dict[str, int]) -> None:
+        tmp = self._batches_log.with_suffix(".tmp")
+        with open(tmp, "w") as f:
+            f.write("".join(f"{b} {n}\n" for b, n in ids.items()))
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, self._batches_log)
+        fsync_dir(self.data.state)
+
+    def _log_batches(self, batches: list[AcceptedBatch]) -> None:
+        with open(self._batches_log, "a") as f:
+            f.write("".join(f"{b.batch_id} {b.table.num_rows}\n" for b in batches))
+            f.flush()
+            os.fsync(f.fileno())
+        self._batches_lines += len(batches)
+        if self._batches_lines > 2 * self.policy.dedupe_batches:
+            self.known_batches()  # compacts the file to the newest ids
 
     # -- recovery ----------------------------------------------------------------
 
@@ -157,6 +317,7 @@ class Sealer:
         removed = remove_stale_temps(self.data.events, keep)
         if removed:
             log.info("removed %d temporary files left by an interrupted seal", removed)
+        self._rebuild_recent_ids()
         replayed = []
         for payload, pos in wal.read_from(self.state.position):
             batch = AcceptedBatch.decode(payload)
@@ -165,6 +326,37 @@ class Sealer:
         if replayed:
             log.info("recovering %d batches from the write-ahead log", len(replayed))
         return replayed
+
+    def _rebuild_recent_ids(self, max_files: int = 1000) -> None:
+        """Refill the event-id window from the newest sealed files still in place."""
+        want = self.recent_ids.capacity
+        folder = self.data.checkpoints / self.writer_id
+        if want == 0 or not folder.is_dir():
+            return
+        names = sorted((n for n in os.listdir(folder) if n.endswith("-seal.json")), reverse=True)
+        chunks: list[pa.ChunkedArray] = []
+        have = 0
+        files = 0
+        for name in names:
+            if have >= want or files >= max_files:
+                break
+            try:
+                body = json.loads((folder / name).read_bytes())
+            except (OSError, ValueError):
+                continue
+            for entry in body.get("files", []):
+                path = self.data.lake / entry["path"]
+                files += 1
+                try:
+                    ids = pq.read_table(path, columns=["id"]).column("id")
+                except (OSError, pa.ArrowException):
+                    continue  # moved or compacted away: older than the window anyway
+                chunks.append(ids)
+                have += len(ids)
+        for ids in reversed(chunks):
+            self.recent_ids.remember(ids)
+        if have:
+            log.info("event-id dedupe window: %d ids from %d recent files", len(self.recent_ids), files)
 
     # -- sealing -----------------------------------------------------------------
 
@@ -178,9 +370,11 @@ class Sealer:
 
     @property
     def pending_rows(self) -> int:
+        """Events acknowledged (in the WAL) and not yet sealed."""
         return self._pending_rows
 
     def start(self) -> None:
+        """Start the sealing thread."""
         self._thread = threading.Thread(target=self._run, name="auditlake-sealer", daemon=True)
         self._thread.start()
 
@@ -210,33 +404,90 @@ class Sealer:
 
     def seal_pending(self) -> int:
         """Seal every queued batch now; returns the number of events sealed."""
-        with self._lock:
-            items, self._pending = self._pending, []
-            self._pending_rows = 0
-        if not items:
-            return 0
-        try:
-            return self._seal([b for b, _ in items], items[-1][1])
-        except BaseException:
-            with self._lock:  # put them back, in order, for the next attempt
-                self._pending = items + self._pending
-                self._pending_rows += sum(b.table.num_rows for b, _ in items)
-            raise
+        with self._chain_lock:
+            with self._lock:
+                # pending_rows keeps counting these until they are sealed
+                items, self._pending = self._pending, []
+            if not items:
+                return 0
+            try:
+                n = self._seal([b for b, _ in items], items[-1][1])
+            except BaseException:
+                with self._lock:  # put them back, in order, for the next attempt
+                    self._pending = items + self._pending
+                raise
+            with self._lock:
+                self._pending_rows -= sum(b.table.num_rows for b, _ in items)
+            return n
+
+    def append_checkpoint(
+        self,
+        kind: str,
+        files: Iterable[FileEntry] = (),
+        removed: Iterable[FileEntry] = (),
+        extra: dict[str, Any] | None = None,
+    ) -> ChainCheckpoint:
+        """Sign and write a checkpoint of ``kind`` ("compact", "move",
+        "expire") that adds ``files`` and removes ``removed``: it takes the
+        next seal number, links ``previous``, leaves the chain head as is,
+        commits the state, then writes the signed file (primary + mirrors).
+        The caller publishes ``files`` before and deletes ``removed`` after."""
+        if kind == "seal":
+            raise ValueError("seal checkpoints are written by the sealer itself")
+        with self._chain_lock:
+            checkpoint = ChainCheckpoint(
+                writer_id=self.writer_id,
+                seal=self.state.seal + 1,
+                seq=self.state.seq,
+                chain_hash=self.state.chain_hash,
+                time=dt.datetime.now(dt.UTC).isoformat(timespec="microseconds"),
+                kind=kind,
+                files=tuple(files),
+                removed=tuple(removed),
+                previous=self.state.checkpoint_digest,
+                extra=dict(extra or {}),
+            )
+            self.state = replace(
+                self.state,
+                seal=checkpoint.seal,
+                checkpoint_digest=checkpoint.digest(),
+                last={"files": [], "checkpoint": checkpoint.body()},
+            )
+            self._save_state()
+            write_checkpoint(checkpoint, self.key, self.checkpoint_dirs)
+            return checkpoint
+
+    def _drop_duplicate_ids(self, table: pa.Table) -> pa.Table:
+        """``table`` without rows whose id is in the recent window or repeats."""
+        dup = self.recent_ids.duplicates(table.column("id"))
+        if len(dup) == 0:
+            return table
+        keep = np.ones(table.num_rows, bool)
+        keep[dup] = False
+        self.duplicate_events += len(dup)
+        log.info("dropped %d events whose id was stored before", len(dup))
+        return table.filter(pa.array(keep))
 
     def _seal(self, batches: list[AcceptedBatch], position: LogPosition) -> int:
         table = self._stored_table(batches)
         n = table.num_rows
         seal_no = self.state.seal + 1
         staged = []
-        for day, rows in sorted(split_by_day(table).items()):
-            name = f"part-{self.writer_id}-{seal_no:010d}.parquet"
-            staged.append(stage_file(sort_for_queries(rows), partition_dir(self.data.events, day) / name))
+        if n:
+            for day, rows in sorted(split_by_day(table).items()):
+                name = f"part-{self.writer_id}-{seal_no:010d}.parquet"
+                staged.append(stage_file(sort_for_queries(rows), partition_dir(self.data.events, day) / name))
         # The batch ids first: if we crash after this, the WAL replays the
         # batches (their ids are then known, which is harmless).
-        with open(self._batches_log, "a") as f:
-            f.write("".join(f"{b.batch_id} {b.table.num_rows}\n" for b in batches))
-            f.flush()
-            os.fsync(f.fileno())
+        self._log_batches(batches)
+        if n == 0:
+            # Every event was a duplicate: nothing to write, but the WAL
+            # position moves on (no checkpoint: the chain did not change).
+            self.state = replace(self.state, wal_segment=position.segment, wal_offset=position.offset)
+            self._save_state()
+            if self.wal is not None:
+                self.wal.drop_through(position)
+            return 0
         last_hash = table.column("chain_hash")[n - 1].as_py()
         checkpoint = ChainCheckpoint(
             writer_id=self.writer_id,
@@ -270,6 +521,7 @@ class Sealer:
             },
         )
         self._save_state()  # the commit point of the seal
+        self.recent_ids.remember(table.column("id"))
         for s in staged:
             publish(s.tmp, s.final)
         write_checkpoint(checkpoint, self.key, self.checkpoint_dirs)
@@ -280,11 +532,14 @@ class Sealer:
         return n
 
     def _stored_table(self, batches: list[AcceptedBatch]) -> pa.Table:
-        """The batches as stored rows: collector columns added, chained."""
+        """The batches as stored rows: collector columns added, duplicates
+        of recent event ids dropped, chained."""
         parts = []
         for b in batches:
             t = b.table
             m = t.num_rows
+            if m == 0:
+                continue
             received = pa.array([b.received_at_us] * m, pa.int64()).cast(TIMESTAMP)
             created = pc.cast(t.column("created_at"), pa.int64())
             skew = pc.greater(pc.abs(pc.subtract(created, b.received_at_us)), self.policy.skew_flag_us)
@@ -295,8 +550,13 @@ class Sealer:
                 .append_column("imported", pa.array([b.imported] * m, pa.bool_()))
                 .append_column("clock_skew", skew)
             )
+        if not parts:
+            return EVENT_SCHEMA.empty_table()
         table = pa.concat_tables(parts) if len(parts) > 1 else parts[0]
+        table = self._drop_duplicate_ids(table)
         n = table.num_rows
+        if n == 0:
+            return EVENT_SCHEMA.empty_table()
         first = self.state.seq + 1
         table = (
             table.append_column("writer_id", pa.array([self.writer_id] * n, pa.string()))

@@ -9,11 +9,13 @@ import logging
 import os
 import shutil
 import threading
+import time
 from concurrent import futures
 from pathlib import Path
 from typing import Any, TextIO
 
 import grpc
+from auditlake.collector.compact import CompactionResult, Compactor
 from auditlake.collector.config import CollectorConfig
 from auditlake.collector.datadir import DataDir
 from auditlake.collector.errors import ConfigError
@@ -47,18 +49,31 @@ class Collector:
             data,
             data.wal,
             self.signing_key,
-            policy=SealPolicy(interval_s=config.seal_interval_s),
+            policy=SealPolicy(
+                interval_s=config.seal_interval_s,
+                dedupe_batches=config.dedupe_batches,
+                dedupe_window_events=config.dedupe_window_events,
+            ),
             checkpoint_mirrors=mirrors,
         )
-        self.batches = BatchIndex(self.sealer.known_batches())
-        self.wal = WriteAheadLog(data.wal, on_durable=self._durable)
+        self.batches = BatchIndex(self.sealer.known_batches(), keep=config.dedupe_batches)
+        self.wal = WriteAheadLog(
+            data.wal, on_durable=self._durable, first_segment=self.sealer.state.wal_segment
+        )
         for batch in self.sealer.recover(self.wal):
             self.batches.add(batch.batch_id, batch.table.num_rows)
+        # After the sealer's recovery (which rewrites a committed checkpoint).
+        self.compactor = Compactor(data, self.sealer)
+        self.compactor.recover()
+        #: Held by compaction (and retention) so they never touch the lake at once.
+        self.maintenance_lock = threading.Lock()
         self.grpc_server: grpc.Server | None = None
         self.grpc_port = 0
         self.http: Any = None
         self._stopped = threading.Event()
         self._stop_requested = threading.Event()
+        self._disk_checked = 0.0
+        self._disk_low = False
 
     def _durable(self, context: object, position: LogPosition) -> None:
         assert isinstance(context, AcceptedBatch)
@@ -103,13 +118,39 @@ class Collector:
         finally:
             collector.stop()
 
-    def overloaded(self) -> float | None:
-        """Seconds a client should wait before retrying, or None when there is room."""
+    def overloaded(self) -> tuple[float, str] | None:
+        """(seconds a client should wait before retrying, why), or None when there is room."""
         if self.sealer.pending_rows > self.config.max_unsealed_events:
-            return 1.0
-        if shutil.disk_usage(self.data.root).free < self.config.min_free_disk_bytes:
-            return 30.0
+            return 1.0, f"over {self.config.max_unsealed_events} unsealed events"
+        if self.wal.unsealed_bytes > self.config.max_wal_bytes:
+            return 1.0, f"write-ahead log over {self.config.max_wal_bytes} bytes"
+        now = time.monotonic()
+        if now - self._disk_checked > 1.0:  # a statvfs per request is wasted work
+            self._disk_checked = now
+            self._disk_low = shutil.disk_usage(self.data.root).free < self.config.min_free_disk_bytes
+        if self._disk_low:
+            return 30.0, f"free disk below {self.config.min_free_disk_bytes} bytes"
         return None
+
+    def compact_now(self) -> list[CompactionResult]:
+        """Compact closed days now (the maintenance thread calls this hourly)."""
+        with self.maintenance_lock:
+            return self.compactor.run()
+
+    def _maintenance_loop(self) -> None:
+        interval = self.config.compact_interval_s
+        next_compaction = time.monotonic()  # once at start, then every interval
+        while not self._stopped.is_set():
+            try:
+                if interval > 0 and time.monotonic() >= next_compaction:
+                    self.compact_now()
+                    next_compaction = time.monotonic() + interval
+                with self.maintenance_lock:
+                    self.compactor.delete_expired()
+            except Exception:  # noqa: BLE001 - the job state lets the next run recover
+                log.exception("compaction failed")
+                next_compaction = time.monotonic() + min(interval, 300.0)
+            self._stopped.wait(min(60.0, interval) if interval > 0 else 60.0)
 
     def start(self) -> None:
         """Start sealing and serving."""
@@ -130,6 +171,10 @@ class Collector:
         self.grpc_server.start()
         self.drain_inbox()
         threading.Thread(target=self._inbox_loop, name="auditlake-inbox", daemon=True).start()
+        self._maintenance = threading.Thread(
+            target=self._maintenance_loop, name="auditlake-compact", daemon=True
+        )
+        self._maintenance.start()
         if self.config.http_listen:
             self._start_http()
         log.info(
@@ -164,6 +209,9 @@ class Collector:
             self.grpc_server.stop(grace).wait()
         self.wal.close()
         self.sealer.stop()
+        maintenance = getattr(self, "_maintenance", None)
+        if maintenance is not None:
+            maintenance.join()  # a compaction in progress finishes first
         self._lock_file.close()
 
     def request_stop(self) -> None:

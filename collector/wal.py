@@ -85,6 +85,7 @@ class WriteAheadLog:
         *,
         segment_bytes: int = 16 * 1024 * 1024,
         on_durable: Callable[[object, LogPosition], None] | None = None,
+        first_segment: int = 1,
     ) -> None:
         self.directory = directory
         self.segment_bytes = segment_bytes
@@ -96,6 +97,9 @@ class WriteAheadLog:
             self._repair_tail(directory / _segment_name(self._segment))
         else:
             self._segment = 1
+        # Never append below what the sealer already covers (``first_segment``
+        # is its position): records there would count as sealed.
+        self._segment = max(self._segment, first_segment)
         path = directory / _segment_name(self._segment)
         self._file = open(path, "ab")  # noqa: SIM115 - lives as long as the log
         self._offset = self._file.tell()
@@ -126,11 +130,19 @@ class WriteAheadLog:
 
     def _repair_tail(self, path: Path) -> None:
         good = 0
+        records = 0
         for _, end in read_segment(path):
             good = end
+            records += 1
         size = path.stat().st_size
         if size != good:
-            log.warning("write-ahead log %s: cutting a torn tail of %d bytes", path, size - good)
+            # A record not wholly on disk (or failing its checksum) was never
+            # acknowledged: the append's fsync had not returned.
+            log.warning(
+                "write-ahead log %s: cutting a torn tail of %d bytes at offset %d "
+                "(after %d whole records; it was never acknowledged)",
+                path, size - good, good, records,
+            )
             with open(path, "r+b") as f:
                 f.truncate(good)
                 f.flush()
@@ -180,9 +192,10 @@ class WriteAheadLog:
             record = _HEADER.pack(len(payload), zlib.crc32(payload)) + payload
             chunks.append(record)
             self._offset += len(record)
-            self._bytes_total += len(record)
             positions.append(LogPosition(self._segment, self._offset))
         self._flush_chunks(chunks)
+        with self._lock:
+            self._bytes_total += sum(len(p) + _HEADER.size for p, _, _ in batch)
         for (_, context, fut), pos in zip(batch, positions, strict=True):
             if self._on_durable is not None:
                 self._on_durable(context, pos)
@@ -210,7 +223,8 @@ class WriteAheadLog:
                 path = self.directory / _segment_name(number)
                 size = path.stat().st_size
                 path.unlink()
-                self._bytes_total -= size
+                with self._lock:
+                    self._bytes_total -= size
         fsync_dir(self.directory)
 
     def close(self) -> None:

@@ -1,0 +1,60 @@
+"""A raw gRPC ingest client for the durability tests (no SDK): builds
+columnar batches and sends them with an explicit batch id."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Sequence
+
+import grpc
+from auditlake.v1 import audit_pb2, audit_pb2_grpc
+
+
+def new_ids(n: int) -> list[str]:
+    """``n`` fresh UUID strings."""
+    return [str(uuid.uuid4()) for _ in range(n)]
+
+
+def columns(ids: Sequence[str], tenant: str = "acme", created_at_us: int | None = None,
+            changes: str = "") -> audit_pb2.EventColumns:
+    """One column batch: an event per id, everything else constant."""
+    n = len(ids)
+    now = created_at_us or int(time.time() * 1_000_000)
+    return audit_pb2.EventColumns(
+        id=list(ids),
+        tenant_id=[tenant] * n,
+        user_id=["u1"] * n,
+        action=["update"] * n,
+        resource_type=["document"] * n,
+        resource_id=[f"doc-{i}" for i in range(n)],
+        changes=[changes] * n,
+        ip_address=["10.0.0.1"] * n,
+        user_agent=["test"] * n,
+        created_at_us=[now + i for i in range(n)],
+        outcome=[""] * n,
+        reason=[""] * n,
+        service=["billing"] * n,
+        trace_id=[""] * n,
+        span_id=[""] * n,
+        request_id=[""] * n,
+        metadata=[""] * n,
+    )
+
+
+class Client:
+    """An ingest-key holding client of one collector endpoint."""
+
+    def __init__(self, endpoint: str, key: str) -> None:
+        self.channel = grpc.insecure_channel(endpoint)
+        self.stub = audit_pb2_grpc.AuditServiceStub(self.channel)
+        self.metadata = [("authorization", "Bearer " + key)]
+
+    def export(self, batch_id: str, cols: audit_pb2.EventColumns,
+               timeout: float = 10.0) -> audit_pb2.ExportResponse:
+        """Send one batch; raises grpc.RpcError on a non-OK status."""
+        request = audit_pb2.ExportRequest(batch_id=batch_id, columns=cols)
+        return self.stub.Export(request, metadata=self.metadata, timeout=timeout)
+
+    def close(self) -> None:
+        self.channel.close()

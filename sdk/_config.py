@@ -310,8 +310,10 @@ def shutdown(timeout: float | None = 5.0) -> bool:
 def flush(timeout: float | None = None) -> bool:
     """Wait until everything recorded so far is acknowledged by the collector.
 
-    Returns False when the timeout passed or when some events could only be
-    spooled (the collector is away), dropped or were refused.
+    Without a timeout one delivery attempt is made (spooling what cannot be
+    delivered); with one, delivery is retried until it passes.  Returns False
+    when events remain spooled, or were dropped or refused since the
+    previous flush.
     """
     processor = PROVIDER.processor
     if processor is None:

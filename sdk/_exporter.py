@@ -76,7 +76,15 @@ class GrpcExporter:
     def _connect(self) -> Any:
         # The channel is made on first use, on the export thread, so a process
         # that configures and then forks has no gRPC state to inherit.
-        options = [("grpc.max_send_message_length", 64 * 1024 * 1024), ("grpc.enable_retries", 0)]
+        # Short reconnect backoff: the SDK's own retry loop paces attempts,
+        # and a collector that is back must be reached within a second or two.
+        options = [
+            ("grpc.max_send_message_length", 64 * 1024 * 1024),
+            ("grpc.enable_retries", 0),
+            ("grpc.initial_reconnect_backoff_ms", 200),
+            ("grpc.min_reconnect_backoff_ms", 200),
+            ("grpc.max_reconnect_backoff_ms", 2000),
+        ]
         if self._tls:
             self._channel = grpc.secure_channel(
                 self.endpoint, grpc.ssl_channel_credentials(), options=options

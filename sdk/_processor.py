@@ -62,11 +62,11 @@ class Waiter:
 
 
 class _FlushMarker:
-    __slots__ = ("done", "losses", "ok")
+    __slots__ = ("deadline", "done", "ok")
 
-    def __init__(self, losses: int) -> None:
+    def __init__(self, deadline: float | None) -> None:
         self.done = threading.Event()
-        self.losses = losses
+        self.deadline = deadline  # keep retrying the backlog until then
         self.ok = False
 
 
@@ -134,6 +134,8 @@ class BatchProcessor:
         self._rng = random.Random(int.from_bytes(os.urandom(16), "big"))
         self._drops_unreported = 0
         self._last_drop_warning = 0.0
+        self._losses_reported = 0
+        self._waiting_flushes: list[_FlushMarker] = []
         self.exported = self.retried = self.spooled = self.dropped = self.rejected = 0
         self._thread = threading.Thread(target=self._run, name="auditlake-export", daemon=True)
 
@@ -147,15 +149,20 @@ class BatchProcessor:
         self._setup_runtime()
         self._thread.start()
 
-    def flush(self, timeout: float | None = None) -> bool:
+    def flush(self, timeout: float | None = None, *, persist: bool = True) -> bool:
         """Wait until everything recorded before the call is acknowledged.
 
-        False when the timeout passed, or when some events were spooled,
-        dropped or rejected instead of acknowledged.
+        Without a timeout, one attempt is made to deliver the backlog; with
+        one, delivery is retried until it passes.  False when events are
+        still spooled (the collector is away), when the timeout passed, or
+        when events were dropped or refused since the previous flush.
         """
         if self._stopped:
             return False
-        marker = _FlushMarker(self._losses())
+        deadline = None
+        if timeout is not None and persist:
+            deadline = time.monotonic() + timeout
+        marker = _FlushMarker(deadline)
         self.queue.append(marker)
         self.wake.set()
         if not marker.done.wait(timeout):
@@ -167,7 +174,7 @@ class BatchProcessor:
         if self._stopped:
             return True
         deadline = None if timeout is None else time.monotonic() + timeout
-        ok = self.flush(timeout)
+        ok = self.flush(timeout, persist=False)
         self._stopping = True
         self._stop.set()
         self.wake.set()
@@ -244,6 +251,7 @@ class BatchProcessor:
             try:
                 self._deliver_backlog(force=False)
                 self._drain_queue()
+                self._check_flushes()
             except Exception:  # the thread must survive anything
                 log.exception("auditlake: unexpected error in the export thread")
             if self._stopping and not self.queue:
@@ -274,7 +282,25 @@ class BatchProcessor:
 
     def _complete(self, marker: _FlushMarker) -> None:
         delivered = self._deliver_backlog(force=True, budget=None)
-        marker.ok = delivered and self._losses() == marker.losses
+        if not delivered and marker.deadline is not None and not self._stopping:
+            self._waiting_flushes.append(marker)  # settled by _check_flushes
+            return
+        self._settle_flush(marker, delivered)
+
+    def _check_flushes(self) -> None:
+        if not self._waiting_flushes:
+            return
+        delivered = not self._has_backlog()
+        now = time.monotonic()
+        for marker in list(self._waiting_flushes):
+            if delivered or self._stopping or (marker.deadline or 0) <= now:
+                self._waiting_flushes.remove(marker)
+                self._settle_flush(marker, delivered)
+
+    def _settle_flush(self, marker: _FlushMarker, delivered: bool) -> None:
+        losses = self._losses()
+        marker.ok = delivered and losses == self._losses_reported
+        self._losses_reported = losses
         marker.done.set()
 
     def _process(self, events: list[CapturedEvent]) -> None:
@@ -352,7 +378,7 @@ class BatchProcessor:
     def _schedule_retry(self, result: ExportResult) -> None:
         delay = self._retry.backoff(self._retry_level, self._rng, result.retry_after)
         self._retry_level += 1
-        if self._waiters:
+        if self._waiters or self._waiting_flushes:
             delay = min(delay, _DURABLE_RETRY_CAP)
         self._next_retry = time.monotonic() + delay
 

@@ -1,0 +1,130 @@
+"""Delivery against a real `auditlake serve` process (tests/conftest.py fixtures).
+
+Collector down, then back: every event stored exactly once; an application
+restart delivers its spool; durable mode; refused batches; fork.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+from pathlib import Path
+
+import pytest
+
+from auditlake import sdk
+from auditlake.sdk import BatchPolicy, RetryPolicy, SpoolPolicy
+
+FAST = RetryPolicy(max_attempts=2, initial_backoff=0.05, max_backoff=0.2)
+
+
+def configure(collector, spool_dir: Path, key: str, delay: float = 0.05) -> None:  # noqa: ANN001
+    sdk.configure(
+        endpoint=collector.endpoint,
+        api_key=key,
+        service_name="sdk-tests",
+        batch=BatchPolicy(schedule_delay=delay, max_batch_size=100, export_timeout=2.0),
+        retry=FAST,
+        spool=SpoolPolicy(directory=spool_dir),
+    )
+
+
+def counts(collector, tag: str) -> tuple[int, int]:  # noqa: ANN001
+    row = collector.query(
+        "SELECT count(*) AS n, count(DISTINCT id) AS d FROM events "
+        f"WHERE resource_type = '{tag}'"
+    )[0]
+    return int(row["n"]), int(row["d"])
+
+
+def test_collector_down_then_back_stores_every_event_exactly_once(collector, tmp_path: Path) -> None:  # noqa: ANN001
+    key = collector.api_key("t1")
+    collector.stop()
+    configure(collector, tmp_path / "spool", key)
+    with sdk.actor(user_id="u1", tenant_id="t1"):
+        for i in range(500):
+            sdk.record("read", "down-then-back", str(i))
+    assert sdk.flush() is False
+    assert sdk.stats().spooled == 500
+    collector.start()
+    assert sdk.flush(30)
+    assert collector.wait_for_count(500, "resource_type = 'down-then-back'") == 500
+    assert counts(collector, "down-then-back") == (500, 500)
+    assert list((tmp_path / "spool").glob("*.batch")) == []
+
+
+def test_restart_with_a_non_empty_spool_delivers_it(collector, tmp_path: Path) -> None:  # noqa: ANN001
+    key = collector.api_key("t1")
+    collector.stop()
+    configure(collector, tmp_path / "spool", key)
+    for i in range(50):
+        sdk.record("update", "restart", str(i), tenant_id="t1")
+    sdk.shutdown(timeout=5)  # the application exits while the collector is away
+    assert list((tmp_path / "spool").glob("*.batch"))
+    collector.start()
+    configure(collector, tmp_path / "spool", key)  # the application starts again
+    assert sdk.flush(30)
+    assert collector.wait_for_count(50, "resource_type = 'restart'") == 50
+    assert counts(collector, "restart") == (50, 50)
+
+
+def test_durable_record_returns_after_ack_and_raises_when_down(collector, tmp_path: Path) -> None:  # noqa: ANN001
+    key = collector.api_key("t1")
+    configure(collector, tmp_path / "spool", key, delay=5.0)
+    sdk.record("export", "durable", "up", tenant_id="t1", durable=True)
+    assert sdk.stats().exported == 1  # acknowledged before record() returned
+    collector.stop()
+    with pytest.raises(sdk.DeliveryTimeout):
+        sdk.record("export", "durable", "down", tenant_id="t1", durable=True, timeout=1.0)
+    collector.start()
+    assert sdk.flush(30)
+    assert collector.wait_for_count(2, "resource_type = 'durable'") == 2
+
+
+def test_refused_batches_are_logged_counted_and_not_spooled(
+    collector, tmp_path: Path, caplog: pytest.LogCaptureFixture  # noqa: ANN001
+) -> None:
+    configure(collector, tmp_path / "spool", collector.api_key("t1"))
+    with caplog.at_level(logging.ERROR, logger="auditlake.sdk"):
+        sdk.record("read", "refused", "1", tenant_id="someone-else")
+        assert sdk.flush() is False
+    assert "PERMISSION_DENIED" in caplog.text
+    stats = sdk.stats()
+    assert (stats.rejected, stats.spooled) == (1, 0)
+    assert list((tmp_path / "spool").glob("*.batch")) == []
+    with pytest.raises(sdk.DeliveryRejected, match="UNAUTHENTICATED"):
+        sdk.configure(endpoint=collector.endpoint, api_key="wrong", service_name="x",
+                      spool=SpoolPolicy(directory=tmp_path / "spool2"))
+        sdk.record("read", "refused", "2", tenant_id="t1", durable=True)
+
+
+def test_events_queued_before_fork_are_sent_once_by_the_parent(collector, tmp_path: Path) -> None:  # noqa: ANN001
+    configure(collector, tmp_path / "spool", collector.api_key("t1"), delay=30.0)
+    sdk.record("read", "fork", "warm-up", tenant_id="t1", durable=True)  # a live channel
+    for i in range(20):
+        sdk.record("read", "fork", f"parent-{i}", tenant_id="t1")  # still queued
+    assert sdk.stats().queued == 20
+    reader, writer = socket.socketpair()
+    pid = os.fork()
+    if pid == 0:  # the child: a pre-fork worker
+        code = 1
+        try:
+            assert sdk.stats().queued == 0
+            for i in range(5):
+                sdk.record("read", "fork", f"child-{i}", tenant_id="t1")
+            code = 0 if sdk.flush(20) else 2
+        finally:
+            writer.send(bytes([code]))
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert reader.recv(1) == b"\x00" and os.WEXITSTATUS(status) == 0
+    assert sdk.flush(20)
+    assert collector.wait_for_count(26, "resource_type = 'fork'") == 26
+    rows = collector.query(
+        "SELECT resource_id, count(*) AS n FROM events WHERE resource_type = 'fork' "
+        "GROUP BY resource_id"
+    )
+    assert {r["resource_id"]: r["n"] for r in rows} == {
+        "warm-up": 1, **{f"parent-{i}": 1 for i in range(20)}, **{f"child-{i}": 1 for i in range(5)}
+    }

@@ -90,3 +90,44 @@ def chain_hashes(previous: bytes, canonical: Iterable[bytes]) -> list[bytes]:
         h = sha256(h + row).digest()
         out.append(h)
     return out
+
+
+def _sql_field_text(name: str, type_: pa.DataType, alias: str) -> str:
+    """DuckDB SQL for one field's canonical text (see _field_text)."""
+    col = f'{alias}"{name}"'
+    if pa.types.is_timestamp(type_):
+        return f"CAST(epoch_us({col}) AS VARCHAR)"
+    if pa.types.is_boolean(type_):
+        return f"(CASE WHEN {col} THEN '1' ELSE '0' END)"
+    if pa.types.is_integer(type_):
+        return f"CAST({col} AS VARCHAR)"
+    return col
+
+
+def canonical_sql(alias: str = "") -> str:
+    """The canonical encoding as a DuckDB expression of type BLOB, over the
+    stored columns (optionally qualified: ``alias="r."``).  Equal, byte for
+    byte, to canonical_column; docs/integrity.md prints it for auditors.
+
+    Every stored column is non-nullable; ``concat_ws`` would silently skip a
+    NULL, so a verifier must treat a NULL in any field as a failure
+    (null_check_sql).
+    """
+    from auditlake.collector.schema import EVENT_SCHEMA  # noqa: PLC0415 - schema is tiny
+
+    parts = []
+    for name in CANONICAL_FIELDS:
+        text = _sql_field_text(name, EVENT_SCHEMA.field(name).type, alias)
+        parts.append(f"CAST(strlen({text}) AS VARCHAR)")
+        parts.append(text)
+    return f"encode(concat_ws(',', {', '.join(parts)}))"
+
+
+def null_check_sql(alias: str = "") -> str:
+    """DuckDB condition: true when any hashed field is NULL (never in a sealed file)."""
+    return "(" + " OR ".join(f'{alias}"{n}" IS NULL' for n in CANONICAL_FIELDS) + ")"
+
+
+def chain_link(previous_hex: str, canonical: bytes) -> str:
+    """One link of the chain, hex: ``sha256(bytes.fromhex(previous_hex) || canonical)``."""
+    return hashlib.sha256(bytes.fromhex(previous_hex) + canonical).hexdigest()

@@ -1,0 +1,1170 @@
+"""Verify: re-read the lake and its signed checkpoints, recompute every hash,
+and name each problem (changed, removed, inserted, reordered or misplaced
+events and files, truncation, bad signatures, a broken checkpoint chain).
+
+The checks are specified in docs/integrity.md.  DuckDB reads the files and
+computes each event's link ``sha256(stored chain_hash of seq-1 || canonical)``
+in SQL, in parallel; every link holding, together with the signed heads in the
+checkpoints, is the same statement as the whole chain holding from genesis.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import datetime as dt
+import hashlib
+import importlib
+import json
+import re
+import sys
+import time
+from collections import defaultdict
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import pyarrow as pa
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+from auditlake.collector.checkpoint import ChainCheckpoint, FileEntry, SignedCheckpoint
+from auditlake.collector.config import load_toml
+from auditlake.collector.datadir import DataDir
+from auditlake.collector.errors import ConfigError
+from auditlake.collector.integrity import (
+    CANONICAL_FIELDS,
+    GENESIS,
+    canonical_rows,
+    canonical_sql,
+    chain_link,
+    null_check_sql,
+)
+from auditlake.collector.keys import load_public_key
+from auditlake.collector.schema import EVENT_SCHEMA, MAX_BYTES, OUTCOMES, REQUIRED_FIELDS
+from auditlake.collector.tiers import COLD_PREFIX, Tier, hot_tier
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+#: Checkpoint kinds of the contract (docs/integrity.md, "Checkpoint kinds").
+KINDS = ("seal", "compact", "move", "expire")
+
+#: Problem kinds, and what each means (printed by ``--format json`` consumers
+#: and documented in docs/integrity.md).
+PROBLEM_KINDS: dict[str, str] = {
+    "changed_event": "an event's content no longer hashes to its stored chain_hash",
+    "changed_hash": "an event's stored chain_hash was altered",
+    "reordered_events": "events were moved to other positions of the chain",
+    "missing_events": "sequence numbers are missing (and no expire checkpoint explains them)",
+    "truncated": "the lake ends before the newest signed chain head",
+    "duplicate_seq": "two stored events carry the same writer and sequence number",
+    "unsigned_events": "events after the newest signed chain head",
+    "unknown_writer": "events of a writer that has no signed checkpoint",
+    "head_mismatch": "the stored chain_hash at a checkpoint's seq differs from the signed one",
+    "changed_file": "a file's bytes differ from the sha256 its checkpoint signed",
+    "missing_file": "a file a checkpoint lists (and none removes) is not in the lake",
+    "unlisted_file": "a file in the lake that no checkpoint lists",
+    "moved_file": "a listed file is at another path than its checkpoint says",
+    "misplaced_event": "an event is in another file than the one its checkpoint lists",
+    "file_rows": "a file holds other rows than its checkpoint lists",
+    "wrong_partition": "an event's created_at date differs from its date= partition",
+    "unreadable_file": "a lake file cannot be read as Parquet",
+    "bad_signature": "a checkpoint's Ed25519 signature does not match its content",
+    "broken_checkpoint_chain": "a checkpoint's previous link or seal number does not follow",
+    "missing_checkpoint": "a checkpoint is missing from the primary folder",
+    "checkpoints_truncated": "a mirror holds newer checkpoints than the primary folder",
+    "mirror_mismatch": "a checkpoint differs between the primary folder and a mirror",
+    "unreadable_checkpoint": "a checkpoint file cannot be parsed",
+    "bad_checkpoint": "a checkpoint contradicts the contract (kind, head, removed files)",
+    "no_public_key": "no public key to check signatures with",
+}
+
+ProgressFn = Callable[[str, int, int], None]
+
+_DATE_RE = re.compile(r"(?:^|/)date=(\d{4}-\d{2}-\d{2})/")
+_PART_RE = re.compile(r"^part-(?P<writer>.+)-(?P<seal>\d{10})(?:-.*)?\.parquet$")
+_UUID_RE = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
+_HEX_RE = {"trace_id": re.compile(r"^([0-9a-f]{32})?$"), "span_id": re.compile(r"^([0-9a-f]{16})?$")}
+#: Failing events examined one by one (column, swap, edited hash); the rest are counted.
+_DETAIL_LIMIT = 500
+#: Events hashed per DuckDB query (one progress step).
+_BATCH_ROWS = 500_000
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One finding: what kind, in words, and where (file, seq, column) when known."""
+
+    kind: str
+    message: str
+    file: str | None = None
+    seq: int | None = None
+    column: str | None = None
+    writer_id: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {k: v for k, v in self.__dict__.items() if v is not None}
+
+    def __str__(self) -> str:
+        return f"{self.kind}: {self.message}"
+
+
+@dataclass
+class WriterSummary:
+    """What was verified of one writer's chain."""
+
+    writer_id: str
+    events: int = 0
+    first_seq: int | None = None
+    last_seq: int | None = None
+    head_seq: int = 0
+    head_hash: str = ""
+    head_time: str = ""
+    checkpoints: int = 0
+    expired_events: int = 0
+
+
+@dataclass
+class VerifyReport:
+    """The result of verify_lake: problems (empty when clean) and a summary."""
+
+    data: str
+    problems: list[Problem] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    writers: list[WriterSummary] = field(default_factory=list)
+    events: int = 0
+    events_hashed: int = 0
+    files: int = 0
+    files_digested: int = 0
+    bytes_digested: int = 0
+    checkpoints: int = 0
+    mirrors: list[str] = field(default_factory=list)
+    public_key: str = ""
+    date_from: str | None = None
+    date_to: str | None = None
+    started: str = ""
+    seconds: float = 0.0
+
+    @property
+    def ok(self) -> bool:
+        """True when no problem was found."""
+        return not self.problems
+
+    def to_json(self) -> dict[str, Any]:
+        """The report as JSON-ready data (``auditlake verify --format json``)."""
+        return {
+            "ok": self.ok,
+            "data": self.data,
+            "started": self.started,
+            "seconds": round(self.seconds, 3),
+            "events": self.events,
+            "events_hashed": self.events_hashed,
+            "events_per_second": round(self.events_hashed / self.seconds) if self.seconds else 0,
+            "files": self.files,
+            "files_digested": self.files_digested,
+            "bytes_digested": self.bytes_digested,
+            "checkpoints": self.checkpoints,
+            "mirrors": self.mirrors,
+            "public_key": self.public_key,
+            "range": {"from": self.date_from, "to": self.date_to},
+            "writers": [w.__dict__ for w in self.writers],
+            "problems": [p.to_json() for p in self.problems],
+            "warnings": self.warnings,
+        }
+
+    def to_text(self) -> str:
+        """A summary an auditor can keep, then every problem."""
+        lines = [
+            f"auditlake verify: {'OK' if self.ok else 'PROBLEMS FOUND'}",
+            f"data:          {self.data}",
+            f"started:       {self.started} ({self.seconds:.2f} s)",
+            f"range:         {self.date_from or 'all'} .. {self.date_to or 'all'}",
+            f"public key:    {self.public_key}",
+            f"events:        {self.events:,} stored, {self.events_hashed:,} re-hashed",
+            f"files:         {self.files:,} ({self.files_digested:,} digested, "
+            f"{self.bytes_digested:,} bytes)",
+            f"checkpoints:   {self.checkpoints:,}"
+            + (f" (mirrors: {', '.join(self.mirrors)})" if self.mirrors else ""),
+        ]
+        for w in self.writers:
+            seqs = f"{w.first_seq}..{w.last_seq}" if w.first_seq is not None else "none"
+            lines.append(
+                f"writer {w.writer_id}: {w.events:,} events, seq {seqs}, signed head seq "
+                f"{w.head_seq} {w.head_hash} at {w.head_time}, {w.checkpoints} checkpoints"
+                + (f", {w.expired_events:,} expired by policy" if w.expired_events else "")
+            )
+        for warning in self.warnings:
+            lines.append(f"warning: {warning}")
+        if self.problems:
+            lines.append(f"{len(self.problems)} problem(s):")
+            lines += [f"  {p}" for p in self.problems]
+        return "\n".join(lines) + "\n"
+
+
+# -- checkpoints -----------------------------------------------------------------
+
+
+def _read_checkpoint_dir(root: Path, problems: list[Problem]) -> dict[str, dict[int, SignedCheckpoint]]:
+    out: dict[str, dict[int, SignedCheckpoint]] = defaultdict(dict)
+    if not root.exists():
+        return out
+    for path in sorted(root.glob("*/*.json")):
+        try:
+            doc = json.loads(path.read_bytes())
+            sig = base64.b64decode(doc.pop("signature"), validate=True)
+            cp = ChainCheckpoint.from_body(doc)
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
+            problems.append(Problem(
+                "unreadable_checkpoint", f"checkpoint {path} cannot be parsed: {exc}",
+                file=str(path), writer_id=path.parent.name))
+            continue
+        signed = SignedCheckpoint(cp, sig, path)
+        if cp.writer_id != path.parent.name or path.name != cp.file_name():
+            problems.append(Problem(
+                "bad_checkpoint",
+                f"checkpoint {path} says writer {cp.writer_id} seal {cp.seal} kind {cp.kind}, "
+                f"which does not match its file name (renamed or copied)",
+                file=str(path), writer_id=cp.writer_id))
+        if cp.seal in out[cp.writer_id]:
+            problems.append(Problem(
+                "broken_checkpoint_chain",
+                f"two checkpoints of writer {cp.writer_id} claim seal {cp.seal}: "
+                f"{out[cp.writer_id][cp.seal].path.name} and {path.name}",
+                file=str(path), writer_id=cp.writer_id))
+            continue
+        out[cp.writer_id][cp.seal] = signed
+    return out
+
+
+def _verify_signature(signed: SignedCheckpoint, key: Ed25519PublicKey | None) -> bool:
+    if key is None:
+        return False
+    try:
+        key.verify(signed.signature, _canonical_body(signed.checkpoint))
+    except InvalidSignature:
+        return False
+    return True
+
+
+def _canonical_body(cp: ChainCheckpoint) -> bytes:
+    from auditlake.collector.checkpoint import canonical_json  # noqa: PLC0415
+
+    return canonical_json(cp.body())
+
+
+def _merge_checkpoints(
+    primary: dict[str, dict[int, SignedCheckpoint]],
+    mirrors: Sequence[tuple[Path, dict[str, dict[int, SignedCheckpoint]]]],
+    key: Ed25519PublicKey | None,
+    report: VerifyReport,
+) -> dict[str, dict[int, SignedCheckpoint]]:
+    """Primary checkpoints, completed by mirrors; every difference is a problem."""
+    merged: dict[str, dict[int, SignedCheckpoint]] = {w: dict(s) for w, s in primary.items()}
+    for mirror_root, mirror in mirrors:
+        for writer, seals in mirror.items():
+            have = merged.setdefault(writer, {})
+            primary_max = max(primary.get(writer, {}) or {0: None})
+            for seal, m in sorted(seals.items()):
+                p = primary.get(writer, {}).get(seal)
+                if p is None:
+                    good = _verify_signature(m, key)
+                    if seal > primary_max:
+                        report.problems.append(Problem(
+                            "checkpoints_truncated",
+                            f"mirror {mirror_root} holds checkpoint seal {seal} of writer "
+                            f"{writer} (head seq {m.checkpoint.seq}, {m.checkpoint.time}) but "
+                            f"the primary checkpoints stop at seal {primary_max}: newer "
+                            "checkpoints were deleted from the data dir",
+                            file=str(m.path), seq=m.checkpoint.seq, writer_id=writer))
+                    else:
+                        report.problems.append(Problem(
+                            "missing_checkpoint",
+                            f"checkpoint seal {seal} of writer {writer} is missing from the "
+                            f"primary folder; mirror {mirror_root} has it",
+                            file=str(m.path), writer_id=writer))
+                    if good and seal not in have:
+                        have[seal] = m
+                elif m.checkpoint.digest() != p.checkpoint.digest() or m.signature != p.signature:
+                    pm, mm = _verify_signature(p, key), _verify_signature(m, key)
+                    which = ("the mirror's copy is validly signed, the primary's is not" if mm and not pm
+                             else "the primary's copy is validly signed, the mirror's is not" if pm and not mm
+                             else "both are validly signed: the signing key signed two versions"
+                             if pm and mm else "neither is validly signed")
+                    report.problems.append(Problem(
+                        "mirror_mismatch",
+                        f"checkpoint seal {seal} of writer {writer} differs between "
+                        f"{p.path} and {m.path}: {which}",
+                        file=str(p.path), writer_id=writer))
+                    if mm and not pm:
+                        have[seal] = m
+        for writer, seals in primary.items():
+            mirror_max = max(mirror.get(writer, {}) or {0: None})
+            if seals and mirror_max < max(seals):
+                report.warnings.append(
+                    f"mirror {mirror_root} is behind for writer {writer}: it ends at seal "
+                    f"{mirror_max}, the primary at {max(seals)} (a mirror added later, or it "
+                    "lags a running collector)")
+    return merged
+
+
+def _check_checkpoint_chain(
+    writer: str, seals: dict[int, SignedCheckpoint], key: Ed25519PublicKey | None,
+    report: VerifyReport,
+) -> None:
+    prev: SignedCheckpoint | None = None
+    for seal in sorted(seals):
+        s = seals[seal]
+        cp = s.checkpoint
+        if key is not None and not _verify_signature(s, key):
+            report.problems.append(Problem(
+                "bad_signature",
+                f"checkpoint {s.path} (writer {writer}, seal {seal}, kind {cp.kind}): the "
+                "Ed25519 signature does not match its content: the checkpoint was edited or "
+                "signed with another key",
+                file=str(s.path), seq=cp.seq, writer_id=writer))
+        if cp.kind not in KINDS:
+            report.problems.append(Problem(
+                "bad_checkpoint", f"checkpoint {s.path} has unknown kind {cp.kind!r}",
+                file=str(s.path), writer_id=writer))
+        expected_seal = prev.checkpoint.seal + 1 if prev else 1
+        if seal != expected_seal:
+            missing = f"{expected_seal}" if seal == expected_seal + 1 else f"{expected_seal}..{seal - 1}"
+            report.problems.append(Problem(
+                "broken_checkpoint_chain",
+                f"writer {writer}: checkpoint seal(s) {missing} are missing before "
+                f"{s.path.name} (deleted checkpoints)",
+                file=str(s.path), writer_id=writer))
+        if prev is None:
+            if seal == 1 and cp.previous:
+                report.problems.append(Problem(
+                    "broken_checkpoint_chain",
+                    f"checkpoint {s.path.name} is the first of writer {writer} but links to a "
+                    f"previous checkpoint {cp.previous[:16]}…",
+                    file=str(s.path), writer_id=writer))
+        elif cp.previous != prev.checkpoint.digest():
+            report.problems.append(Problem(
+                "broken_checkpoint_chain",
+                f"checkpoint {s.path.name} of writer {writer}: 'previous' is "
+                f"{cp.previous[:16]}… but the checkpoint before it ({prev.path.name}) digests "
+                f"to {prev.checkpoint.digest()[:16]}…: a checkpoint between them was deleted, "
+                "replaced or edited",
+                file=str(s.path), writer_id=writer))
+        if prev is not None:
+            p = prev.checkpoint
+            if cp.seq < p.seq:
+                report.problems.append(Problem(
+                    "bad_checkpoint",
+                    f"checkpoint {s.path.name} of writer {writer} moves the head back from seq "
+                    f"{p.seq} to {cp.seq}", file=str(s.path), seq=cp.seq, writer_id=writer))
+            if cp.kind != "seal" and (cp.seq, cp.chain_hash) != (p.seq, p.chain_hash):
+                report.problems.append(Problem(
+                    "bad_checkpoint",
+                    f"{cp.kind} checkpoint {s.path.name} of writer {writer} changes the chain "
+                    f"head (a {cp.kind} never adds events)",
+                    file=str(s.path), seq=cp.seq, writer_id=writer))
+        prev = s
+
+
+# -- lake files --------------------------------------------------------------------
+
+
+@dataclass
+class _LiveFile:
+    entry: FileEntry
+    writer_id: str
+    seal: int
+
+
+@dataclass
+class _DiskFile:
+    key: str  # path as a checkpoint writes it
+    tier: Tier
+    full: str  # path inside tier.filesystem
+    size: int
+    sha256: str = ""
+    rows: int = -1
+
+
+def _partition_date(key: str) -> str | None:
+    m = _DATE_RE.search(key)
+    return m.group(1) if m else None
+
+
+def _list_tier(tier: Tier, prefix: str) -> list[_DiskFile]:
+    base = tier.path("events")
+    try:
+        infos = tier.filesystem.get_file_info(pafs.FileSelector(base, recursive=True, allow_not_found=True))
+    except (OSError, pa.ArrowException):
+        return []
+    out = []
+    root = tier.root.rstrip("/") + "/"
+    for info in infos:
+        if info.type != pafs.FileType.File or not info.path.endswith(".parquet"):
+            continue
+        rel = info.path[len(root):] if info.path.startswith(root) else info.path
+        out.append(_DiskFile(prefix + rel, tier, info.path, int(info.size or 0)))
+    return out
+
+
+def _digest(f: _DiskFile) -> bytes | None:
+    """Read the whole file once: sha256, and the bytes for non-local tiers."""
+    h = hashlib.sha256()
+    keep = not isinstance(f.tier.filesystem, pafs.LocalFileSystem)
+    chunks = []
+    with f.tier.filesystem.open_input_stream(f.full) as stream:
+        while True:
+            block = stream.read(1 << 20)
+            if not block:
+                break
+            h.update(block)
+            if keep:
+                chunks.append(block)
+    f.sha256 = h.hexdigest()
+    return b"".join(chunks) if keep else None
+
+
+def _cold_tier(data: DataDir, toml: dict[str, Any]) -> Tier | None:
+    try:
+        retention = importlib.import_module("auditlake.collector.retention")
+    except ModuleNotFoundError as exc:
+        if exc.name != "auditlake.collector.retention":
+            raise
+        return None
+    fn = getattr(retention, "cold_tier", None)
+    return fn(data, toml) if fn is not None else None
+
+
+# -- the verifier ----------------------------------------------------------------------
+
+
+def _load_key(data: DataDir, public_key: Ed25519PublicKey | Path | str | None) -> tuple[Ed25519PublicKey | None, str]:
+    if isinstance(public_key, Ed25519PublicKey):
+        return public_key, "given"
+    if public_key is not None:
+        path = Path(public_key)
+        try:
+            return load_public_key(path), str(path)
+        except (OSError, ValueError) as exc:
+            raise ConfigError(f"cannot read public key {path}: {exc}") from exc
+    pub = data.keys / "signing.pub.pem"
+    if pub.exists():
+        return load_public_key(pub), f"{pub} (from the data dir: pass --public-key to trust "\
+            "a key obtained separately)"
+    return None, "none"
+
+
+def _sql_str(s: str) -> str:
+    return "'" + s.replace("'", "''") + "'"
+
+
+def _parse_date(value: str | dt.date | None, name: str) -> dt.date | None:
+    if value is None or isinstance(value, dt.date):
+        return value
+    try:
+        return dt.date.fromisoformat(value)
+    except ValueError as exc:
+        raise ConfigError(f"{name} must be YYYY-MM-DD, got {value!r}") from exc
+
+
+def verify_lake(
+    data: DataDir | str | Path,
+    *,
+    public_key: Ed25519PublicKey | Path | str | None = None,
+    date_from: str | dt.date | None = None,
+    date_to: str | dt.date | None = None,
+    mirrors: Iterable[Path | str] = (),
+    progress: ProgressFn | None = None,
+    toml: dict[str, Any] | None = None,
+) -> VerifyReport:
+    """Verify the lake of ``data`` against its signed checkpoints.
+
+    ``public_key``: the key (or a PEM file) to check signatures with; default
+    the data dir's ``keys/signing.pub.pem``.  ``date_from``/``date_to`` limit
+    which partitions are digested and re-hashed (docs/integrity.md: the
+    weaker guarantee).  ``mirrors``: further checkpoint folders to compare
+    (detects checkpoints deleted from the data dir together with the newest
+    events).  ``progress(phase, done, total)`` is called as work advances.
+    """
+    return _Verifier(data, public_key, date_from, date_to, mirrors, progress, toml).run()
+
+
+class _Verifier:
+    def __init__(
+        self,
+        data: DataDir | str | Path,
+        public_key: Ed25519PublicKey | Path | str | None,
+        date_from: str | dt.date | None,
+        date_to: str | dt.date | None,
+        mirrors: Iterable[Path | str],
+        progress: ProgressFn | None,
+        toml: dict[str, Any] | None,
+    ) -> None:
+        self.data = data if isinstance(data, DataDir) else DataDir.resolve(data)
+        if not self.data.root.is_dir():
+            raise ConfigError(f"data directory {self.data.root} does not exist")
+        self.key, key_source = _load_key(self.data, public_key)
+        self.date_from = _parse_date(date_from, "--from")
+        self.date_to = _parse_date(date_to, "--to")
+        if self.date_from and self.date_to and self.date_from > self.date_to:
+            raise ConfigError("--from is after --to")
+        self.mirrors = [Path(m) for m in mirrors]
+        self.progress = progress or (lambda phase, done, total: None)
+        self.toml = toml if toml is not None else load_toml(self.data.config_file)
+        self.report = VerifyReport(
+            data=str(self.data.root), public_key=key_source,
+            mirrors=[str(m) for m in self.mirrors],
+            date_from=self.date_from.isoformat() if self.date_from else None,
+            date_to=self.date_to.isoformat() if self.date_to else None,
+            started=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        )
+        self.problems = self.report.problems
+
+    def problem(self, kind: str, message: str, **where: Any) -> None:
+        self.problems.append(Problem(kind, message, **where))
+
+    def in_range(self, key: str) -> bool:
+        if self.date_from is None and self.date_to is None:
+            return True
+        d = _partition_date(key)
+        if d is None:
+            return True  # not in any partition: always checked
+        day = dt.date.fromisoformat(d)
+        return not ((self.date_from and day < self.date_from) or (self.date_to and day > self.date_to))
+
+    # -- run -------------------------------------------------------------------------
+
+    def run(self) -> VerifyReport:
+        t0 = time.monotonic()
+        if self.key is None:
+            self.problem("no_public_key",
+                         "no public key: the data dir has no keys/signing.pub.pem and none was "
+                         "given (--public-key FILE); checkpoint signatures were not checked")
+        self.writers = self._checkpoints()
+        self._live_files()
+        self._disk_files()
+        con = duckdb.connect()
+        try:
+            con.execute("SET TimeZone = 'UTC'")
+            self._rows(con)
+        finally:
+            con.close()
+        self.report.problems.sort(key=lambda p: (p.writer_id or "", p.kind, p.seq or 0, p.file or ""))
+        self.report.seconds = time.monotonic() - t0
+        return self.report
+
+    def _checkpoints(self) -> dict[str, dict[int, SignedCheckpoint]]:
+        primary = _read_checkpoint_dir(self.data.checkpoints, self.problems)
+        mirrors = [(m, _read_checkpoint_dir(m, self.problems)) for m in self.mirrors]
+        for m in self.mirrors:
+            if not m.is_dir():
+                raise ConfigError(f"checkpoint mirror {m} does not exist")
+        merged = _merge_checkpoints(primary, mirrors, self.key, self.report)
+        for writer, seals in sorted(merged.items()):
+            _check_checkpoint_chain(writer, seals, self.key, self.report)
+            if seals:
+                head = seals[max(seals)].checkpoint
+                self.report.writers.append(WriterSummary(
+                    writer, head_seq=head.seq, head_hash=head.chain_hash, head_time=head.time,
+                    checkpoints=len(seals)))
+        self.report.checkpoints = sum(len(s) for s in merged.values())
+        return merged
+
+    def _live_files(self) -> None:
+        """The files that must exist: union of ``files`` minus ``removed``, in seal
+        order; the expired seq ranges; the signed anchors (seq → chain_hash)."""
+        self.live: dict[str, _LiveFile] = {}
+        self.history: dict[str, FileEntry] = {}  # every removed entry, by path
+        self.expired: dict[str, list[tuple[int, int, str]]] = defaultdict(list)
+        self.anchors: list[tuple[str, int, str, str]] = []  # writer, seq, hash, checkpoint file
+        for writer, seals in sorted(self.writers.items()):
+            for seal in sorted(seals):
+                s = seals[seal]
+                cp = s.checkpoint
+                if cp.seq > 0:
+                    self.anchors.append((writer, cp.seq, cp.chain_hash, s.path.name))
+                for r in cp.removed:
+                    live = self.live.get(r.path)
+                    if live is None or live.entry.sha256 != r.sha256:
+                        self.problem(
+                            "bad_checkpoint",
+                            f"{cp.kind} checkpoint {s.path.name} removes {r.path}, which no "
+                            "earlier checkpoint of this lake lists with that digest",
+                            file=r.path, writer_id=writer)
+                    self.live.pop(r.path, None)
+                    self.history[r.path] = r
+                for f in cp.files:
+                    self.live[f.path] = _LiveFile(f, writer, seal)
+                if cp.kind == "expire":
+                    self._expire_ranges(writer, s)
+
+    def _expire_ranges(self, writer: str, s: SignedCheckpoint) -> None:
+        cp = s.checkpoint
+        removed = {r.path: r for r in cp.removed}
+        ranges = cp.extra.get("ranges", []) if isinstance(cp.extra, dict) else []
+        seen: set[str] = set()
+        for item in ranges:
+            try:
+                path = str(item["path"])
+                seq_ranges = [(int(a), int(b), str(h)) for a, b, h in item["seq_ranges"]]
+            except (KeyError, TypeError, ValueError):
+                self.problem("bad_checkpoint",
+                             f"expire checkpoint {s.path.name}: malformed range {item!r}",
+                             writer_id=writer, file=str(s.path))
+                continue
+            seen.add(path)
+            entry = removed.get(path)
+            count = sum(b - a + 1 for a, b, _ in seq_ranges)
+            if entry is None or count != entry.rows or any(
+                    a < entry.first_seq or b > entry.last_seq or a > b for a, b, _ in seq_ranges):
+                self.problem("bad_checkpoint",
+                             f"expire checkpoint {s.path.name}: the seq ranges of {path} do not "
+                             "match the removed file's rows and seq span",
+                             writer_id=writer, file=path)
+            self.expired[writer].extend(seq_ranges)
+        for path in removed:
+            if path not in seen:
+                self.problem("bad_checkpoint",
+                             f"expire checkpoint {s.path.name} removes {path} without recording "
+                             "its seq ranges", writer_id=writer, file=path)
+
+    def _disk_files(self) -> None:
+        """List hot (and cold) files, digest those in range, compare with checkpoints."""
+        tiers = {"hot": hot_tier(self.data)}
+        cold = _cold_tier(self.data, self.toml)
+        if cold is not None:
+            tiers["cold"] = cold
+        disk = _list_tier(tiers["hot"], "")
+        if cold is not None:
+            disk += _list_tier(cold, COLD_PREFIX)
+        self.tiers = tiers
+        self.disk = {f.key: f for f in disk}
+        self.report.files = len(disk)
+        self.buffers: dict[str, bytes] = {}  # non-local files, read once
+        todo = [f for f in disk if self.in_range(f.key)]
+        total = sum(f.size for f in todo)
+        done = 0
+        last = time.monotonic()
+        self.unreadable: set[str] = set()
+        for f in todo:
+            try:
+                buf = _digest(f)
+                meta = pq.read_metadata(pa.BufferReader(buf) if buf is not None else f.full)
+                f.rows = meta.num_rows
+            except (OSError, pa.ArrowException) as exc:
+                self.unreadable.add(f.key)
+                self.problem("unreadable_file", f"{f.key} cannot be read as Parquet: {exc}",
+                             file=f.key)
+                continue
+            if buf is not None:
+                self.buffers[f.key] = buf
+            done += f.size
+            self.report.files_digested += 1
+            self.report.bytes_digested += f.size
+            if time.monotonic() - last > 1:
+                self.progress("digest", done, total)
+                last = time.monotonic()
+        self.progress("digest", total, total)
+        for f in disk:  # files out of range: still read metadata so rows can be counted
+            if not f.sha256 and f.key not in self.unreadable:
+                try:
+                    f.rows = pq.read_metadata(f.full, filesystem=f.tier.filesystem).num_rows
+                except (OSError, pa.ArrowException) as exc:
+                    self.unreadable.add(f.key)
+                    self.problem("unreadable_file", f"{f.key} cannot be read as Parquet: {exc}",
+                                 file=f.key)
+        self._compare_files()
+
+    def _compare_files(self) -> None:
+        by_sha: dict[str, list[str]] = defaultdict(list)
+        for path, lf in self.live.items():
+            by_sha[lf.entry.sha256].append(path)
+        self.leftovers: set[str] = set()
+        explained: set[str] = set()  # live paths whose content was found elsewhere
+        for key, f in sorted(self.disk.items()):
+            if not f.sha256:
+                continue  # out of range or unreadable
+            lf = self.live.get(key)
+            if lf is not None and lf.entry.sha256 == f.sha256:
+                continue
+            others = [p for p in by_sha.get(f.sha256, []) if p != key]
+            if others:
+                explained.update(others)
+                where = (f"the path of a file that checkpoint seal {lf.seal} lists with other "
+                         "content" if lf else "a path no checkpoint lists")
+                self.problem(
+                    "moved_file",
+                    f"{key} holds exactly the file a checkpoint lists at {others[0]} (same "
+                    f"sha256): the file was moved or swapped; {key} is {where}",
+                    file=key, writer_id=self.live[others[0]].writer_id)
+            elif lf is not None:
+                self.problem(
+                    "changed_file",
+                    f"{key}: sha256 {f.sha256[:16]}… differs from the {lf.entry.sha256[:16]}… "
+                    f"signed in checkpoint seal {lf.seal} of writer {lf.writer_id}: the file was "
+                    "rewritten after sealing", file=key, writer_id=lf.writer_id)
+            elif key in self.history and self.history[key].sha256 == f.sha256:
+                self.leftovers.add(key)
+                self.report.warnings.append(
+                    f"{key} was removed by a checkpoint (compaction or retention) but is still "
+                    "on disk; it was not read (its events are in the files that replaced it)")
+            else:
+                self.problem(
+                    "unlisted_file",
+                    f"{key} ({f.rows} rows) is not listed in any checkpoint: a file added to "
+                    "the lake after sealing (inserted events)", file=key)
+        for key, lf in sorted(self.live.items()):
+            if key in self.disk or key in explained:
+                continue
+            e = lf.entry
+            self.problem(
+                "missing_file",
+                f"{key} ({e.rows} events, seq {e.first_seq}..{e.last_seq}, listed in checkpoint "
+                f"seal {lf.seal} of writer {lf.writer_id}) is not in the lake: the file was "
+                "deleted", file=key, writer_id=lf.writer_id, seq=e.first_seq)
+
+    # -- rows ------------------------------------------------------------------------
+
+    def _scan_sql(self, con: duckdb.DuckDBPyConnection, keys: Sequence[str], columns: str) -> str:
+        """SQL reading ``columns`` plus ``_file`` (the checkpoint path) from ``keys``."""
+        local = [k for k in keys if k not in self.buffers]
+        parts = []
+        if local:
+            files = "[" + ", ".join(_sql_str(self.disk[k].full) for k in local) + "]"
+            mapping = " ".join(f"WHEN {_sql_str(self.disk[k].full)} THEN {_sql_str(k)}"
+                               for k in local)
+            parts.append(
+                f"SELECT {columns}, CASE filename {mapping} END AS _file FROM read_parquet("
+                f"{files}, filename = true, union_by_name = true, hive_partitioning = false)")
+        for k in keys:
+            if k in self.buffers:
+                name = "buf_" + hashlib.sha256(k.encode()).hexdigest()[:16]
+                con.register(name, pq.read_table(pa.BufferReader(self.buffers[k])))
+                parts.append(f"SELECT {columns}, {_sql_str(k)} AS _file FROM {name}")
+        return " UNION ALL BY NAME ".join(parts)
+
+    def _rows(self, con: duckdb.DuckDBPyConnection) -> None:
+        readable = sorted(k for k in self.disk if k not in self.unreadable and k not in self.leftovers)
+        narrow = "writer_id, seq, chain_hash, CAST(created_at AS DATE) AS created_date"
+        if readable:
+            con.execute(f"CREATE TEMP TABLE idx AS {self._scan_sql(con, readable, narrow)}")
+        else:
+            con.execute("CREATE TEMP TABLE idx (writer_id VARCHAR, seq BIGINT, chain_hash VARCHAR, "
+                        "created_date DATE, _file VARCHAR)")
+        self.progress("index", 1, 1)
+        known = set(self.writers)
+        for w in self.report.writers:
+            r = con.execute("SELECT count(*), min(seq), max(seq) FROM idx WHERE writer_id = ?",
+                            [w.writer_id]).fetchone()
+            assert r is not None
+            w.events, w.first_seq, w.last_seq = int(r[0]), r[1], r[2]
+            w.expired_events = sum(b - a + 1 for a, b, _ in self.expired.get(w.writer_id, []))
+        self.report.events = int(con.execute("SELECT count(*) FROM idx").fetchone()[0])  # type: ignore[index]
+        self._check_writers(con, known)
+        self._check_sequences(con)
+        self._check_files(con)
+        self._check_anchors(con)
+        self._hash(con, [k for k in readable if self.in_range(k)])
+
+    def _check_writers(self, con: duckdb.DuckDBPyConnection, known: set[str]) -> None:
+        for writer, file, n, lo, hi in con.execute(
+                "SELECT writer_id, _file, count(*), min(seq), max(seq) FROM idx "
+                "GROUP BY ALL ORDER BY ALL").fetchall():
+            if writer not in known:
+                self.problem(
+                    "unknown_writer",
+                    f"{file} holds {n} events (seq {lo}..{hi}) of writer {writer!r}, which has no "
+                    "signed checkpoint: forged or inserted events", file=file, seq=lo,
+                    writer_id=writer)
+
+    def _expired_contains(self, writer: str, lo: int, hi: int) -> list[tuple[int, int]]:
+        """Sub-ranges of lo..hi NOT covered by the writer's expired ranges."""
+        gaps = [(lo, hi)]
+        for a, b, _ in sorted(self.expired.get(writer, [])):
+            nxt = []
+            for x, y in gaps:
+                if b < x or a > y:
+                    nxt.append((x, y))
+                    continue
+                if x < a:
+                    nxt.append((x, a - 1))
+                if b < y:
+                    nxt.append((b + 1, y))
+            gaps = nxt
+        return gaps
+
+    def _check_sequences(self, con: duckdb.DuckDBPyConnection) -> None:
+        for writer, seq, files in con.execute(
+                "SELECT writer_id, seq, list(_file ORDER BY _file) FROM idx GROUP BY ALL "
+                "HAVING count(*) > 1 ORDER BY ALL LIMIT 1000").fetchall():
+            if writer not in self.writers:
+                continue
+            self.problem(
+                "duplicate_seq",
+                f"writer {writer} seq {seq} is stored {len(files)} times ({', '.join(files)}): "
+                "an inserted event (the copy in a changed or unlisted file is the forgery)",
+                file=files[-1], seq=seq, writer_id=writer)
+        heads = {w: max(s) for w, s in self.writers.items() if s}
+        for writer, seal in heads.items():
+            head = self.writers[writer][seal].checkpoint
+            rows = con.execute(
+                "SELECT prev + 1, seq - 1 FROM (SELECT seq, lag(seq, 1, 0) OVER (ORDER BY seq) AS prev "
+                "FROM (SELECT DISTINCT seq FROM idx WHERE writer_id = ?)) WHERE seq > prev + 1",
+                [writer]).fetchall()
+            top = con.execute("SELECT max(seq) FROM idx WHERE writer_id = ?", [writer]).fetchone()
+            last = int(top[0]) if top and top[0] is not None else 0
+            for lo, hi in rows:
+                for a, b in self._expired_contains(writer, int(lo), int(hi)):
+                    self.problem(
+                        "missing_events",
+                        f"writer {writer}: events seq {a}..{b} ({b - a + 1}) are missing and no "
+                        "expire checkpoint records their removal",
+                        seq=a, writer_id=writer)
+            if last < head.seq:
+                for a, b in self._expired_contains(writer, last + 1, head.seq):
+                    self.problem(
+                        "truncated",
+                        f"writer {writer}: the lake ends at seq {a - 1} but checkpoint "
+                        f"seal {seal} ({head.time}) signed the head at seq {head.seq}: the "
+                        f"newest events seq {a}..{b} were removed (truncated tail)",
+                        seq=a, writer_id=writer)
+            for file, n, lo, hi in con.execute(
+                    "SELECT _file, count(*), min(seq), max(seq) FROM idx WHERE writer_id = ? "
+                    "AND seq > ? GROUP BY ALL ORDER BY ALL", [writer, head.seq]).fetchall():
+                self.problem(
+                    "unsigned_events",
+                    f"{file}: {n} events of writer {writer} (seq {lo}..{hi}) come after the "
+                    f"newest signed head (seq {head.seq}): inserted events, or a seal still in "
+                    "progress (verify again)", file=file, seq=lo, writer_id=writer)
+
+    def _check_files(self, con: duckdb.DuckDBPyConnection) -> None:
+        stats = {r[0]: r[1:] for r in con.execute(
+            "SELECT _file, count(*), min(seq), max(seq), list(DISTINCT writer_id), "
+            "count(*) FILTER (WHERE strftime(created_date, '%Y-%m-%d') IS DISTINCT FROM "
+            "regexp_extract(_file, 'date=(\\d{4}-\\d{2}-\\d{2})/', 1)), "
+            "min(seq) FILTER (WHERE strftime(created_date, '%Y-%m-%d') IS DISTINCT FROM "
+            "regexp_extract(_file, 'date=(\\d{4}-\\d{2}-\\d{2})/', 1)) "
+            "FROM idx GROUP BY ALL").fetchall()}
+        moved = {p.file for p in self.problems if p.kind == "moved_file"}
+        for key, (n, lo, hi, _writers, wrong_day, wrong_seq) in sorted(stats.items()):
+            if wrong_day and key not in moved:
+                self.problem(
+                    "wrong_partition",
+                    f"{key}: {wrong_day} event(s) (first seq {wrong_seq}) have a created_at date "
+                    f"other than the file's partition {_partition_date(key)}: events were "
+                    "moved to another day or their created_at was changed", file=key,
+                    seq=wrong_seq, column="created_at" if wrong_day < n else None)
+            lf = self.live.get(key)
+            if lf is None:
+                continue
+            e = lf.entry
+            outside = con.execute(
+                "SELECT seq FROM idx WHERE _file = ? AND (seq < ? OR seq > ? OR writer_id <> ?) "
+                "ORDER BY seq LIMIT 20", [key, e.first_seq, e.last_seq, lf.writer_id]).fetchall()
+            for (seq,) in outside:
+                home = [p for p, o in self.live.items() if o.writer_id == lf.writer_id
+                        and o.entry.first_seq <= seq <= o.entry.last_seq and p != key]
+                self.problem(
+                    "misplaced_event",
+                    f"{key} holds seq {seq}, outside the seq {e.first_seq}..{e.last_seq} its "
+                    f"checkpoint lists; the event belongs in "
+                    f"{' or '.join(home) if home else 'no listed file'}: events were moved "
+                    "between files", file=key, seq=seq, writer_id=lf.writer_id)
+            if n != e.rows or lo != e.first_seq or hi != e.last_seq:
+                self.problem(
+                    "file_rows",
+                    f"{key} holds {n} events seq {lo}..{hi}; checkpoint seal {lf.seal} lists "
+                    f"{e.rows} events seq {e.first_seq}..{e.last_seq}", file=key,
+                    writer_id=lf.writer_id)
+
+    def _check_anchors(self, con: duckdb.DuckDBPyConnection) -> None:
+        if not self.anchors:
+            return
+        con.execute("CREATE TEMP TABLE anchors (writer_id VARCHAR, seq BIGINT, chain_hash VARCHAR, cp VARCHAR)")
+        con.executemany("INSERT INTO anchors VALUES (?, ?, ?, ?)", self.anchors)
+        self.anchored = {(w, s): h for w, s, h, _ in self.anchors}
+        for writer, seq, signed, cp, stored, file in con.execute(
+                "SELECT a.writer_id, a.seq, a.chain_hash, a.cp, i.chain_hash, i._file FROM anchors a "
+                "JOIN idx i USING (writer_id, seq) WHERE i.chain_hash <> a.chain_hash "
+                "ORDER BY ALL").fetchall():
+            self.problem(
+                "head_mismatch",
+                f"{file}: writer {writer} seq {seq} stores chain_hash {stored[:16]}… but "
+                f"checkpoint {cp} signed {signed[:16]}…: the chain was rewritten from this "
+                "event or an earlier one", file=file, seq=seq, writer_id=writer,
+                column="chain_hash")
+        for writer, ranges in self.expired.items():
+            for _a, b, h in ranges:
+                signed = self.anchored.get((writer, b))
+                if signed is not None and signed != h:
+                    self.problem("bad_checkpoint",
+                                 f"writer {writer}: an expire range ends at seq {b} with hash "
+                                 f"{h[:16]}… but a checkpoint signed {signed[:16]}… there",
+                                 seq=b, writer_id=writer)
+
+    # -- hashing ---------------------------------------------------------------------------
+
+    def _hash(self, con: duckdb.DuckDBPyConnection, keys: list[str]) -> None:
+        """Each event's link: sha256(stored hash of seq-1 || canonical) = stored hash?"""
+        con.execute(
+            "CREATE TEMP TABLE prev AS SELECT writer_id, seq + 1 AS seq, min(chain_hash) AS prev "
+            "FROM idx GROUP BY ALL")
+        starts = [(w, 1, GENESIS.hex()) for w in self.writers]
+        starts += [(w, b + 1, h) for w, rs in self.expired.items() for _, b, h in rs]
+        if starts:
+            con.execute("CREATE TEMP TABLE starts (writer_id VARCHAR, seq BIGINT, prev VARCHAR)")
+            con.executemany("INSERT INTO starts VALUES (?, ?, ?)", starts)
+            con.execute("INSERT INTO prev SELECT * FROM starts s WHERE NOT EXISTS "
+                        "(SELECT 1 FROM prev p WHERE p.writer_id = s.writer_id AND p.seq = s.seq)")
+        total = sum(max(self.disk[k].rows, 0) for k in keys)
+        failing: list[tuple[str, int, str, str, str | None]] = []
+        done = 0
+        batch: list[str] = []
+        canon = canonical_sql("r.")
+        nulls = null_check_sql("r.")
+        for i, key in enumerate(keys):
+            batch.append(key)
+            rows = sum(max(self.disk[k].rows, 0) for k in batch)
+            if rows < _BATCH_ROWS and i + 1 < len(keys):
+                continue
+            scan = self._scan_sql(con, batch, "*")
+            failing += con.execute(
+                f"SELECT r._file, r.seq, r.writer_id, r.chain_hash, "
+                f"CASE WHEN p.prev IS NULL THEN NULL ELSE sha256(unhex(p.prev) || {canon}) END AS computed "
+                f"FROM ({scan}) r LEFT JOIN prev p ON p.writer_id = r.writer_id AND p.seq = r.seq "
+                f"WHERE (computed IS DISTINCT FROM r.chain_hash OR {nulls}) AND p.prev IS NOT NULL"
+            ).fetchall()
+            done += rows
+            self.progress("hash", done, total)
+            batch = []
+        self.report.events_hashed = done
+        if failing:
+            self._explain(con, failing)
+
+    def _explain(self, con: duckdb.DuckDBPyConnection,
+                 failing: list[tuple[str, int, str, str, str | None]]) -> None:
+        """Turn failed links into named problems: which event, which column when
+        that can be told, an edited hash, or events swapped in the chain."""
+        failing.sort(key=lambda r: (r[2], r[1], r[0]))
+        detail, rest = failing[:_DETAIL_LIMIT], failing[_DETAIL_LIMIT:]
+        fail_at = {(w, s) for _, s, w, _, _ in failing}
+        # Full rows of the failing events and their successors, with their canonical bytes.
+        wanted = sorted({(w, s) for _, s, w, _, _ in detail} | {(w, s + 1) for _, s, w, _, _ in detail})
+        con.execute("CREATE OR REPLACE TEMP TABLE wanted (writer_id VARCHAR, seq BIGINT)")
+        con.executemany("INSERT INTO wanted VALUES (?, ?)", wanted)
+        files = sorted({r[0] for r in con.execute(
+            "SELECT DISTINCT _file FROM idx JOIN wanted USING (writer_id, seq)").fetchall()}
+            & set(self.disk))
+        rows: dict[tuple[str, int, str], dict[str, Any]] = {}
+        if files:
+            cur = con.execute(
+                f"SELECT r.*, {canonical_sql('r.')} AS _canon FROM ({self._scan_sql(con, files, '*')}) r "
+                "JOIN wanted w ON w.writer_id = r.writer_id AND w.seq = r.seq")
+            names = [d[0] for d in cur.description]
+            for values in cur.fetchall():
+                row = dict(zip(names, values, strict=True))
+                rows[(row["writer_id"], row["seq"], row["_file"])] = row
+        prev = {(w, s): p for w, s, p in con.execute(
+            "SELECT p.writer_id, p.seq, p.prev FROM prev p JOIN wanted USING (writer_id, seq)").fetchall()}
+        by_seq: dict[tuple[str, int], list[dict[str, Any]]] = defaultdict(list)
+        for (w, s, _), row in rows.items():
+            by_seq[(w, s)].append(row)
+        explained: set[tuple[str, int, str]] = set()
+        for file, seq, writer, stored, computed in detail:
+            if (writer, seq, file) in explained:
+                continue
+            row = rows.get((writer, seq, file))
+            nxt = by_seq.get((writer, seq + 1), [])
+            anchored = getattr(self, "anchored", {}).get((writer, seq))
+            if row is None:
+                continue
+            if writer not in self.writers:
+                continue  # reported as unknown_writer
+            # 1. Only the stored chain_hash was edited: the content still hashes to what the
+            #    next event links to.
+            if computed is not None and (anchored == computed or any(
+                    n["_canon"] is not None and chain_link(computed, n["_canon"]) == n["chain_hash"]
+                    for n in nxt)):
+                self.problem(
+                    "changed_hash",
+                    f"{file}: writer {writer} seq {seq}: the stored chain_hash {stored[:16]}… was "
+                    f"changed; the event's content still hashes to {computed[:16]}…, which "
+                    + ("the checkpoint signed" if anchored == computed else
+                       f"seq {seq + 1} links to"),
+                    file=file, seq=seq, column="chain_hash", writer_id=writer)
+                for n in nxt:
+                    explained.add((writer, seq + 1, n["_file"]))
+                continue
+            # 2. Reordered: this content belongs at another failing position.
+            moved_to = self._find_position(row, writer, seq, fail_at, prev, by_seq)
+            if moved_to is not None:
+                self.problem(
+                    "reordered_events",
+                    f"{file}: the event stored as writer {writer} seq {seq} (id {row.get('id')}) "
+                    f"hashes correctly only at seq {moved_to}: events were reordered (their "
+                    "sequence numbers swapped)", file=file, seq=seq, column="seq",
+                    writer_id=writer)
+                continue
+            # 3. Content changed: name the column when a cross-check can tell it.
+            column, why = _guess_column(row, file)
+            nxt_ok = bool(nxt) and all((n["writer_id"], n["seq"]) not in fail_at for n in nxt)
+            if anchored == stored or nxt_ok:
+                how = ("its stored chain_hash is the one the checkpoint signed" if anchored == stored
+                       else f"seq {seq + 1} still links to its stored chain_hash")
+                base = (f"{file}: writer {writer} seq {seq} (id {row.get('id')}) was changed after "
+                        f"sealing: its content no longer hashes to its chain_hash, and {how}")
+            else:
+                base = (f"{file}: writer {writer} seq {seq} (id {row.get('id')}) does not hash to "
+                        f"its stored chain_hash: the event was changed or replaced (if seq "
+                        f"{seq - 1} was replaced together with a recomputed hash, seq {seq} is "
+                        "where it shows)")
+            if column:
+                msg = f"{base}; column {column}: {why}"
+            else:
+                msg = (f"{base}; which column changed cannot be determined from the lake: "
+                       "the hash covers all columns at once and the original values are not "
+                       "kept anywhere else")
+            self.problem("changed_event", msg, file=file, seq=seq, column=column, writer_id=writer)
+        if rest:
+            first = rest[0]
+            self.problem(
+                "changed_event",
+                f"{len(rest)} further events do not hash to their stored chain_hash (first: "
+                f"{first[0]} writer {first[2]} seq {first[1]}); not examined one by one",
+                file=first[0], seq=first[1], writer_id=first[2])
+
+    def _find_position(
+        self, row: dict[str, Any], writer: str, seq: int, fail_at: set[tuple[str, int]],
+        prev: dict[tuple[str, int], str], by_seq: dict[tuple[str, int], list[dict[str, Any]]],
+    ) -> int | None:
+        candidates = sorted(s for w, s in fail_at if w == writer and s != seq)[:_DETAIL_LIMIT]
+        if not candidates or len(candidates) > 64:
+            return None
+        table = _row_table(row)
+        if table is None:
+            return None
+        for pos in candidates:
+            p = prev.get((writer, pos))
+            if p is None:
+                continue
+            moved = table.set_column(table.schema.get_field_index("seq"), "seq",
+                                     pa.array([pos], pa.int64()))
+            h = chain_link(p, canonical_rows(moved)[0])
+            stored_there = {r["chain_hash"] for r in by_seq.get((writer, pos), [])}
+            if h == row["chain_hash"] or h in stored_there:
+                return pos
+        return None
+
+
+def _row_table(row: dict[str, Any]) -> pa.Table | None:
+    try:
+        return pa.Table.from_pylist([{c: row[c] for c in EVENT_SCHEMA.names}], schema=EVENT_SCHEMA)
+    except (KeyError, pa.ArrowException, TypeError, ValueError):
+        return None
+
+
+def _guess_column(row: dict[str, Any], file: str) -> tuple[str | None, str]:
+    """The column of a changed event, when a cross-check can tell it: a value
+    that ingest validation or the sealer could never have stored."""
+    for name in CANONICAL_FIELDS:
+        if row.get(name) is None:
+            return name, "it is NULL (every stored column is non-nullable)"
+    m = _PART_RE.match(file.rsplit("/", 1)[-1])
+    if m and row["writer_id"] != m.group("writer"):
+        return "writer_id", f"{row['writer_id']!r} differs from the writer {m.group('writer')!r} that wrote the file"
+    day = _partition_date(file)
+    created = row["created_at"]
+    if day and isinstance(created, dt.datetime) and created.astimezone(dt.UTC).date().isoformat() != day:
+        return "created_at", f"{created.isoformat()} is not in the file's partition {day}"
+    for name in REQUIRED_FIELDS:
+        if row[name] == "":
+            return name, "it is empty, which ingest validation rejects"
+    for name, limit in MAX_BYTES.items():
+        if isinstance(row[name], str) and len(row[name].encode()) > limit:
+            return name, f"it is longer than the {limit} bytes ingest accepts"
+    if not _UUID_RE.match(str(row["id"])):
+        return "id", f"{row['id']!r} is not a UUID, which ingest validation rejects"
+    if row["outcome"] not in OUTCOMES:
+        return "outcome", f"{row['outcome']!r} is not one of {sorted(OUTCOMES)}"
+    for name, rx in _HEX_RE.items():
+        if not rx.match(str(row[name])):
+            return name, f"{row[name]!r} is not the hex form ingest validation requires"
+    for name in ("changes", "metadata"):
+        try:
+            json.loads(row[name])
+        except ValueError:
+            return name, "it is not valid JSON, which ingest validation rejects"
+    if row["imported"] and row["clock_skew"]:
+        return "clock_skew", "imported events are never flagged for clock skew"
+    return None, ""
+
+
+# -- command line ---------------------------------------------------------------------------
+
+
+class _StderrProgress:
+    """Progress lines on stderr, at most one a second per phase (and each phase's end)."""
+
+    def __init__(self, interval_s: float = 1.0) -> None:
+        self.interval_s = interval_s
+        self.last = 0.0
+        self.t0 = time.monotonic()
+
+    def __call__(self, phase: str, done: int, total: int) -> None:
+        now = time.monotonic()
+        if done < total and now - self.last < self.interval_s:
+            return
+        self.last = now
+        unit = {"digest": "bytes", "hash": "events"}.get(phase, "steps")
+        pct = f" ({100 * done / total:.0f}%)" if total else ""
+        print(f"verify: {phase} {done:,}/{total:,} {unit}{pct}, {now - self.t0:.1f} s",
+              file=sys.stderr, flush=True)
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    from auditlake.collector.config import collector_config  # noqa: PLC0415
+
+    data = DataDir.resolve(args.data)
+    toml = load_toml(Path(args.config) if args.config else data.config_file)
+    mirrors = list(args.checkpoint_mirror or [])
+    if not mirrors:
+        configured = collector_config(toml).checkpoint_mirror
+        if configured and Path(configured).is_dir():
+            mirrors.append(configured)
+    report = verify_lake(
+        data, public_key=args.public_key, date_from=args.date_from, date_to=args.date_to,
+        mirrors=mirrors, progress=None if args.quiet else _StderrProgress(), toml=toml,
+    )
+    if args.format == "json":
+        sys.stdout.write(json.dumps(report.to_json(), indent=1) + "\n")
+    else:
+        sys.stdout.write(report.to_text())
+    return 0 if report.ok else 1
+
+
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Add ``auditlake verify``."""
+    from auditlake.collector.cli import add_data_arg  # noqa: PLC0415
+
+    p = subparsers.add_parser(
+        "verify",
+        help="re-hash the lake and check it against its signed checkpoints",
+        description="Re-read every lake file, recompute every event's hash, check sequences, "
+        "file digests, checkpoint signatures and links; name each problem.  Exit 0 when "
+        "clean, 1 when problems were found, 2 on a usage error.",
+    )
+    add_data_arg(p)
+    p.add_argument("--config", metavar="FILE", help=argparse.SUPPRESS)
+    p.add_argument("--from", dest="date_from", metavar="YYYY-MM-DD",
+                   help="first date partition to re-hash (weaker guarantee: docs/integrity.md)")
+    p.add_argument("--to", dest="date_to", metavar="YYYY-MM-DD",
+                   help="last date partition to re-hash")
+    p.add_argument("--public-key", metavar="FILE",
+                   help="Ed25519 public key (PEM, from `auditlake keys public`) to check "
+                   "signatures with, instead of the one in the data dir")
+    p.add_argument("--checkpoint-mirror", metavar="DIR", action="append",
+                   help="a second checkpoint folder to compare (repeatable; default: the "
+                   "configured mirror)")
+    p.add_argument("--format", choices=("text", "json"), default="text")
+    p.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
+    p.set_defaults(func=cmd_verify)

@@ -1,0 +1,180 @@
+"""The pure ASGI middleware: actor scope, route events at the real end, proxies."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+from typing import Any
+
+import httpx
+import pytest
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, PlainTextResponse, StreamingResponse
+from starlette.routing import Route
+
+from auditlake import sdk
+from auditlake.sdk.asgi import AuditMiddleware, RouteRule
+from auditlake.sdk.testing import AuditEvents
+
+stream_finished: list[bool] = []
+
+
+async def patient(request: Request) -> JSONResponse:
+    sdk.record("inner", "probe", request.path_params["id"])  # sees the request's actor
+    status = 403 if request.path_params["id"] == "secret" else 200
+    return JSONResponse({"id": request.path_params["id"]}, status_code=status)
+
+
+async def export(request: Request) -> StreamingResponse:
+    async def body() -> AsyncIterator[bytes]:
+        for i in range(3):
+            await asyncio.sleep(0.01)
+            yield f"row {i}\n".encode()
+        stream_finished.append(True)
+
+    return StreamingResponse(body())
+
+
+async def crash(request: Request) -> PlainTextResponse:
+    raise RuntimeError("boom")
+
+
+def resolver(scope: dict[str, Any]) -> dict[str, str] | None:
+    headers = dict(scope["headers"])
+    user = headers.get(b"x-user")
+    return {"user_id": user.decode(), "tenant_id": "t1"} if user else None
+
+
+def make_app(**options: Any) -> AuditMiddleware:
+    app = Starlette(routes=[
+        Route("/patients/{id}", patient),
+        Route("/export", export),
+        Route("/crash", crash),
+    ])
+    return AuditMiddleware(
+        app,
+        resolver=resolver,
+        routes=[
+            RouteRule("GET", "/patients/{id}", "read", "patient"),
+            RouteRule("GET", "/export", "export", "report"),
+            RouteRule("*", "/crash", "delete", "thing"),
+        ],
+        **options,
+    )
+
+
+async def call(app: Any, path: str, headers: dict[str, str] | None = None,
+               client: tuple[str, int] = ("203.0.113.9", 5000)) -> httpx.Response:
+    transport = httpx.ASGITransport(app=app, raise_app_exceptions=False, client=client)
+    async with httpx.AsyncClient(transport=transport, base_url="http://test") as http:
+        return await http.get(path, headers=headers)
+
+
+def test_matching_route_records_one_event_with_the_request_actor(memory: AuditEvents) -> None:
+    response = asyncio.run(call(make_app(), "/patients/42",
+                                {"x-user": "doctor", "user-agent": "ua/2", "x-request-id": "r-1"}))
+    assert response.status_code == 200
+    inner, event = memory.events
+    assert (event["action"], event["resource_type"], event["resource_id"]) == ("read", "patient", "42")
+    assert (event["user_id"], event["tenant_id"], event["outcome"]) == ("doctor", "t1", "success")
+    assert (event["ip_address"], event["user_agent"], event["request_id"]) == (
+        "203.0.113.9", "ua/2", "r-1")
+    assert json.loads(event["metadata"]) == {"method": "GET", "path": "/patients/42", "status": 200}
+    assert (inner["user_id"], inner["request_id"]) == ("doctor", "r-1")
+
+
+def test_status_401_403_is_denied_and_request_id_is_generated(memory: AuditEvents) -> None:
+    asyncio.run(call(make_app(), "/patients/secret"))
+    event = memory.find(action="read")[0]
+    assert (event["outcome"], event["reason"]) == ("denied", "HTTP 403")
+    assert len(event["request_id"]) == 36
+
+
+def test_streaming_response_is_recorded_after_the_last_chunk(memory: AuditEvents) -> None:
+    stream_finished.clear()
+    response = asyncio.run(call(make_app(), "/export"))
+    assert response.text == "row 0\nrow 1\nrow 2\n"
+    (event,) = memory.events
+    assert event["action"] == "export" and event["outcome"] == "success"
+    assert stream_finished == [True]
+
+
+def test_exception_records_failure_and_propagates(memory: AuditEvents) -> None:
+    # Starlette answers 500 itself, then re-raises: the response end is the record.
+    response = asyncio.run(call(make_app(), "/crash"))
+    assert response.status_code == 500
+    (event,) = memory.events
+    assert (event["action"], event["outcome"], event["reason"]) == ("delete", "failure", "HTTP 500")
+
+    async def bare(scope: Any, receive: Any, send: Any) -> None:
+        raise KeyError("no response at all")
+
+    app = AuditMiddleware(bare, routes=[RouteRule("*", "/crash", "delete", "thing")])
+    with pytest.raises(KeyError):
+        asyncio.run(app({"type": "http", "method": "GET", "path": "/crash", "headers": []},
+                        None, None))  # type: ignore[arg-type]
+    assert memory.events[-1]["reason"] == "KeyError"
+
+
+def test_unmatched_routes_record_nothing_but_still_set_the_actor(memory: AuditEvents) -> None:
+    asyncio.run(call(make_app(), "/patients/1/notes"))
+    assert memory.events == []
+
+
+@pytest.mark.parametrize(
+    ("peer", "headers", "expected"),
+    [
+        # An untrusted peer cannot claim another address.
+        ("203.0.113.9", {"x-forwarded-for": "1.2.3.4"}, "203.0.113.9"),
+        # A trusted proxy: the first untrusted hop from the right is the client.
+        ("10.0.0.5", {"x-forwarded-for": "1.2.3.4, 198.51.100.7, 10.0.0.9"}, "198.51.100.7"),
+        ("10.0.0.5", {"forwarded": 'for=192.0.2.60;proto=http, for="[2001:db8::1]:4711"'},
+         "2001:db8::1"),
+        ("10.0.0.5", {"forwarded": "for=192.0.2.60:8080"}, "192.0.2.60"),
+        ("10.0.0.5", {}, "10.0.0.5"),
+        ("10.0.0.5", {"x-forwarded-for": "10.0.0.7"}, "10.0.0.7"),
+        ("10.0.0.5", {"x-forwarded-for": "garbage"}, "10.0.0.5"),
+    ],
+)
+def test_forwarded_headers_are_believed_only_from_trusted_proxies(
+    memory: AuditEvents, peer: str, headers: dict[str, str], expected: str
+) -> None:
+    asyncio.run(call(make_app(trusted_proxies=["10.0.0.0/8"]), "/patients/7", headers,
+                     client=(peer, 1234)))
+    assert memory.find(action="read")[0]["ip_address"] == expected
+
+
+def test_non_http_scopes_pass_through_untouched(memory: AuditEvents) -> None:
+    seen: list[str] = []
+
+    async def inner(scope: Any, receive: Any, send: Any) -> None:
+        seen.append(scope["type"])
+
+    app = AuditMiddleware(inner, routes=[RouteRule("*", "/{x}", "read", "x")])
+    asyncio.run(app({"type": "lifespan"}, None, None))  # type: ignore[arg-type]
+    asyncio.run(app({"type": "websocket", "path": "/a", "headers": []}, None, None))  # type: ignore[arg-type]
+    assert seen == ["lifespan", "websocket"]
+    assert memory.events == []
+
+
+def test_concurrent_requests_keep_their_own_actor(memory: AuditEvents) -> None:
+    app = make_app()
+
+    async def main() -> None:
+        await asyncio.gather(*(call(app, f"/patients/p{n}", {"x-user": f"user{n}"})
+                               for n in range(30)))
+
+    asyncio.run(main())
+    for event in memory.find(action="read"):
+        assert event["user_id"] == "user" + event["resource_id"][1:]
+    assert len(memory.find(action="read")) == 30
+
+
+def test_route_rules_validate_their_placeholder() -> None:
+    with pytest.raises(ValueError, match="resource_id"):
+        RouteRule("GET", "/a/{id}", "read", "a", resource_id="nope")
+    rule = RouteRule("get", "/orgs/{org}/users/{user}", "read", "user", resource_id="user")
+    assert rule.match("GET", "/orgs/o1/users/u2") == "u2"
+    assert rule.match("POST", "/orgs/o1/users/u2") is None

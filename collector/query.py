@@ -54,14 +54,30 @@ def lake_globs(data: DataDir) -> list[str]:
     return []
 
 
-def connect(data: DataDir, *, extra_globs: Iterable[str] = (), threads: int | None = None) -> duckdb.DuckDBPyConnection:
-    """A DuckDB connection with the view ``events`` over the lake.  UTC
-    session time zone, so timestamps print as stored."""
+def connect(data: DataDir, *, extra_globs: Iterable[str] = (), threads: int | None = None,
+            toml: dict[str, Any] | None = None) -> duckdb.DuckDBPyConnection:
+    """A DuckDB connection with the view ``events`` over the lake (hot, and
+    the cold tier when retention moved files there).  UTC session time zone,
+    so timestamps print as stored.  ``toml``: the configuration (default
+    DIR/auditlake.toml), for the cold tier's location."""
     con = duckdb.connect(config={"threads": threads} if threads else {})
     con.execute("SET TimeZone = 'UTC'")
     globs = lake_globs(data) + list(extra_globs)
-    con.execute(f"CREATE OR REPLACE VIEW events AS {events_view_sql(globs)}")
+    view = events_view_sql(globs)
+    cold = _cold_relation(con, data, toml)
+    if cold:
+        view = f"{view} UNION ALL BY NAME {cold}"
+    con.execute(f"CREATE OR REPLACE VIEW events AS {view}")
     return con
+
+
+def _cold_relation(con: duckdb.DuckDBPyConnection, data: DataDir, toml: dict[str, Any] | None) -> str | None:
+    """The cold tier's relation registered on ``con`` (retention's hook), or None."""
+    try:
+        from auditlake.collector.retention import prepare_connection  # noqa: PLC0415
+    except ModuleNotFoundError:
+        return None
+    return prepare_connection(con, data, toml)
 
 
 def _json_default(value: Any) -> Any:

@@ -6,7 +6,11 @@ old partitions to.  Checkpoints name a file by tier and relative path:
 
 from __future__ import annotations
 
+import os
+import threading
+import urllib.parse
 from dataclasses import dataclass
+from pathlib import Path
 
 import pyarrow.fs as pafs
 
@@ -38,3 +42,43 @@ def split_checkpoint_path(path: str) -> tuple[str, str]:
     if path.startswith(COLD_PREFIX):
         return "cold", path[len(COLD_PREFIX):]
     return "hot", path
+
+
+# -- added by retention (additive) ---------------------------------------------
+
+#: Held while a lake maintenance step (compaction, a retention move or
+#: expiry) appends its checkpoint, so two steps never replace the same file.
+maintenance_lock = threading.RLock()
+
+
+def tier_from_uri(uri: str, *, endpoint_url: str = "", region: str = "", name: str = "cold") -> Tier:
+    """A Tier for a location URI: a path or ``file:///path``; ``s3://bucket/prefix``
+    (credentials from the usual AWS_* environment, endpoint from
+    ``endpoint_url`` or AWS_ENDPOINT_URL[_S3]); any other scheme pyarrow knows
+    (``gs://``, ``hdfs://``…), else any fsspec filesystem."""
+    if "://" not in uri:
+        return Tier(name, pafs.LocalFileSystem(), str(Path(uri).expanduser().resolve()))
+    scheme, rest = uri.split("://", 1)
+    if scheme == "file":
+        path = urllib.parse.unquote(urllib.parse.urlparse(uri).path)
+        return Tier(name, pafs.LocalFileSystem(), str(Path(path).resolve()))
+    if scheme in ("s3", "s3a"):
+        kwargs: dict[str, object] = {"connect_timeout": 10.0, "request_timeout": 60.0}
+        endpoint = (endpoint_url or os.environ.get("AWS_ENDPOINT_URL_S3")
+                    or os.environ.get("AWS_ENDPOINT_URL") or "")
+        if endpoint:
+            parsed = urllib.parse.urlparse(endpoint if "://" in endpoint else "https://" + endpoint)
+            kwargs["endpoint_override"] = parsed.netloc
+            kwargs["scheme"] = parsed.scheme
+        region = region or os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or ""
+        if region:
+            kwargs["region"] = region
+        return Tier(name, pafs.S3FileSystem(**kwargs), rest.strip("/"))  # type: ignore[arg-type]
+    try:
+        fs, path = pafs.FileSystem.from_uri(uri)
+        return Tier(name, fs, path.rstrip("/"))
+    except (ValueError, OSError):
+        import fsspec  # noqa: PLC0415
+
+        ffs, fpath = fsspec.core.url_to_fs(uri)
+        return Tier(name, pafs.PyFileSystem(pafs.FSSpecHandler(ffs)), str(fpath).rstrip("/"))

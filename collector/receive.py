@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import grpc
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.json as pa_json
 from auditlake.collector.errors import AuthError
 from auditlake.collector.keys import IngestKeyStore
 from auditlake.collector.schema import MAX_BYTES, OUTCOMES, REQUIRED_FIELDS, STRING_FIELDS
@@ -80,13 +81,15 @@ def decode_request(request: audit_pb2.ExportRequest) -> pa.Table:
                     f"columns.{name} has {len(values)} values, columns.id has {n}: "
                     "every column must hold one value per event"
                 )
-            arrays.append(pa.array(values, pa.string()))
+            # list() first: pyarrow converts a list faster than the repeated
+            # container it would otherwise iterate item by item.
+            arrays.append(pa.array(list(values), pa.string()))
         if len(cols.created_at_us) != n:
             raise ValueError(
                 f"columns.created_at_us has {len(cols.created_at_us)} values, "
                 f"columns.id has {n}"
             )
-        arrays.append(pa.array(cols.created_at_us, pa.int64()).cast(WIRE_SCHEMA[-1].type))
+        arrays.append(pa.array(list(cols.created_at_us), pa.int64()).cast(WIRE_SCHEMA[-1].type))
         tables.append(pa.Table.from_arrays(arrays, schema=WIRE_SCHEMA))
     if len(request.events):
         events = request.events
@@ -172,7 +175,7 @@ def validate(table: pa.Table, now_us: int, limits: Limits) -> list[Rejection]:
     for name in ("changes", "metadata"):
         col = table.column(name)
         plain = pc.equal(col, "{}")
-        if pc.all(plain).as_py():
+        if pc.all(plain).as_py() or _all_json_objects(col):
             continue
         for i, value in enumerate(col.to_pylist()):
             if value == "{}" or i in problems:
@@ -184,6 +187,32 @@ def validate(table: pa.Table, now_us: int, limits: Limits) -> list[Rejection]:
             if not ok:
                 problems[i] = Rejection(i, ids[i].as_py()[:64], name, "must be a JSON object")
     return [problems[i] for i in sorted(problems)]
+
+
+_JSON_OBJECTS_ONLY = pa_json.ParseOptions(
+    explicit_schema=pa.schema([]), unexpected_field_behavior="ignore"
+)
+
+
+def _all_json_objects(col: pa.Array | pa.ChunkedArray) -> bool:
+    """True when every value is one JSON object, checked in C++ (pyarrow's
+    newline-delimited JSON reader: ~10x faster than json.loads per row).
+    False means "not sure": the caller checks row by row (values holding a
+    newline, or two objects on one line, land there too)."""
+    if isinstance(col, pa.ChunkedArray):
+        col = col.combine_chunks()
+    # One value per line, each at least one object: then n rows parsed means
+    # exactly one object per value.
+    if pc.any(pc.match_substring(col, "\n")).as_py() or not pc.all(
+        pc.and_(pc.starts_with(col, "{"), pc.ends_with(col, "}"))
+    ).as_py():
+        return False
+    joined = pc.binary_join(pa.ListArray.from_arrays(pa.array([0, len(col)], pa.int32()), col), "\n")
+    try:
+        parsed = pa_json.read_json(pa.BufferReader(joined[0].as_buffer()), parse_options=_JSON_OBJECTS_ONLY)
+    except pa.ArrowInvalid:
+        return False
+    return bool(parsed.num_rows == len(col))
 
 
 # -- the WAL record of an accepted batch ---------------------------------------

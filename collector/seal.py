@@ -568,5 +568,5 @@ class Sealer:
         return table.set_column(
             table.schema.get_field_index("chain_hash"),
             EVENT_SCHEMA.field("chain_hash"),
-            pa.array([h.hex() for h in hashes], pa.string()),
+            pa.array(map(bytes.hex, hashes), pa.string(), size=n),
         )

@@ -8,6 +8,7 @@ import uuid
 from collections.abc import Sequence
 
 import grpc
+
 from auditlake.v1 import audit_pb2, audit_pb2_grpc
 
 
@@ -58,3 +59,39 @@ class Client:
 
     def close(self) -> None:
         self.channel.close()
+
+
+def stream(endpoint: str, key: str, out: str, seconds: float, seed: int) -> None:
+    """Send batches for ``seconds``, retrying each (same batch id) until it
+    is acknowledged, as the SDK does; append each acknowledged batch's ids
+    to ``out`` (one per line, flushed) and the ids of the batch in flight at
+    the end to ``out + '.unacked'``."""
+    import random
+
+    rnd = random.Random(seed)
+    client = Client(endpoint, key)
+    deadline = time.monotonic() + seconds
+    with open(out, "a") as acked_file:
+        while time.monotonic() < deadline:
+            ids = new_ids(rnd.randint(1, 400))
+            batch_id = str(uuid.uuid4())
+            cols = columns(ids)
+            while True:
+                try:
+                    client.export(batch_id, cols, timeout=5)
+                    break
+                except grpc.RpcError:
+                    if time.monotonic() > deadline + 60:
+                        with open(out + ".unacked", "a") as f:
+                            f.write("".join(i + "\n" for i in ids))
+                        return
+                    time.sleep(0.05)
+            acked_file.write("".join(i + "\n" for i in ids))
+            acked_file.flush()
+    client.close()
+
+
+if __name__ == "__main__":
+    import sys
+
+    stream(sys.argv[1], sys.argv[2], sys.argv[3], float(sys.argv[4]), int(sys.argv[5]))

@@ -1,0 +1,317 @@
+"""Collector ingest: sustained events/s from client processes sending
+pre-built columnar batches over raw gRPC to `auditlake serve` (fsync'd
+write-ahead log, hash chain, zstd Parquet), the collector's peak RSS, and
+bytes per stored event — next to pyarrow alone writing the same rows to zstd
+Parquet and JSON lines + gzip of the same events, measured in the same run.
+
+    .venv/bin/python bench/ingest_bench.py [--quick] [--profile]
+
+``--profile`` runs py-spy on the collector (if installed) and prints its
+top functions.
+"""
+
+from __future__ import annotations
+
+import gzip
+import io
+import json
+import os
+import random
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "bench"))
+
+from common import start_collector, stop_process  # noqa: E402
+
+BATCH = 4000
+CLIENTS = 2
+STREAMS = 4  # concurrent requests per client process
+
+_ACTIONS = ("read", "update", "create", "delete", "login", "export")
+_TYPES = ("document", "patient", "payment", "user")
+
+
+def _uuid7(ms: int, rnd: random.Random) -> str:
+    """A UUIDv7 string (time-ordered), cheap enough for bulk generation."""
+    a = rnd.getrandbits(12)
+    b = rnd.getrandbits(62)
+    value = (ms << 80) | (0x7 << 76) | (a << 64) | (0b10 << 62) | b
+    h = f"{value:032x}"
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+
+
+def make_events(n: int, seed: int) -> dict[str, list]:
+    """``n`` synthetic audit events as columns (the wire's EventColumns fields)."""
+    rnd = random.Random(seed)
+    now_ms = int(time.time() * 1000)
+    cols: dict[str, list] = {k: [] for k in (
+        "id", "tenant_id", "user_id", "action", "resource_type", "resource_id", "changes",
+        "ip_address", "user_agent", "created_at_us", "outcome", "reason", "service",
+        "trace_id", "span_id", "request_id", "metadata")}
+    for i in range(n):
+        ms = now_ms + i // 50
+        action = _ACTIONS[rnd.randrange(len(_ACTIONS))]
+        cols["id"].append(_uuid7(ms, rnd))
+        cols["tenant_id"].append(f"tenant-{rnd.randrange(20)}")
+        cols["user_id"].append(f"user-{rnd.randrange(2000)}")
+        cols["action"].append(action)
+        cols["resource_type"].append(_TYPES[rnd.randrange(len(_TYPES))])
+        cols["resource_id"].append(f"r-{rnd.randrange(100000)}")
+        cols["changes"].append(
+            json.dumps({"status": {"before": "open", "after": f"closed-{rnd.randrange(9)}"}})
+            if action == "update" else "")
+        cols["ip_address"].append(f"10.{rnd.randrange(4)}.{rnd.randrange(256)}.{rnd.randrange(256)}")
+        cols["user_agent"].append("Mozilla/5.0 (X11; Linux x86_64) bench/1.0")
+        cols["created_at_us"].append(ms * 1000 + rnd.randrange(1000))
+        cols["outcome"].append("success" if rnd.random() < 0.95 else "denied")
+        cols["reason"].append("")
+        cols["service"].append("billing")
+        cols["trace_id"].append(f"{rnd.getrandbits(128):032x}")
+        cols["span_id"].append(f"{rnd.getrandbits(64):016x}")
+        cols["request_id"].append(f"req-{rnd.getrandbits(40):010x}")
+        cols["metadata"].append(json.dumps({"route": "/api/v1/items/{id}"}))
+    return cols
+
+
+def _client(endpoint: str, key: str, n: int, seed: int) -> None:
+    """In a fresh process: pre-serialize the batches, wait for 'go' on stdin,
+    send them over STREAMS concurrent calls, print timings as JSON."""
+    import threading
+
+    import grpc
+    from auditlake.v1 import audit_pb2
+
+    cols = make_events(n, seed)
+    payloads = []
+    for start in range(0, n, BATCH):
+        part = {k: v[start:start + BATCH] for k, v in cols.items()}
+        req = audit_pb2.ExportRequest(batch_id=str(uuid.uuid4()), columns=audit_pb2.EventColumns(**part))
+        payloads.append((req.SerializeToString(), len(part["id"])))
+    del cols
+    channel = grpc.insecure_channel(endpoint, options=[("grpc.max_send_message_length", 64 << 20)])
+    export = channel.unary_unary(
+        "/auditlake.v1.AuditService/Export",
+        request_serializer=None,
+        response_deserializer=audit_pb2.ExportResponse.FromString,
+    )
+    md = [("authorization", "Bearer " + key)]
+    print("ready", flush=True)
+    sys.stdin.readline()
+    lock = threading.Lock()
+    it = iter(payloads)
+    acked = 0
+    busy = 0
+
+    def worker() -> None:
+        nonlocal acked, busy
+        while True:
+            with lock:
+                item = next(it, None)
+            if item is None:
+                return
+            data, count = item
+            while True:
+                try:
+                    resp = export(data, metadata=md, timeout=120)
+                    break
+                except grpc.RpcError as exc:
+                    if exc.code() != grpc.StatusCode.RESOURCE_EXHAUSTED:
+                        raise
+                    with lock:
+                        busy += 1
+                    time.sleep(0.2)
+            with lock:
+                acked += resp.accepted
+
+    t0 = time.time()
+    threads = [threading.Thread(target=worker) for _ in range(STREAMS)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    print(json.dumps({"start": t0, "end": time.time(), "acked": acked, "busy": busy}), flush=True)
+
+
+def _vm_hwm_kb(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1])
+    return 0
+
+
+def _lake_bytes(data: Path) -> int:
+    return sum(p.stat().st_size for p in (data / "lake" / "events").glob("date=*/*.parquet"))
+
+
+def _count(data: Path) -> int:
+    out = subprocess.run(
+        [sys.executable, "-m", "auditlake.collector", "query", "--data", str(data), "--format", "json",
+         "SELECT count(*) AS n FROM events"], capture_output=True, text=True, check=True).stdout
+    return int(json.loads(out.splitlines()[0])["n"])
+
+
+def run_ingest(total: int, profile: bool = False) -> dict[str, float]:
+    """One run: CLIENTS processes, ``total`` events; returns the figures."""
+    tmp = Path(tempfile.mkdtemp(prefix="auditlake-ingest-"))
+    data = tmp / "data"
+    data.mkdir()
+    proc, endpoint, key = start_collector(data, tenant="tenant-0", seal_interval=1.0)
+    # the bench key must write all 20 tenants: create one that can
+    key = subprocess.run(
+        [sys.executable, "-m", "auditlake.collector", "keys", "create", "--data", str(data),
+         *[a for i in range(20) for a in ("--tenant", f"tenant-{i}")]],
+        capture_output=True, text=True, check=True).stdout.strip()
+    spy = None
+    clients = []
+    try:
+        per = total // CLIENTS
+        for i in range(CLIENTS):
+            clients.append(subprocess.Popen(
+                [sys.executable, __file__, "--client", endpoint, key, str(per), str(i)],
+                stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True))
+        for c in clients:
+            assert c.stdout is not None and c.stdout.readline().strip() == "ready"
+        if profile and shutil.which("py-spy", path=str(Path(sys.executable).parent)):
+            spy = subprocess.Popen(
+                [str(Path(sys.executable).parent / "py-spy"), "record", "--pid", str(proc.pid),
+                 "--format", "raw", "--output", str(tmp / "profile.txt"), "--rate", "50",
+                 "--nonblocking", "--threads"],
+                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            time.sleep(1.0)
+        for c in clients:
+            assert c.stdin is not None
+            c.stdin.write("go\n")
+            c.stdin.flush()
+        results = []
+        for c in clients:
+            assert c.stdout is not None
+            results.append(json.loads(c.stdout.readline()))
+            c.wait(60)
+        start = min(r["start"] for r in results)
+        end = max(r["end"] for r in results)
+        acked = sum(r["acked"] for r in results)
+        # until everything acknowledged is sealed and queryable
+        while _count(data) < acked and time.time() - end < 120:
+            time.sleep(0.2)
+        sealed_end = time.time()
+        rss_kb = _vm_hwm_kb(proc.pid)
+        if spy is not None:
+            spy.send_signal(2)
+            spy.wait(30)
+    finally:
+        for c in clients:
+            if c.poll() is None:
+                c.kill()
+                c.wait()
+        stop_process(proc)
+    out = {
+        "events": acked,
+        "acked_per_s": acked / (end - start),
+        "sealed_per_s": acked / (sealed_end - start),
+        "rss_mb": rss_kb / 1024,
+        "bytes_per_event": _lake_bytes(data) / max(acked, 1),
+        "busy": sum(r["busy"] for r in results),
+    }
+    if profile and (tmp / "profile.txt").exists():
+        print(_profile_summary(tmp / "profile.txt"), file=sys.stderr)
+    shutil.rmtree(tmp, ignore_errors=True)
+    return out
+
+
+def _profile_summary(path: Path, top: int = 25) -> str:
+    """Self and inclusive sample counts per function from py-spy's raw output."""
+    incl: dict[str, int] = {}
+    own: dict[str, int] = {}
+    total = 0
+    for line in path.read_text().splitlines():
+        stack, _, count = line.rpartition(" ")
+        if not count.isdigit():
+            continue
+        n = int(count)
+        frames = stack.split(";")
+        if "idle" in frames[-1] or frames[-1].startswith(("wait (threading", "select", "_wait_once")):
+            continue
+        total += n
+        own[frames[-1]] = own.get(frames[-1], 0) + n
+        for f in set(frames):
+            incl[f] = incl.get(f, 0) + n
+    lines = [f"busy samples: {total}", "-- inclusive --"]
+    lines += [f"{v / total:6.1%} {k}" for k, v in sorted(incl.items(), key=lambda x: -x[1])[:top]]
+    lines += ["-- self --"]
+    lines += [f"{v / total:6.1%} {k}" for k, v in sorted(own.items(), key=lambda x: -x[1])[:top]]
+    return "\n".join(lines)
+
+
+def baselines(n: int) -> dict[str, float]:
+    """pyarrow alone: the same rows to zstd Parquet (rows/s, bytes/row); JSONL+gzip bytes/row."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    cols = make_events(n, 99)
+    table = pa.table({**{k: pa.array(v, pa.string()) for k, v in cols.items() if k != "created_at_us"},
+                      "created_at": pa.array(cols["created_at_us"], pa.int64()).cast(pa.timestamp("us", "UTC"))})
+    times = []
+    size = 0
+    for _ in range(3):
+        sink = io.BytesIO()
+        t0 = time.perf_counter()
+        pq.write_table(table, sink, compression="zstd")
+        times.append(time.perf_counter() - t0)
+        size = sink.tell()
+    rows = [dict(zip(cols, vals, strict=True)) for vals in zip(*cols.values(), strict=True)]
+    jsonl = "".join(json.dumps(r) + "\n" for r in rows).encode()
+    gz = gzip.compress(jsonl, 6)
+    return {"pyarrow_rows_per_s": n / sorted(times)[1], "pyarrow_bytes": size / n,
+            "jsonl_gzip_bytes": len(gz) / n}
+
+
+def bench_rows(quick: bool = False) -> list[tuple[str, str, str, str]]:
+    """Rows for `make bench` (medians of the runs)."""
+    total = 200_000 if quick else 1_200_000
+    runs = 1 if quick else 3
+    got = [run_ingest(total) for _ in range(runs)]
+    base = baselines(200_000)
+
+    def med(k: str) -> float:
+        return sorted(g[k] for g in got)[len(got) // 2]
+
+    acked, sealed, bpe = med("acked_per_s"), med("sealed_per_s"), med("bytes_per_event")
+    rss = max(g["rss_mb"] for g in got)
+    py = base["pyarrow_rows_per_s"]
+    return [
+        (f"collector ingest, {CLIENTS} client procs x {STREAMS} streams, {BATCH}-event batches "
+         "(acked: fsync'd WAL; events/s)", f"{acked:,.0f}", f"{py:,.0f} (pyarrow zstd write alone)",
+         f"{acked / py:.2f}x"),
+        ("collector ingest until sealed + queryable (events/s)", f"{sealed:,.0f}",
+         f"{py:,.0f} (pyarrow zstd write alone)", f"{sealed / py:.2f}x"),
+        (f"collector peak RSS during ingest ({total:,} events)", f"{rss:,.0f} MB", "-", "-"),
+        ("bytes per stored event (zstd Parquet, all columns + chain)", f"{bpe:.1f}",
+         f"{base['jsonl_gzip_bytes']:.1f} (JSONL+gzip); {base['pyarrow_bytes']:.1f} (pyarrow zstd, wire columns only)",
+         f"{bpe / base['jsonl_gzip_bytes']:.2f}x"),
+    ]
+
+
+def main() -> None:
+    if len(sys.argv) > 1 and sys.argv[1] == "--client":
+        _client(sys.argv[2], sys.argv[3], int(sys.argv[4]), int(sys.argv[5]))
+        return
+    quick = "--quick" in sys.argv
+    if "--profile" in sys.argv:
+        print(json.dumps(run_ingest(200_000 if quick else 1_000_000, profile=True)))
+        return
+    from common import print_table
+
+    print_table(bench_rows(quick=quick))
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("PYTHONUNBUFFERED", "1")
+    main()

@@ -1,0 +1,142 @@
+"""Durability: every acknowledged event survives kill -9 and is stored once;
+a retried batch after a lost answer is stored once; a torn WAL tail is cut."""
+
+from __future__ import annotations
+
+import collections
+import struct
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+
+import duckdb
+import pytest
+
+from tests.collector.durability_client import Client, columns, new_ids
+from tests.conftest import CollectorProcess
+
+HERE = Path(__file__).resolve().parent
+
+
+def lake_id_counts(data: Path) -> collections.Counter[str]:
+    """How many times each event id is stored in the lake (read directly)."""
+    files = sorted((data / "lake" / "events").glob("date=*/*.parquet"))
+    if not files:
+        return collections.Counter()
+    con = duckdb.connect()
+    rows = con.execute(
+        "SELECT id, count(*) FROM read_parquet(?) GROUP BY id", [[str(f) for f in files]]
+    ).fetchall()
+    return collections.Counter({r[0]: int(r[1]) for r in rows})
+
+
+def read_ids(path: Path) -> list[str]:
+    return path.read_text().split() if path.exists() else []
+
+
+@pytest.mark.timeout(150)
+def test_acked_events_survive_repeated_kill_9(
+    collector_factory: Callable[..., CollectorProcess], tmp_path: Path
+) -> None:
+    collector = collector_factory(seal_interval=0.5)
+    key = collector.api_key("acme")
+    outs = [tmp_path / f"client-{i}.acked" for i in range(3)]
+    clients = [
+        subprocess.Popen([sys.executable, str(HERE / "durability_client.py"), collector.endpoint,
+                          key, str(out), "18", str(i)])
+        for i, out in enumerate(outs)
+    ]
+    try:
+        for _ in range(5):
+            time.sleep(3.0)
+            collector.kill()
+            time.sleep(0.3)
+            collector.start()
+        for c in clients:
+            assert c.wait(120) == 0
+    finally:
+        for c in clients:
+            if c.poll() is None:
+                c.kill()
+                c.wait()
+    assert collector.stop() == 0
+    acked = [i for out in outs for i in read_ids(out)]
+    unacked = [i for out in outs for i in read_ids(Path(str(out) + ".unacked"))]
+    assert len(acked) > 1000, "the clients should have streamed for a while"
+    counts = lake_id_counts(collector.data)
+    missing = [i for i in acked if counts[i] == 0]
+    twice = {i: n for i, n in counts.items() if n > 1}
+    assert not missing, f"{len(missing)} acknowledged events lost, e.g. {missing[:3]}"
+    assert not twice, f"{len(twice)} events stored more than once, e.g. {list(twice.items())[:3]}"
+    assert set(counts) <= set(acked) | set(unacked)
+    assert collector.log().count("recovering") >= 1  # the WAL was replayed at least once
+
+
+def test_retry_after_lost_answer_is_stored_once(
+    collector_factory: Callable[..., CollectorProcess],
+) -> None:
+    # A long seal interval keeps the batch in the WAL only when we kill.
+    collector = collector_factory(seal_interval=30)
+    client = Client(collector.endpoint, collector.api_key("acme"))
+    ids = new_ids(50)
+    first = client.export("batch-lost-answer", columns(ids))
+    assert first.accepted == 50 and not first.duplicate
+    # The client "lost" that answer and retries at once: stored once.
+    again = client.export("batch-lost-answer", columns(ids))
+    assert again.duplicate and again.accepted == 50
+    collector.kill()  # acknowledged, fsynced, never sealed
+    collector.start()
+    # ... and retries again after the restart.
+    client = Client(collector.endpoint, collector.api_key("acme"))
+    after = client.export("batch-lost-answer", columns(ids))
+    assert after.duplicate and after.accepted == 50
+    client.close()
+    assert collector.stop() == 0
+    counts = lake_id_counts(collector.data)
+    assert sorted(counts) == sorted(ids)
+    assert set(counts.values()) == {1}
+
+
+def test_torn_wal_tail_is_cut_on_start(collector_factory: Callable[..., CollectorProcess]) -> None:
+    collector = collector_factory(seal_interval=30)
+    client = Client(collector.endpoint, collector.api_key("acme"))
+    ids = new_ids(20)
+    assert client.export(str(uuid.uuid4()), columns(ids)).accepted == 20
+    client.close()
+    collector.kill()
+    segment = sorted((collector.data / "wal").glob("wal-*.log"))[-1]
+    whole = segment.stat().st_size
+    with open(segment, "ab") as f:  # half a record: a header promising 1000 bytes, then 10
+        f.write(struct.pack("<II", 1000, 12345) + b"x" * 10)
+    collector.start()
+    log = collector.log()
+    assert "cutting a torn tail of 18 bytes" in log
+    assert f"at offset {whole}" in log
+    assert collector.stop() == 0
+    counts = lake_id_counts(collector.data)
+    assert sorted(counts) == sorted(ids) and set(counts.values()) == {1}
+
+
+def test_corrupt_last_record_is_cut_and_earlier_records_kept(
+    collector_factory: Callable[..., CollectorProcess],
+) -> None:
+    collector = collector_factory(seal_interval=30)
+    client = Client(collector.endpoint, collector.api_key("acme"))
+    kept, torn = new_ids(10), new_ids(10)
+    client.export("b-kept", columns(kept))
+    client.export("b-torn", columns(torn))
+    client.close()
+    collector.kill()
+    segment = sorted((collector.data / "wal").glob("wal-*.log"))[-1]
+    with open(segment, "r+b") as f:  # flip the last byte: the last record fails its crc
+        f.seek(-1, 2)
+        last = f.read(1)
+        f.seek(-1, 2)
+        f.write(bytes([last[0] ^ 0xFF]))
+    collector.start()
+    assert "cutting a torn tail" in collector.log()
+    assert collector.stop() == 0
+    assert sorted(lake_id_counts(collector.data)) == sorted(kept)

@@ -29,6 +29,9 @@ import duckdb
 import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
 from auditlake.collector.checkpoint import ChainCheckpoint, FileEntry, SignedCheckpoint
 from auditlake.collector.config import load_toml
 from auditlake.collector.datadir import DataDir
@@ -44,8 +47,6 @@ from auditlake.collector.integrity import (
 from auditlake.collector.keys import load_public_key
 from auditlake.collector.schema import EVENT_SCHEMA, MAX_BYTES, OUTCOMES, REQUIRED_FIELDS
 from auditlake.collector.tiers import COLD_PREFIX, Tier, hot_tier
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 #: Checkpoint kinds of the contract (docs/integrity.md, "Checkpoint kinds").
 KINDS = ("seal", "compact", "move", "expire")
@@ -855,21 +856,28 @@ class _Verifier:
                     "moved to another day or their created_at was changed", file=key,
                     seq=wrong_seq, column="created_at" if wrong_day < n else None)
             lf = self.live.get(key)
-            if lf is None:
+            if lf is None or key in moved:
                 continue
             e = lf.entry
             outside = con.execute(
-                "SELECT seq FROM idx WHERE _file = ? AND (seq < ? OR seq > ? OR writer_id <> ?) "
-                "ORDER BY seq LIMIT 20", [key, e.first_seq, e.last_seq, lf.writer_id]).fetchall()
-            for (seq,) in outside:
+                "SELECT seq, strftime(created_date, '%Y-%m-%d') FROM idx WHERE _file = ? AND "
+                "(seq < ? OR seq > ? OR writer_id <> ?) ORDER BY seq",
+                [key, e.first_seq, e.last_seq, lf.writer_id]).fetchall()
+            for seq, day in outside[:5]:
                 home = [p for p, o in self.live.items() if o.writer_id == lf.writer_id
-                        and o.entry.first_seq <= seq <= o.entry.last_seq and p != key]
+                        and o.entry.first_seq <= seq <= o.entry.last_seq and p != key
+                        and _partition_date(p) in (day, None)]
                 self.problem(
                     "misplaced_event",
                     f"{key} holds seq {seq}, outside the seq {e.first_seq}..{e.last_seq} its "
                     f"checkpoint lists; the event belongs in "
                     f"{' or '.join(home) if home else 'no listed file'}: events were moved "
                     "between files", file=key, seq=seq, writer_id=lf.writer_id)
+            if len(outside) > 5:
+                self.problem(
+                    "misplaced_event",
+                    f"{key} holds {len(outside) - 5} further events outside its checkpoint's "
+                    f"seq {e.first_seq}..{e.last_seq}", file=key, writer_id=lf.writer_id)
             if n != e.rows or lo != e.first_seq or hi != e.last_seq:
                 self.problem(
                     "file_rows",
@@ -970,6 +978,8 @@ class _Verifier:
         for (w, s, _), row in rows.items():
             by_seq[(w, s)].append(row)
         explained: set[tuple[str, int, str]] = set()
+        alt_prevs = {r[3] for r in detail} | {r[4] for r in detail if r[4] is not None}
+        alt_prevs = {a for a in alt_prevs if re.fullmatch(r"[0-9a-f]{64}", a)}
         for file, seq, writer, stored, computed in detail:
             if (writer, seq, file) in explained:
                 continue
@@ -1005,7 +1015,12 @@ class _Verifier:
                     "sequence numbers swapped)", file=file, seq=seq, column="seq",
                     writer_id=writer)
                 continue
-            # 3. Content changed: name the column when a cross-check can tell it.
+            # 3. Intact, but its predecessor was moved or its hash edited: the link holds
+            #    from one of the disturbed hashes (that event is reported itself).
+            canon = row.get("_canon")
+            if canon is not None and any(chain_link(a, canon) == stored for a in alt_prevs):
+                continue
+            # 4. Content changed: name the column when a cross-check can tell it.
             column, why = _guess_column(row, file)
             nxt_ok = bool(nxt) and all((n["writer_id"], n["seq"]) not in fail_at for n in nxt)
             if anchored == stored or nxt_ok:

@@ -17,15 +17,14 @@ from collections.abc import Mapping, Sequence
 from typing import Any, Final
 
 from auditlake.sdk._context import Actor
-from auditlake.sdk._trace import INVALID_SPAN as _INVALID_SPAN
-from auditlake.sdk._trace import span_ids
+from auditlake.sdk._trace import span_ids_in
 from auditlake.v1 import audit_pb2
 
 # Positions in the captured tuple.
 NS: Final = 0
 SEQ: Final = 1
 ACTOR: Final = 2
-SPAN: Final = 3
+CONTEXT: Final = 3  # OpenTelemetry's current Context at the call
 ACTION: Final = 4
 RESOURCE_TYPE: Final = 5
 RESOURCE_ID: Final = 6
@@ -52,17 +51,19 @@ def new_sequence() -> itertools.count[int]:
 
 
 def format_uuid7(ms: int, seq: int, rand32: int) -> str:
-    """The canonical text form of a UUIDv7 from its three parts."""
-    value = (
-        (ms & 0xFFFF_FFFF_FFFF) << 80
-        | 0x7 << 76
-        | ((seq >> 30) & 0xFFF) << 64
-        | 0b10 << 62
-        | (seq & 0x3FFF_FFFF) << 32
-        | (rand32 & 0xFFFF_FFFF)
+    """The canonical text form of a UUIDv7 from its three parts.
+
+    Groups: 32+16 bits of milliseconds; version 7 + the counter's top 12
+    bits (rand_a); variant 0b10 + the next 14 counter bits; the last 16
+    counter bits + 32 random bits.
+    """
+    return "%08x-%04x-%04x-%04x-%012x" % (  # noqa: UP031 - the fastest form here
+        ms >> 16 & 0xFFFF_FFFF,
+        ms & 0xFFFF,
+        0x7000 | (seq >> 30 & 0xFFF),
+        0x8000 | (seq >> 16 & 0x3FFF),
+        (seq & 0xFFFF) << 32 | (rand32 & 0xFFFF_FFFF),
     )
-    h = f"{value:032x}"
-    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
 
 _ID_SEQ = new_sequence()
@@ -104,87 +105,80 @@ def to_json_object(value: object) -> str:
 _encode_json = json.JSONEncoder(separators=(",", ":"), default=str, ensure_ascii=False).encode
 
 
+def _texts(values: Sequence[object]) -> list[str] | Sequence[object]:
+    """The column as it can go on the wire: strings, "" for None."""
+    for value in values:
+        if type(value) is not str:
+            return [_text(v) for v in values]
+    return values
+
+
+def _with_scope(values: Sequence[object], scopes: Sequence[Actor], field: str) -> list[str]:
+    """The explicit value, else the actor scope's, else ""."""
+    return [
+        (v if type(v) is str else _text(v))
+        if v is not None
+        else (getattr(scope, field) or "")
+        for v, scope in zip(values, scopes, strict=True)
+    ]
+
+
 def encode_batch(
     events: Sequence[CapturedEvent], batch_id: str, service: str, rng: random.Random
 ) -> audit_pb2.ExportRequest:
     """One columnar ExportRequest holding ``events`` in order."""
-    ids: list[str] = []
-    tenants: list[str] = []
-    users: list[str] = []
-    actions: list[str] = []
-    rtypes: list[str] = []
-    rids: list[str] = []
-    changes: list[str] = []
-    ips: list[str] = []
-    agents: list[str] = []
-    created: list[int] = []
-    outcomes: list[str] = []
-    reasons: list[str] = []
-    traces: list[str] = []
-    spans: list[str] = []
-    requests: list[str] = []
-    metadata: list[str] = []
+    # Transpose once (in C), then build each column with a comprehension.
+    cols = list(zip(*events, strict=True))
+    scopes: Sequence[Actor] = cols[ACTOR]
     getrandbits = rng.getrandbits
-    for event in events:
-        ns = event[NS]
-        scope: Actor = event[ACTOR]
-        ids.append(format_uuid7(ns // 1_000_000, event[SEQ], getrandbits(32)))
-        created.append(ns // 1000)
-        tenant = event[TENANT_ID]
-        tenants.append(_text(tenant if tenant is not None else scope.tenant_id))
-        user = event[USER_ID]
-        users.append(_text(user if user is not None else scope.user_id))
-        actions.append(event[ACTION])
-        value = event[RESOURCE_TYPE]
-        rtypes.append(value if type(value) is str else _text(value))
-        value = event[RESOURCE_ID]
-        rids.append(value if type(value) is str else _text(value))
-        value = event[CHANGES]
-        changes.append(value if type(value) is str else to_json_object(value))
-        ip = event[IP_ADDRESS]
-        ips.append(_text(ip if ip is not None else scope.ip_address))
-        agent = event[USER_AGENT]
-        agents.append(_text(agent if agent is not None else scope.user_agent))
-        outcomes.append(event[OUTCOME])
-        value = event[REASON]
-        reasons.append(value if type(value) is str else _text(value))
-        span = event[SPAN]
-        if span is None or span is _INVALID_SPAN:
-            traces.append("")
-            spans.append("")
-        else:
-            trace_id, span_id = span_ids(span)
-            traces.append(trace_id)
-            spans.append(span_id)
-        request = event[REQUEST_ID]
-        requests.append(_text(request if request is not None else scope.request_id))
-        meta = event[METADATA]
-        if scope.metadata:
-            if meta is None:
-                meta = scope.metadata
-            elif isinstance(meta, Mapping):
-                meta = {**scope.metadata, **meta}
-        metadata.append(to_json_object(meta))
-    request_pb = audit_pb2.ExportRequest(batch_id=batch_id)
-    columns = request_pb.columns
-    columns.id.extend(ids)
-    columns.tenant_id.extend(tenants)
-    columns.user_id.extend(users)
-    columns.action.extend(actions)
-    columns.resource_type.extend(rtypes)
-    columns.resource_id.extend(rids)
-    columns.changes.extend(changes)
-    columns.ip_address.extend(ips)
-    columns.user_agent.extend(agents)
-    columns.created_at_us.extend(created)
-    columns.outcome.extend(outcomes)
-    columns.reason.extend(reasons)
-    columns.service.extend([service] * len(events))
-    columns.trace_id.extend(traces)
-    columns.span_id.extend(spans)
-    columns.request_id.extend(requests)
-    columns.metadata.extend(metadata)
-    return request_pb
+    request = audit_pb2.ExportRequest(batch_id=batch_id)
+    c = request.columns
+    c.id.extend(
+        [
+            format_uuid7(ns // 1_000_000, seq, getrandbits(32))
+            for ns, seq in zip(cols[NS], cols[SEQ], strict=True)
+        ]
+    )
+    c.tenant_id.extend(_with_scope(cols[TENANT_ID], scopes, "tenant_id"))
+    c.user_id.extend(_with_scope(cols[USER_ID], scopes, "user_id"))
+    c.action.extend(_texts(cols[ACTION]))  # type: ignore[arg-type]
+    c.resource_type.extend(_texts(cols[RESOURCE_TYPE]))  # type: ignore[arg-type]
+    c.resource_id.extend(_texts(cols[RESOURCE_ID]))  # type: ignore[arg-type]
+    c.changes.extend([v if type(v) is str else to_json_object(v) for v in cols[CHANGES]])
+    c.ip_address.extend(_with_scope(cols[IP_ADDRESS], scopes, "ip_address"))
+    c.user_agent.extend(_with_scope(cols[USER_AGENT], scopes, "user_agent"))
+    c.created_at_us.extend([ns // 1000 for ns in cols[NS]])
+    c.outcome.extend(cols[OUTCOME])
+    c.reason.extend(_texts(cols[REASON]))  # type: ignore[arg-type]
+    c.service.extend([service] * len(events))
+    contexts = cols[CONTEXT]
+    if not any(contexts):
+        blank = [""] * len(events)
+        c.trace_id.extend(blank)
+        c.span_id.extend(blank)
+    else:
+        pairs = [span_ids_in(context) for context in contexts]
+        c.trace_id.extend([pair[0] for pair in pairs])
+        c.span_id.extend([pair[1] for pair in pairs])
+    c.request_id.extend(_with_scope(cols[REQUEST_ID], scopes, "request_id"))
+    c.metadata.extend(
+        [
+            _metadata(meta, scope.metadata)
+            for meta, scope in zip(cols[METADATA], scopes, strict=True)
+        ]
+    )
+    return request
+
+
+def _metadata(meta: object, inherited: Mapping[str, Any]) -> str:
+    if inherited:
+        if meta is None:
+            meta = inherited
+        elif isinstance(meta, Mapping):
+            meta = {**inherited, **meta}
+    if type(meta) is str:
+        return meta
+    return to_json_object(meta)
 
 
 COLUMN_NAMES: Final = (

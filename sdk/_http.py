@@ -27,17 +27,26 @@ class TrustedProxies:
         self._networks: tuple[Network, ...] = tuple(
             ipaddress.ip_network(p.strip(), strict=False) for p in proxies if p.strip()
         )
+        self._cache: dict[str, bool] = {}
 
     def __bool__(self) -> bool:
         return bool(self._networks)
 
     def trusts(self, address: str) -> bool:
         """True when ``address`` is one of the trusted proxies."""
+        known = self._cache.get(address)
+        if known is not None:
+            return known
         try:
             ip = ipaddress.ip_address(address)
         except ValueError:
-            return False
-        return any(ip in network for network in self._networks)
+            trusted = False
+        else:
+            trusted = any(ip in network for network in self._networks)
+        if len(self._cache) >= 4096:  # peers are few (proxies); clients many
+            self._cache.clear()
+        self._cache[address] = trusted
+        return trusted
 
     def client_address(self, peer: str, forwarded: str | None, x_forwarded_for: str | None) -> str:
         """The client address for a request from ``peer`` carrying these headers."""
@@ -136,11 +145,12 @@ def principal_fields(principal: Any) -> tuple[str | None, str | None]:
     """(user_id, tenant_id) from a resolver's answer: a mapping, an object or None."""
     if principal is None:
         return None, None
-    if isinstance(principal, Mapping):
+    if type(principal) is dict or isinstance(principal, Mapping):
         user, tenant = principal.get("user_id"), principal.get("tenant_id")
     else:
         user, tenant = getattr(principal, "user_id", None), getattr(principal, "tenant_id", None)
-    return (
-        None if user is None else str(user),
-        None if tenant is None else str(tenant),
-    )
+    if user is not None and type(user) is not str:
+        user = str(user)
+    if tenant is not None and type(tenant) is not str:
+        tenant = str(tenant)
+    return user, tenant

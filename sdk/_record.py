@@ -19,7 +19,7 @@ from auditlake.sdk._context import ACTOR
 from auditlake.sdk._event import OUTCOMES
 from auditlake.sdk._exceptions import NotConfiguredError
 from auditlake.sdk._processor import Waiter
-from auditlake.sdk._trace import get_current_span
+from auditlake.sdk._trace import current_context
 
 log = logging.getLogger("auditlake.sdk")
 
@@ -63,7 +63,7 @@ def record(
         time_ns(),
         next(processor.seq),
         ACTOR.get(),
-        get_current_span(),
+        current_context(),
         action,
         resource_type,
         resource_id,

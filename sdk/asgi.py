@@ -56,7 +56,11 @@ class AuditMiddleware:
     ) -> None:
         self.app = app
         self._resolver = resolver
+        self._resolver_is_async = inspect.iscoroutinefunction(resolver) or inspect.iscoroutinefunction(
+            getattr(resolver, "__call__", None)
+        )
         self._proxies = TrustedProxies(trusted_proxies)
+        self._check_proxies = bool(self._proxies)
         self._request_id_header = request_id_header.lower().encode("latin-1")
         self._routes = tuple(routes)
 
@@ -70,27 +74,30 @@ class AuditMiddleware:
         forwarded: str | None = None
         x_forwarded_for: str | None = None
         request_id_header = self._request_id_header
-        proxies = self._proxies
+        check_proxies = self._check_proxies
         for name, value in scope.get("headers") or ():
             if name == b"user-agent":
                 user_agent = value.decode("latin-1")
             elif name == request_id_header:
                 request_id = value.decode("latin-1")
-            elif proxies and name == b"x-forwarded-for":
+            elif check_proxies and name == b"x-forwarded-for":
                 text = value.decode("latin-1")
                 x_forwarded_for = f"{x_forwarded_for},{text}" if x_forwarded_for else text
-            elif proxies and name == b"forwarded":
+            elif check_proxies and name == b"forwarded":
                 text = value.decode("latin-1")
                 forwarded = f"{forwarded},{text}" if forwarded else text
         client = scope.get("client")
         peer = client[0] if client else ""
-        ip = proxies.client_address(peer, forwarded, x_forwarded_for) if proxies else peer
+        if check_proxies:
+            ip = self._proxies.client_address(peer, forwarded, x_forwarded_for)
+        else:
+            ip = peer
         if not request_id:
             request_id = new_id(time_ns())
         user_id = tenant_id = None
         if self._resolver is not None:
             principal = self._resolver(scope)
-            if inspect.isawaitable(principal):
+            if self._resolver_is_async:
                 principal = await principal
             user_id, tenant_id = principal_fields(principal)
         token = ACTOR.set(merged_actor(ACTOR.get(), user_id, tenant_id, ip, user_agent, request_id))

@@ -132,3 +132,11 @@ def test_stats_count_recorded_and_exported(memory: AuditEvents) -> None:
     assert sdk.flush(5)
     stats = sdk.stats()
     assert (stats.recorded, stats.exported, stats.queued, stats.dropped) == (10, 10, 0, 0)
+
+
+def test_uuid7_layout_matches_rfc_9562() -> None:
+    from auditlake.sdk._event import format_uuid7
+
+    ms, seq, rand = 0x0123_4567_89AB, (0xABC << 30) | 0x2AAA_AAAA, 0xDEAD_BEEF
+    value = (ms << 80) | (0x7 << 76) | (0xABC << 64) | (0b10 << 62) | (0x2AAA_AAAA << 32) | rand
+    assert format_uuid7(ms, seq, rand) == str(uuid.UUID(int=value))

@@ -141,15 +141,15 @@ def encode_batch(
     )
     c.tenant_id.extend(_with_scope(cols[TENANT_ID], scopes, "tenant_id"))
     c.user_id.extend(_with_scope(cols[USER_ID], scopes, "user_id"))
-    c.action.extend(_texts(cols[ACTION]))  # type: ignore[arg-type]
-    c.resource_type.extend(_texts(cols[RESOURCE_TYPE]))  # type: ignore[arg-type]
-    c.resource_id.extend(_texts(cols[RESOURCE_ID]))  # type: ignore[arg-type]
+    c.action.extend(_texts(cols[ACTION]))
+    c.resource_type.extend(_texts(cols[RESOURCE_TYPE]))
+    c.resource_id.extend(_texts(cols[RESOURCE_ID]))
     c.changes.extend([v if type(v) is str else to_json_object(v) for v in cols[CHANGES]])
     c.ip_address.extend(_with_scope(cols[IP_ADDRESS], scopes, "ip_address"))
     c.user_agent.extend(_with_scope(cols[USER_AGENT], scopes, "user_agent"))
     c.created_at_us.extend([ns // 1000 for ns in cols[NS]])
     c.outcome.extend(cols[OUTCOME])
-    c.reason.extend(_texts(cols[REASON]))  # type: ignore[arg-type]
+    c.reason.extend(_texts(cols[REASON]))
     c.service.extend([service] * len(events))
     contexts = cols[CONTEXT]
     if not any(contexts):
@@ -170,7 +170,7 @@ def encode_batch(
     return request
 
 
-def _metadata(meta: object, inherited: Mapping[str, Any]) -> str:
+def _metadata(meta: object, inherited: Mapping[str, Any] | None) -> str:
     if inherited:
         if meta is None:
             meta = inherited

@@ -56,9 +56,9 @@ class AuditMiddleware:
     ) -> None:
         self.app = app
         self._resolver = resolver
-        self._resolver_is_async = inspect.iscoroutinefunction(resolver) or inspect.iscoroutinefunction(
-            getattr(resolver, "__call__", None)
-        )
+        self._resolver_is_async = inspect.iscoroutinefunction(
+            resolver
+        ) or inspect.iscoroutinefunction(type(resolver).__call__)
         self._proxies = TrustedProxies(trusted_proxies)
         self._check_proxies = bool(self._proxies)
         self._request_id_header = request_id_header.lower().encode("latin-1")
@@ -88,10 +88,11 @@ class AuditMiddleware:
                 forwarded = f"{forwarded},{text}" if forwarded else text
         client = scope.get("client")
         peer = client[0] if client else ""
-        if check_proxies:
-            ip = self._proxies.client_address(peer, forwarded, x_forwarded_for)
-        else:
-            ip = peer
+        ip = (
+            self._proxies.client_address(peer, forwarded, x_forwarded_for)
+            if check_proxies
+            else peer
+        )
         if not request_id:
             request_id = new_id(time_ns())
         user_id = tenant_id = None

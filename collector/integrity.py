@@ -11,6 +11,7 @@ from collections.abc import Iterable
 
 import pyarrow as pa
 import pyarrow.compute as pc
+
 from auditlake.collector.schema import COLUMNS
 
 #: Version tag of the canonical encoding (recorded in checkpoints).

@@ -477,6 +477,7 @@ def verify_lake(
     mirrors: Iterable[Path | str] = (),
     progress: ProgressFn | None = None,
     toml: dict[str, Any] | None = None,
+    cold_tier: Tier | None = None,
 ) -> VerifyReport:
     """Verify the lake of ``data`` against its signed checkpoints.
 
@@ -486,8 +487,12 @@ def verify_lake(
     weaker guarantee).  ``mirrors``: further checkpoint folders to compare
     (detects checkpoints deleted from the data dir together with the newest
     events).  ``progress(phase, done, total)`` is called as work advances.
+    ``cold_tier``: where ``cold:`` files live; default the retention
+    configuration's cold tier (none when retention is not set up).
     """
-    return _Verifier(data, public_key, date_from, date_to, mirrors, progress, toml).run()
+    verifier = _Verifier(data, public_key, date_from, date_to, mirrors, progress, toml)
+    verifier.cold = cold_tier
+    return verifier.run()
 
 
 class _Verifier:
@@ -520,6 +525,7 @@ class _Verifier:
             started=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         )
         self.problems = self.report.problems
+        self.cold: Tier | None = None
 
     def problem(self, kind: str, message: str, **where: Any) -> None:
         self.problems.append(Problem(kind, message, **where))
@@ -632,7 +638,7 @@ class _Verifier:
     def _disk_files(self) -> None:
         """List hot (and cold) files, digest those in range, compare with checkpoints."""
         tiers = {"hot": hot_tier(self.data)}
-        cold = _cold_tier(self.data, self.toml)
+        cold = self.cold if self.cold is not None else _cold_tier(self.data, self.toml)
         if cold is not None:
             tiers["cold"] = cold
         disk = _list_tier(tiers["hot"], "")

@@ -1,0 +1,300 @@
+"""`auditlake verify` against the checkpoint contract: compaction, moves to
+the cold tier and expiry are verified clean when done as the contract says,
+and every deviation is named.  Lakes are built in-process by SyntheticWriter
+(same chain, files and signed checkpoints as the Sealer)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+import pytest
+
+from auditlake.collector.checkpoint import FileEntry
+from auditlake.collector.datadir import DataDir
+from auditlake.collector.errors import ConfigError
+from auditlake.collector.lake import publish, sha256_file, sort_for_queries, stage_file
+from auditlake.collector.tiers import COLD_PREFIX, Tier
+from auditlake.collector.verify import PROBLEM_KINDS, VerifyReport, verify_lake
+from tests.collector.synthetic_lake import SyntheticWriter, event_rows
+from tests.conftest import run_cli
+
+
+@pytest.fixture
+def writer(tmp_path: Path) -> SyntheticWriter:
+    """A writer with three seals (60 events over 3 days) already written."""
+    w = SyntheticWriter(DataDir(tmp_path / "data"))
+    for s in range(3):
+        w.seal(event_rows(20, start=20 * s))
+    return w
+
+
+def kinds(report: VerifyReport) -> set[str]:
+    return {p.kind for p in report.problems}
+
+
+def day_files(w: SyntheticWriter, day: str) -> list[FileEntry]:
+    return sorted((e for p, e in w.entries().items() if f"date={day}/" in p), key=lambda e: e.path)
+
+
+def compact(w: SyntheticWriter, day: str, *, delete_old: bool = True) -> FileEntry:
+    """What compaction does: one file with the same rows, a compact checkpoint."""
+    old = day_files(w, day)
+    table = pa.concat_tables([pq.read_table(w.data.lake / e.path) for e in old])
+    final = w.data.events / f"date={day}" / f"part-{w.writer_id}-c{w.seal_no + 1:010d}.parquet"
+    staged = stage_file(sort_for_queries(table), final)
+    publish(staged.tmp, staged.final)
+    new = FileEntry(final.relative_to(w.data.lake).as_posix(), staged.sha256, staged.bytes,
+                    staged.rows, staged.first_seq, staged.last_seq)
+    w.checkpoint("compact", files=(new,), removed=tuple(old))
+    if delete_old:
+        for e in old:
+            (w.data.lake / e.path).unlink()
+    return new
+
+
+def move_cold(w: SyntheticWriter, cold_root: Path, day: str) -> list[FileEntry]:
+    """What retention's move does: the same files under cold:, a move checkpoint."""
+    hot = day_files(w, day)
+    moved = []
+    for e in hot:
+        dest = cold_root / e.path
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        shutil.move(w.data.lake / e.path, dest)
+        moved.append(FileEntry(COLD_PREFIX + e.path, e.sha256, e.bytes, e.rows, e.first_seq,
+                               e.last_seq))
+    w.checkpoint("move", files=tuple(moved), removed=tuple(hot))
+    return moved
+
+
+def seq_runs(path: Path) -> list[list[object]]:
+    """Maximal runs of consecutive seqs in a file: [first, last, chain_hash of last]."""
+    t = pq.read_table(path, columns=["seq", "chain_hash"]).sort_by("seq")
+    runs: list[list[object]] = []
+    for seq, h in zip(t.column("seq").to_pylist(), t.column("chain_hash").to_pylist(), strict=True):
+        if runs and runs[-1][1] == seq - 1:
+            runs[-1][1:] = [seq, h]
+        else:
+            runs.append([seq, seq, h])
+    return runs
+
+
+def expire(w: SyntheticWriter, cold_root: Path, entries: list[FileEntry]) -> None:
+    """What retention's expiry does: delete cold files, record their seq ranges."""
+    ranges = []
+    for e in entries:
+        path = cold_root / e.path[len(COLD_PREFIX):]
+        ranges.append({"path": e.path, "seq_ranges": seq_runs(path)})
+        path.unlink()
+    w.checkpoint("expire", removed=tuple(entries),
+                 extra={"policy": {"keep_days": 365}, "legal_holds": [], "ranges": ranges})
+
+
+def cold(root: Path) -> Tier:
+    return Tier("cold", pafs.LocalFileSystem(), str(root))
+
+
+# -- the contract's kinds, done right ------------------------------------------------
+
+
+def test_fresh_synthetic_lake_is_clean(writer: SyntheticWriter) -> None:
+    report = verify_lake(writer.data)
+    assert report.ok, report.to_text()
+    assert report.events == report.events_hashed == 60
+    assert report.writers[0].head_seq == 60 and report.writers[0].checkpoints == 3
+
+
+def test_compaction_verifies_clean(writer: SyntheticWriter) -> None:
+    compact(writer, "2026-03-01")
+    writer.seal(event_rows(5, start=100))  # sealing continues after a compaction
+    report = verify_lake(writer.data)
+    assert report.ok, report.to_text()
+    assert report.events == 65
+
+
+def test_compaction_leftover_is_a_warning_not_a_problem(writer: SyntheticWriter) -> None:
+    compact(writer, "2026-03-02", delete_old=False)
+    report = verify_lake(writer.data)
+    assert report.ok, report.to_text()
+    assert any("removed by a checkpoint" in w for w in report.warnings)
+    assert report.events == 60  # the replaced files are not counted twice
+
+
+def test_move_to_cold_then_expire_verifies_clean(writer: SyntheticWriter, tmp_path: Path) -> None:
+    moved = move_cold(writer, tmp_path / "cold", "2026-03-01")
+    report = verify_lake(writer.data, cold_tier=cold(tmp_path / "cold"))
+    assert report.ok, report.to_text()
+    assert report.events == 60
+    expire(writer, tmp_path / "cold", moved)
+    writer.seal(event_rows(6, start=200))
+    report = verify_lake(writer.data, cold_tier=cold(tmp_path / "cold"))
+    assert report.ok, report.to_text()
+    assert report.writers[0].expired_events == 20
+    assert report.events == 46
+
+
+def test_cold_file_missing_without_expire_is_named(writer: SyntheticWriter, tmp_path: Path) -> None:
+    moved = move_cold(writer, tmp_path / "cold", "2026-03-01")
+    (tmp_path / "cold" / moved[0].path[len(COLD_PREFIX):]).unlink()
+    report = verify_lake(writer.data, cold_tier=cold(tmp_path / "cold"))
+    missing = [p for p in report.problems if p.kind == "missing_file"]
+    assert [p.file for p in missing] == [moved[0].path]
+    assert "missing_events" in kinds(report)
+
+
+def test_expire_gap_outside_recorded_ranges_is_missing_events(
+        writer: SyntheticWriter, tmp_path: Path) -> None:
+    moved = move_cold(writer, tmp_path / "cold", "2026-03-01")
+    # Expire one file but also delete an event of another file without saying so.
+    expire(writer, tmp_path / "cold", moved[:1])
+    other = writer.data.lake / day_files(writer, "2026-03-02")[0].path
+    t = pq.read_table(other)
+    victim = t.column("seq")[0].as_py()
+    pq.write_table(t.slice(1), other)
+    report = verify_lake(writer.data, cold_tier=cold(tmp_path / "cold"))
+    gaps = [p for p in report.problems if p.kind == "missing_events"]
+    assert [p.seq for p in gaps] == [victim]
+
+
+def test_expire_ranges_that_do_not_match_the_file_are_bad_checkpoints(
+        writer: SyntheticWriter, tmp_path: Path) -> None:
+    moved = move_cold(writer, tmp_path / "cold", "2026-03-01")
+    e = moved[0]
+    path = tmp_path / "cold" / e.path[len(COLD_PREFIX):]
+    runs = seq_runs(path)
+    path.unlink()
+    writer.checkpoint("expire", removed=(e,), extra={"ranges": [
+        {"path": e.path, "seq_ranges": runs[:-1]}]})  # one range left out
+    report = verify_lake(writer.data, cold_tier=cold(tmp_path / "cold"))
+    assert "bad_checkpoint" in kinds(report)
+    assert "missing_events" in kinds(report)
+
+
+def test_compact_checkpoint_that_moves_the_head_is_bad(writer: SyntheticWriter) -> None:
+    writer.seq += 1  # a "compaction" that claims a new head
+    writer.checkpoint("compact")
+    report = verify_lake(writer.data)
+    assert "bad_checkpoint" in kinds(report)
+
+
+# -- other findings ---------------------------------------------------------------------
+
+
+def test_unknown_writer_events_are_named(writer: SyntheticWriter, tmp_path: Path) -> None:
+    rogue = SyntheticWriter(DataDir(tmp_path / "rogue"), writer_id="wrogue0000001")
+    rogue.seal(event_rows(4))
+    src = next((tmp_path / "rogue/lake/events").glob("date=*/*.parquet"))
+    shutil.copy(src, writer.data.events / src.parent.name / src.name)
+    report = verify_lake(writer.data)
+    unknown = [p for p in report.problems if p.kind == "unknown_writer"]
+    assert unknown and unknown[0].writer_id == "wrogue0000001"
+    assert "unlisted_file" in kinds(report)
+
+
+def test_garbage_file_is_unreadable(writer: SyntheticWriter) -> None:
+    bad = writer.data.events / "date=2026-03-01" / "part-junk.parquet"
+    bad.write_bytes(b"not parquet at all")
+    report = verify_lake(writer.data)
+    assert [p.file for p in report.problems if p.kind == "unreadable_file"] == [
+        "events/date=2026-03-01/part-junk.parquet"]
+
+
+def test_null_value_names_its_column(writer: SyntheticWriter) -> None:
+    entry = day_files(writer, "2026-03-01")[0]
+    path = writer.data.lake / entry.path
+    t = pq.read_table(path)
+    values = t.column("reason").to_pylist()
+    values[0] = None
+    schema = t.schema.set(t.schema.get_field_index("reason"), pa.field("reason", pa.string()))
+    t = t.cast(schema).set_column(t.schema.get_field_index("reason"), "reason",
+                                  pa.array(values, pa.string()))
+    pq.write_table(t, path)
+    report = verify_lake(writer.data)
+    changed = [p for p in report.problems if p.kind == "changed_event"]
+    assert [(p.seq, p.column) for p in changed] == [(t.column("seq")[0].as_py(), "reason")]
+
+
+def test_invalid_value_names_its_column(writer: SyntheticWriter) -> None:
+    entry = day_files(writer, "2026-03-02")[0]
+    path = writer.data.lake / entry.path
+    t = pq.read_table(path)
+    outcome = t.column("outcome").to_pylist()
+    outcome[2] = "approved"
+    t = t.set_column(t.schema.get_field_index("outcome"), t.schema.field("outcome"),
+                     pa.array(outcome, pa.string()))
+    pq.write_table(t, path)
+    report = verify_lake(writer.data)
+    [changed] = [p for p in report.problems if p.kind == "changed_event"]
+    assert changed.column == "outcome" and changed.seq == t.column("seq")[2].as_py()
+
+
+def test_rewritten_chain_from_an_event_is_a_head_mismatch(writer: SyntheticWriter) -> None:
+    # Re-hash everything from seq 41 on with a changed event: every link holds,
+    # only the signed head (and the file digests) can tell.
+    from auditlake.collector.integrity import chain_table
+
+    files = sorted(writer.data.events.glob("date=*/*.parquet"))
+    table = pa.concat_tables([pq.read_table(f).append_column(
+        "_f", pa.array([str(f)] * pq.read_metadata(f).num_rows)) for f in files]).sort_by("seq")
+    tail = table.filter(pc.greater_equal(table.column("seq"), 41))
+    users = tail.column("user_id").to_pylist()
+    users[0] = "forger"
+    i = tail.schema.get_field_index("user_id")
+    tail = tail.set_column(i, tail.schema.field(i), pa.array(users, pa.string()))
+    prev = table.filter(pc.equal(table.column("seq"), 40)).column("chain_hash")[0].as_py()
+    hashes = [h.hex() for h in chain_table(bytes.fromhex(prev), tail.drop_columns(["_f"]))]
+    i = tail.schema.get_field_index("chain_hash")
+    tail = tail.set_column(i, tail.schema.field(i), pa.array(hashes, pa.string()))
+    keep = table.filter(pc.less(table.column("seq"), 41))
+    new = pa.concat_tables([keep, tail])
+    for f in files:
+        part = new.filter(pc.equal(new.column("_f"), str(f))).drop_columns(["_f"])
+        pq.write_table(part, f)
+    report = verify_lake(writer.data)
+    assert "head_mismatch" in kinds(report)
+    assert "changed_event" not in kinds(report)
+    assert {p.kind for p in report.problems} <= {"head_mismatch", "changed_file"}
+
+
+def test_missing_public_key_is_a_problem(writer: SyntheticWriter) -> None:
+    (writer.data.keys / "signing.pub.pem").unlink()
+    report = verify_lake(writer.data)
+    assert kinds(report) == {"no_public_key"}
+
+
+def test_progress_reports_each_phase(writer: SyntheticWriter) -> None:
+    seen: list[tuple[str, int, int]] = []
+    verify_lake(writer.data, progress=lambda phase, done, total: seen.append((phase, done, total)))
+    phases = [s[0] for s in seen]
+    assert {"digest", "index", "hash"} <= set(phases)
+    assert seen[-1] == ("hash", 60, 60)
+
+
+def test_report_json_names_only_documented_kinds(writer: SyntheticWriter) -> None:
+    (writer.data.lake / day_files(writer, "2026-03-03")[0].path).unlink()
+    report = verify_lake(writer.data)
+    doc = json.loads(json.dumps(report.to_json()))
+    assert doc["ok"] is False
+    assert {p["kind"] for p in doc["problems"]} <= set(PROBLEM_KINDS)
+    assert all("message" in p for p in doc["problems"])
+
+
+def test_usage_errors(writer: SyntheticWriter, tmp_path: Path) -> None:
+    with pytest.raises(ConfigError):
+        verify_lake(tmp_path / "nowhere")
+    with pytest.raises(ConfigError):
+        verify_lake(writer.data, date_from="2026-03-05", date_to="2026-03-01")
+    proc = run_cli("verify", "--public-key", str(tmp_path / "missing.pem"), data=writer.data.root,
+                   check=False)
+    assert proc.returncode == 2 and "public key" in proc.stderr
+
+
+def test_file_digests_match_what_the_sealer_signed(writer: SyntheticWriter) -> None:
+    # The digest verify compares is the plain sha256 of the file's bytes.
+    for path, entry in writer.entries().items():
+        assert sha256_file(writer.data.lake / path) == entry.sha256

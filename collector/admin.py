@@ -1,0 +1,356 @@
+"""Admin: the collector's HTTP server: the search UI, the JSON API and
+exports, behind user logins, served by uvicorn in a background thread.
+
+Routes (HTML unless under /api/): ``/login``, ``/logout`` (POST), ``/`` search,
+``/events/{id}`` detail, ``/export`` download, ``/integrity``, ``/account``
+(API tokens), ``/users`` (admins); ``/api/v1/events``, ``/api/v1/events/{id}``,
+``/api/v1/stats``, ``/api/v1/export``, ``/api/v1/exports/{eid}[/manifest]``,
+``/api/v1/integrity``, ``/api/v1/openapi.json``.  docs/admin.md describes them.
+
+Every read (search page, detail, API call, export) is recorded as an event
+(readaudit.py) with the reader's name, the filter and the rows returned.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import logging
+import secrets
+import socket
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+from auditlake.collector.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+
+
+@dataclass(frozen=True)
+class AdminConfig:
+    """Settings of the admin server (TOML table ``[admin]``)."""
+
+    #: Minutes between background integrity verifications (0: only at start and on demand).
+    verify_interval_minutes: float = 60.0
+    #: A session ends after this many idle minutes, and after ``session_max_hours`` in any case.
+    session_idle_minutes: float = 30.0
+    session_max_hours: float = 12.0
+    #: Failed logins (per user name, and per client address) before delays start.
+    login_free_failures: int = 5
+    #: DuckDB threads for queries (0: DuckDB's default, all cores).
+    query_threads: int = 0
+
+    def __post_init__(self) -> None:
+        for f in fields(self):
+            if getattr(self, f.name) < 0:
+                raise ConfigError(f"[admin].{f.name} must not be negative")
+
+    @classmethod
+    def from_toml(cls, toml: dict[str, Any]) -> AdminConfig:
+        table = toml.get("admin", {})
+        known = {f.name: f.type for f in fields(cls)}
+        unknown = set(table) - set(known)
+        if unknown:
+            raise ConfigError(f"unknown setting(s) in [admin]: {', '.join(sorted(unknown))}")
+        try:
+            return cls(**{k: (int(v) if known[k] == "int" else float(v)) for k, v in table.items()})
+        except (TypeError, ValueError) as exc:
+            raise ConfigError(f"[admin]: {exc}") from exc
+
+
+# -- integrity status --------------------------------------------------------------
+
+
+class IntegrityMonitor:
+    """Runs verify.verify_lake in a background thread (at start, every
+    interval, and on demand) and keeps the last result for the UI."""
+
+    def __init__(self, data: Any, interval_s: float) -> None:
+        self.data = data
+        self.interval_s = interval_s
+        self.status: dict[str, Any] = {"state": "pending", "ok": None, "time": None}
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._running = threading.Lock()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._loop, name="auditlake-integrity", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._wake.set()
+
+    def request(self) -> None:
+        """Verify now (in the background)."""
+        self._wake.set()
+
+    def _loop(self) -> None:
+        if self._stop.wait(1.0):  # let the collector finish starting first
+            return
+        while not self._stop.is_set():
+            self.run_once()
+            self._wake.wait(self.interval_s if self.interval_s > 0 else None)
+            self._wake.clear()
+
+    def run_once(self) -> dict[str, Any]:
+        """Verify once; returns (and keeps) the status."""
+        with self._running:
+            self.status = {**self.status, "state": "running"}
+            started = time.time()
+            try:
+                status = self._verify()
+            except Exception as exc:  # noqa: BLE001 - shown to admins, never fatal
+                log.exception("integrity verification failed to run")
+                status = {"ok": False, "source": "error", "summary": f"verification could not run: {exc}",
+                          "problems": [str(exc)]}
+            status.update(state="done", time=_iso_now(), seconds=round(time.time() - started, 2),
+                          heads=self._heads())
+            self.status = status
+            return status
+
+    def _verify(self) -> dict[str, Any]:
+        try:
+            from auditlake.collector.verify import verify_lake  # noqa: PLC0415
+        except ImportError:
+            return {"ok": None, "source": "checkpoints",
+                    "summary": "full verification is not available in this build; showing signed chain heads",
+                    "problems": []}
+        report = verify_lake(self.data)
+        problems = [str(p) for p in getattr(report, "problems", [])]
+        return {
+            "ok": bool(report.ok),
+            "source": "verify",
+            "summary": f"{getattr(report, 'events', 0):,} events, {getattr(report, 'files', 0):,} files, "
+                       f"{getattr(report, 'checkpoints', 0):,} checkpoints verified",
+            "problems": problems[:100],
+            "problem_count": len(problems),
+        }
+
+    def _heads(self) -> list[dict[str, Any]]:
+        from auditlake.collector.checkpoint import read_checkpoints  # noqa: PLC0415
+
+        try:
+            newest: dict[str, Any] = {}
+            for s in read_checkpoints(self.data.checkpoints):
+                newest[s.checkpoint.writer_id] = s.checkpoint
+            return [{"writer_id": c.writer_id, "seal": c.seal, "seq": c.seq, "chain_hash": c.chain_hash,
+                     "time": c.time, "kind": c.kind} for _, c in sorted(newest.items())]
+        except (OSError, ValueError) as exc:
+            return [{"error": str(exc)}]
+
+
+def _iso_now() -> str:
+    from auditlake.collector.search import iso  # noqa: PLC0415
+
+    return iso(dt.datetime.now(dt.UTC).replace(microsecond=0))
+
+
+# -- the server --------------------------------------------------------------------
+
+
+class _ReadOnlyHost:
+    """What AdminServer needs from a Collector, for serving a lake without
+    one (benchmarks, tools): meta-audit events are built and dropped."""
+
+    def __init__(self, data: Any, listen: str, signing_key: Any) -> None:
+        from auditlake.collector.config import CollectorConfig  # noqa: PLC0415
+
+        self.data = data
+        self.config = CollectorConfig(http_listen=listen)
+        self.signing_key = signing_key
+        self.dropped = 0
+
+    def store(self, batch: Any) -> None:
+        self.dropped += 1
+
+
+class AdminServer:
+    """The admin UI and API of one collector.  ``start()`` serves in a
+    background thread; ``address`` is the bound ``host:port``."""
+
+    def __init__(self, collector: Any, *, users_dir: Path | None = None, toml: dict[str, Any] | None = None) -> None:
+        from auditlake.collector.search import LakeReader  # noqa: PLC0415
+        from auditlake.collector.users import LoginThrottle, SessionStore, ThrottlePolicy, UserStore  # noqa: PLC0415
+
+        self.collector = collector
+        self.data = collector.data
+        if toml is None:
+            toml = getattr(collector, "config_toml", None)
+            if toml is None:
+                from auditlake.collector.config import load_toml  # noqa: PLC0415
+
+                toml = load_toml(self.data.config_file)
+        self.config = AdminConfig.from_toml(toml)
+        self.listen = collector.config.http_listen
+        self.users = UserStore(users_dir or self.data.keys)
+        self.sessions = SessionStore(idle_s=self.config.session_idle_minutes * 60,
+                                     absolute_s=self.config.session_max_hours * 3600)
+        self.throttle = LoginThrottle(ThrottlePolicy(free_failures=self.config.login_free_failures))
+        self.reader = LakeReader(self.data, threads=self.config.query_threads or None)
+        self.integrity = IntegrityMonitor(self.data, self.config.verify_interval_minutes * 60)
+        self.exports: OrderedDict[str, tuple[str, Any]] = OrderedDict()
+        self._exports_lock = threading.Lock()
+        self._cache: dict[tuple[Any, ...], tuple[float, Any]] = {}
+        self._server: Any = None
+        self._thread: threading.Thread | None = None
+        self._socket: socket.socket | None = None
+        self.address = ""
+        self.app = build_app(self)
+
+    @classmethod
+    def for_reading(cls, data: Any, *, listen: str = "127.0.0.1:0", users_dir: Path | None = None) -> AdminServer:
+        """A server over ``data`` without a running collector (read-only;
+        exports signed with a throwaway key, meta-audit events dropped)."""
+        from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey  # noqa: PLC0415
+
+        from auditlake.collector.keys import SigningKey  # noqa: PLC0415
+
+        host = _ReadOnlyHost(data, listen, SigningKey(Ed25519PrivateKey.generate()))
+        server = cls(host, users_dir=users_dir, toml={"admin": {"verify_interval_minutes": 0}})
+        return server
+
+    # -- lifecycle -----------------------------------------------------------
+
+    def start(self) -> None:
+        """Bind (errors here are ConfigError) and serve in a background thread."""
+        import uvicorn  # noqa: PLC0415
+
+        host, _, port_s = self.listen.rpartition(":")
+        if not host or not port_s.isdigit():
+            raise ConfigError(f"http_listen must be HOST:PORT, got {self.listen!r}")
+        host = host.strip("[]")
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, int(port_s)))
+        except OSError as exc:
+            sock.close()
+            raise ConfigError(f"cannot listen for HTTP on {self.listen}: {exc}") from exc
+        sock.listen(128)
+        self._socket = sock
+        bound = sock.getsockname()
+        self.address = f"{'[' + host + ']' if family == socket.AF_INET6 else host}:{bound[1]}"
+        config = uvicorn.Config(self.app, log_level="warning", lifespan="off", access_log=False,
+                                proxy_headers=False, server_header=False, timeout_graceful_shutdown=3)
+        self._server = uvicorn.Server(config)
+        # uvicorn installs signal handlers only on the main thread; ours is not.
+        self._thread = threading.Thread(target=self._server.run, kwargs={"sockets": [sock]},
+                                        name="auditlake-http", daemon=True)
+        self._thread.start()
+        deadline = time.monotonic() + 10
+        while not self._server.started and time.monotonic() < deadline and self._thread.is_alive():
+            time.sleep(0.01)
+        self.integrity.start()
+        log.info("admin UI on http://%s", self.address)
+
+    def stop(self) -> None:
+        """Stop serving (in-flight requests get a few seconds)."""
+        self.integrity.stop()
+        if self._server is not None:
+            self._server.should_exit = True
+        if self._thread is not None:
+            self._thread.join(10)
+        if self._socket is not None:
+            self._socket.close()
+        self.reader.close()
+
+    # -- helpers used by the routes -------------------------------------------
+
+    def audit(self, *, action: str, user: str, tenants: Sequence[str] | None, details: dict[str, Any],
+              request: Any = None, resource_id: str = "", outcome: str = "success", reason: str = "",
+              resource_type: str = "audit_log") -> None:
+        """Record a read of the log (never blocks the reader on the fsync)."""
+        from auditlake.collector.readaudit import meta_event  # noqa: PLC0415
+        from auditlake.collector.receive import AcceptedBatch  # noqa: PLC0415
+
+        tenant = tenants[0] if tenants is not None and len(tenants) == 1 else None
+        ip = request.client.host if request is not None and request.client else ""
+        ua = request.headers.get("user-agent", "") if request is not None else ""
+        table = meta_event(action=action, user=user, tenant=tenant, resource_id=resource_id,
+                           details=details, ip=ip, user_agent=ua, outcome=outcome, reason=reason,
+                           resource_type=resource_type)
+        batch = AcceptedBatch(f"admin-{secrets.token_hex(12)}", int(time.time() * 1_000_000), table)
+        try:
+            self.collector.store(batch)
+        except Exception:  # noqa: BLE001 - the collector is stopping; the read already happened
+            log.exception("could not record a meta-audit event")
+
+    def cached(self, key: tuple[Any, ...], ttl: float, fn: Callable[[], Any]) -> Any:
+        now = time.monotonic()
+        hit = self._cache.get(key)
+        if hit and now - hit[0] < ttl:
+            return hit[1]
+        value = fn()
+        self._cache[key] = (now, value)
+        if len(self._cache) > 256:
+            self._cache.pop(next(iter(self._cache)))
+        return value
+
+    def remember_export(self, eid: str, owner: str, run: Any) -> None:
+        with self._exports_lock:
+            self.exports[eid] = (owner, run)
+            while len(self.exports) > 200:
+                self.exports.popitem(last=False)
+
+
+# -- the ASGI app ---------------------------------------------------------------------
+
+
+class SecurityHeaders:
+    """Pure ASGI middleware: security headers on every HTTP response."""
+
+    HEADERS = [
+        (b"content-security-policy",
+         b"default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+         b"frame-ancestors 'none'; form-action 'self'; base-uri 'none'"),
+        (b"x-content-type-options", b"nosniff"),
+        (b"referrer-policy", b"same-origin"),
+        (b"x-frame-options", b"DENY"),
+    ]
+
+    def __init__(self, app: Callable[..., Awaitable[None]]) -> None:
+        self.app = app
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        async def wrapped(message: dict[str, Any]) -> None:
+            if message["type"] == "http.response.start":
+                headers = list(message.get("headers", []))
+                names = {k.lower() for k, _ in headers}
+                headers += [(k, v) for k, v in self.HEADERS if k not in names]
+                if b"cache-control" not in names:
+                    headers.append((b"cache-control", b"no-store"))
+                message = {**message, "headers": headers}
+            await send(message)
+
+        await self.app(scope, receive, wrapped)
+
+
+def build_app(server: AdminServer) -> Any:
+    """The Starlette application of ``server``."""
+    from auditlake.collector import web  # noqa: PLC0415
+
+    return SecurityHeaders(web.routes_app(server))
+
+
+# -- CLI ----------------------------------------------------------------------------------
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """``auditlake users ...`` (the admin UI's users)."""
+    from auditlake.collector.users import register_users  # noqa: PLC0415
+
+    register_users(sub)
+

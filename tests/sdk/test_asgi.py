@@ -178,3 +178,16 @@ def test_route_rules_validate_their_placeholder() -> None:
     rule = RouteRule("get", "/orgs/{org}/users/{user}", "read", "user", resource_id="user")
     assert rule.match("GET", "/orgs/o1/users/u2") == "u2"
     assert rule.match("POST", "/orgs/o1/users/u2") is None
+
+
+def test_async_resolver_is_awaited(memory: AuditEvents) -> None:
+    async def resolver(scope: Any) -> dict[str, str]:
+        await asyncio.sleep(0)
+        return {"user_id": "async-user", "tenant_id": "t2"}
+
+    inner = Starlette(routes=[Route("/patients/{id}", patient)])
+    app = AuditMiddleware(inner, resolver=resolver,
+                          routes=[RouteRule("GET", "/patients/{id}", "read", "patient")])
+    asyncio.run(call(app, "/patients/5"))
+    event = memory.find(action="read")[0]
+    assert (event["user_id"], event["tenant_id"]) == ("async-user", "t2")

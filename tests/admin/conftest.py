@@ -114,10 +114,36 @@ def lake(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lake]:
     try:
         events = history()
         send(collector, events)
-        assert collector.wait_for_count(len(events), "service = 'tests'") == len(events)
+        assert wait_count(collector.data, "service = 'tests'", len(events)) == len(events)
         yield Lake(collector, collector.http_url, events, tokens)
     finally:
         collector.stop()
+
+
+def lake_rows(data: Path, sql: str) -> list[dict[str, Any]]:
+    """Rows of ``sql`` over ``data``'s lake, read in this process (no CLI start-up)."""
+    from auditlake.collector.datadir import DataDir
+    from auditlake.collector.query import connect
+
+    con = connect(DataDir(data))
+    try:
+        cur = con.execute(sql)
+        cols = [d[0] for d in cur.description]
+        return [dict(zip(cols, r, strict=True)) for r in cur.fetchall()]
+    finally:
+        con.close()
+
+
+def wait_count(data: Path, where: str, expected: int, timeout: float = 20.0) -> int:
+    """Poll until ``count(*)`` of events matching ``where`` reaches ``expected``."""
+    deadline = time.monotonic() + timeout
+    n = -1
+    while time.monotonic() < deadline:
+        n = int(lake_rows(data, f"SELECT count(*) AS n FROM events WHERE {where}")[0]["n"])
+        if n >= expected:
+            return n
+        time.sleep(0.1)
+    return n
 
 
 def login(url: str, user: str, password: str = PASSWORD) -> httpx.Client:

@@ -86,6 +86,7 @@ def _client(endpoint: str, key: str, n: int, seed: int) -> None:
     import threading
 
     import grpc
+
     from auditlake.v1 import audit_pb2
 
     cols = make_events(n, seed)

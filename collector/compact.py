@@ -48,6 +48,7 @@ from typing import TYPE_CHECKING, Any
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
+
 from auditlake.collector.checkpoint import FileEntry
 from auditlake.collector.datadir import DataDir
 from auditlake.collector.lake import TMP_SUFFIX, day_of, partition_dir, publish, sort_for_queries, stage_file

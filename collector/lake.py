@@ -13,6 +13,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
+
 from auditlake.collector.wal import fsync_dir
 
 #: Parquet settings for sealed files: zstd, big row groups, statistics on.

@@ -18,6 +18,7 @@ import grpc
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.json as pa_json
+
 from auditlake.collector.errors import AuthError
 from auditlake.collector.keys import IngestKeyStore
 from auditlake.collector.schema import MAX_BYTES, OUTCOMES, REQUIRED_FIELDS, STRING_FIELDS

@@ -38,6 +38,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
+
 from auditlake.collector.checkpoint import ChainCheckpoint, FileEntry, write_checkpoint
 from auditlake.collector.datadir import DataDir
 from auditlake.collector.integrity import GENESIS, chain_table
@@ -318,6 +319,7 @@ class Sealer:
         if removed:
             log.info("removed %d temporary files left by an interrupted seal", removed)
         self._rebuild_recent_ids()
+        wal.drop_through(self.state.position)  # a crash may have kept sealed segments
         replayed = []
         for payload, pos in wal.read_from(self.state.position):
             batch = AcceptedBatch.decode(payload)

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 import grpc
+
 from auditlake.collector.compact import CompactionResult, Compactor
 from auditlake.collector.config import CollectorConfig
 from auditlake.collector.datadir import DataDir
@@ -154,6 +155,11 @@ class Collector:
 
     def start(self) -> None:
         """Start sealing and serving."""
+        # Retention hook (collector/retention.py): refuses a bad [retention]
+        # policy before anything starts; runs the policy on its schedule.
+        from auditlake.collector.retention import start_scheduler  # noqa: PLC0415
+
+        self._stop_retention = start_scheduler(self)
         self.sealer.start()
         self.grpc_server = grpc.server(
             futures.ThreadPoolExecutor(max_workers=self.config.grpc_workers, thread_name_prefix="auditlake-grpc"),
@@ -207,6 +213,9 @@ class Collector:
             self.http.stop()
         if self.grpc_server is not None:
             self.grpc_server.stop(grace).wait()
+        stop_retention = getattr(self, "_stop_retention", None)  # retention hook
+        if stop_retention is not None:
+            stop_retention()
         self.wal.close()
         self.sealer.stop()
         maintenance = getattr(self, "_maintenance", None)

@@ -106,9 +106,10 @@ class WriteAheadLog:
         self._lock = threading.Condition()
         self._pending: list[tuple[bytes, object, Future[LogPosition]]] = []
         self._closed = False
-        self._bytes_total = sum(
-            (directory / _segment_name(n)).stat().st_size for n in segments
-        )
+        #: Bytes per segment on disk, and how far the sealer has covered.
+        self._sizes = {n: (directory / _segment_name(n)).stat().st_size for n in segments}
+        self._sizes.setdefault(self._segment, self._offset)
+        self._sealed = LogPosition(0, 0)
         self._thread = threading.Thread(target=self._run, name="auditlake-wal", daemon=True)
         self._thread.start()
 
@@ -152,8 +153,20 @@ class WriteAheadLog:
 
     @property
     def unsealed_bytes(self) -> int:
-        """Bytes held in segments on disk (shrinks when sealed segments drop)."""
-        return self._bytes_total
+        """Bytes of records after the sealed position (what a crash would replay)."""
+        with self._lock:
+            sealed = self._sealed
+            return sum(
+                size - (sealed.offset if number == sealed.segment else 0)
+                for number, size in self._sizes.items()
+                if number >= sealed.segment
+            )
+
+    @property
+    def disk_bytes(self) -> int:
+        """Bytes of the segments on disk (sealed segments are dropped)."""
+        with self._lock:
+            return sum(self._sizes.values())
 
     def append(self, payload: bytes, context: object = None) -> Future[LogPosition]:
         """Queue a record; the future resolves once it is fsynced."""
@@ -195,7 +208,8 @@ class WriteAheadLog:
             positions.append(LogPosition(self._segment, self._offset))
         self._flush_chunks(chunks)
         with self._lock:
-            self._bytes_total += sum(len(p) + _HEADER.size for p, _, _ in batch)
+            for pos in positions:
+                self._sizes[pos.segment] = pos.offset
         for (_, context, fut), pos in zip(batch, positions, strict=True):
             if self._on_durable is not None:
                 self._on_durable(context, pos)
@@ -212,20 +226,25 @@ class WriteAheadLog:
         self._segment += 1
         self._file = open(self.directory / _segment_name(self._segment), "ab")  # noqa: SIM115
         self._offset = 0
+        with self._lock:
+            self._sizes[self._segment] = 0
         fsync_dir(self.directory)
 
     def drop_through(self, position: LogPosition) -> None:
-        """Delete segments wholly before ``position`` (they are sealed)."""
+        """Everything up to ``position`` is sealed: delete the segments wholly
+        before it (never the one being written)."""
         with self._lock:
             current = self._segment
+            self._sealed = max(self._sealed, position)
+        dropped = False
         for number in self.segments():
             if number < position.segment and number < current:
-                path = self.directory / _segment_name(number)
-                size = path.stat().st_size
-                path.unlink()
+                (self.directory / _segment_name(number)).unlink()
+                dropped = True
                 with self._lock:
-                    self._bytes_total -= size
-        fsync_dir(self.directory)
+                    self._sizes.pop(number, None)
+        if dropped:
+            fsync_dir(self.directory)
 
     def close(self) -> None:
         """Write what is queued, then stop."""

@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import time
 from pathlib import Path
 
 import pytest
@@ -30,12 +31,17 @@ def configure(collector, spool_dir: Path, key: str, delay: float = 0.05) -> None
     )
 
 
-def counts(collector, tag: str) -> tuple[int, int]:  # noqa: ANN001
-    row = collector.query(
-        "SELECT count(*) AS n, count(DISTINCT id) AS d FROM events "
-        f"WHERE resource_type = '{tag}'"
-    )[0]
-    return int(row["n"]), int(row["d"])
+def counts(collector, tag: str, expected: int, timeout: float = 30.0) -> tuple[int, int]:  # noqa: ANN001
+    """(events, distinct ids) of ``tag`` once at least ``expected`` are queryable."""
+    deadline = time.monotonic() + timeout
+    while True:
+        row = collector.query(
+            "SELECT count(*) AS n, count(DISTINCT id) AS d FROM events "
+            f"WHERE resource_type = '{tag}'"
+        )[0]
+        if int(row["n"]) >= expected or time.monotonic() > deadline:
+            return int(row["n"]), int(row["d"])
+        time.sleep(0.2)
 
 
 def test_collector_down_then_back_stores_every_event_exactly_once(collector, tmp_path: Path) -> None:  # noqa: ANN001
@@ -49,8 +55,7 @@ def test_collector_down_then_back_stores_every_event_exactly_once(collector, tmp
     assert sdk.stats().spooled == 500
     collector.start()
     assert sdk.flush(30)
-    assert collector.wait_for_count(500, "resource_type = 'down-then-back'") == 500
-    assert counts(collector, "down-then-back") == (500, 500)
+    assert counts(collector, "down-then-back", 500) == (500, 500)
     assert list((tmp_path / "spool").glob("*.batch")) == []
 
 
@@ -65,8 +70,7 @@ def test_restart_with_a_non_empty_spool_delivers_it(collector, tmp_path: Path) -
     collector.start()
     configure(collector, tmp_path / "spool", key)  # the application starts again
     assert sdk.flush(30)
-    assert collector.wait_for_count(50, "resource_type = 'restart'") == 50
-    assert counts(collector, "restart") == (50, 50)
+    assert counts(collector, "restart", 50) == (50, 50)
 
 
 def test_durable_record_returns_after_ack_and_raises_when_down(collector, tmp_path: Path) -> None:  # noqa: ANN001
@@ -79,7 +83,7 @@ def test_durable_record_returns_after_ack_and_raises_when_down(collector, tmp_pa
         sdk.record("export", "durable", "down", tenant_id="t1", durable=True, timeout=1.0)
     collector.start()
     assert sdk.flush(30)
-    assert collector.wait_for_count(2, "resource_type = 'durable'") == 2
+    assert counts(collector, "durable", 2) == (2, 2)
 
 
 def test_refused_batches_are_logged_counted_and_not_spooled(
@@ -120,7 +124,7 @@ def test_events_queued_before_fork_are_sent_once_by_the_parent(collector, tmp_pa
     _, status = os.waitpid(pid, 0)
     assert reader.recv(1) == b"\x00" and os.WEXITSTATUS(status) == 0
     assert sdk.flush(20)
-    assert collector.wait_for_count(26, "resource_type = 'fork'") == 26
+    assert counts(collector, "fork", 26) == (26, 26)
     rows = collector.query(
         "SELECT resource_id, count(*) AS n FROM events WHERE resource_type = 'fork' "
         "GROUP BY resource_id"

@@ -45,6 +45,9 @@ log = logging.getLogger(__name__)
 #: Test hook: when set to a step name, the job ``os._exit(137)``s at that step
 #: (simulates kill -9 at the worst moment).  Steps: see ``FAIL_POINTS``.
 FAIL_ENV = "AUDITLAKE_RETENTION_FAIL_AT"
+#: Test hook: seconds to sleep before each group's copy (lets a test break
+#: the cold store in the middle of a run).
+PAUSE_ENV = "AUDITLAKE_RETENTION_PAUSE_S"
 FAIL_POINTS = (
     "mid_copy",  # after the first chunk of a cold file is written
     "copied",  # every file of the day copied, none verified yet
@@ -146,6 +149,8 @@ class RetentionPolicy:
     endpoint_url: str = ""
     region: str = ""
     schedule_s: float = 86400.0
+    #: Seconds an object-store request may take before the step fails.
+    timeout_s: float = 60.0
     legal_holds: tuple[LegalHold, ...] = ()
 
     def __post_init__(self) -> None:
@@ -155,6 +160,8 @@ class RetentionPolicy:
             raise ConfigError(f"[retention] hot_days must be at least 1, got {self.hot_days}")
         if self.minimum_days < 0:
             raise ConfigError(f"[retention] minimum_days must be >= 0, got {self.minimum_days}")
+        if self.timeout_s <= 0:
+            raise ConfigError(f"[retention] timeout_s must be positive, got {self.timeout_s}")
         if self.schedule_s < 0:
             raise ConfigError("[retention] schedule must be daily, hourly, weekly, off or a number of seconds")
         if self.delete_after_days is not None:
@@ -179,6 +186,11 @@ class RetentionPolicy:
         if self.delete_after_days is None:
             return None
         return today - dt.timedelta(days=self.delete_after_days)
+
+    def tier(self) -> Tier:
+        """The cold tier this policy names."""
+        return tier_from_uri(self.cold, endpoint_url=self.endpoint_url, region=self.region,
+                             timeout_s=self.timeout_s)
 
     def as_json(self) -> dict[str, Any]:
         """What a tombstone records about the policy that deleted data."""
@@ -205,7 +217,7 @@ def _schedule_seconds(value: Any) -> float:
 
 
 _POLICY_KEYS = {"cold", "hot_days", "delete_after_days", "minimum_days", "endpoint_url",
-                "region", "schedule", "legal_hold"}
+                "region", "schedule", "timeout_s", "legal_hold"}
 
 
 def load_policy(toml: dict[str, Any]) -> RetentionPolicy | None:
@@ -252,6 +264,7 @@ def load_policy(toml: dict[str, Any]) -> RetentionPolicy | None:
         endpoint_url=str(table.get("endpoint_url", "")),
         region=str(table.get("region", "")),
         schedule_s=_schedule_seconds(table.get("schedule", "daily")),
+        timeout_s=_schedule_seconds(table.get("timeout_s", 60.0)),
         legal_holds=tuple(holds),
     )
 
@@ -261,7 +274,7 @@ def cold_tier(data: DataDir, toml: dict[str, Any]) -> Tier | None:
     the one the cold index names when the policy was removed; None if none."""
     policy = load_policy(toml)
     if policy is not None:
-        return tier_from_uri(policy.cold, endpoint_url=policy.endpoint_url, region=policy.region)
+        return policy.tier()
     index = ColdIndex.load(data, rebuild=True)
     if index.cold:
         return tier_from_uri(index.cold)
@@ -419,7 +432,7 @@ def cold_dataset(data: DataDir, toml: dict[str, Any]) -> pads.Dataset | None:
     if not live:
         return None
     policy = load_policy(toml)
-    tier = (tier_from_uri(policy.cold, endpoint_url=policy.endpoint_url, region=policy.region)
+    tier = (policy.tier()
             if policy is not None else tier_from_uri(index.cold))
     schema = EVENT_SCHEMA.append(pa.field("date", pa.date32()))
     return pads.FileSystemDataset.from_paths(
@@ -685,15 +698,19 @@ class RetentionJob:
     def __init__(self, data: DataDir, policy: RetentionPolicy, *,
                  append_checkpoint: CheckpointAppender | None = None,
                  emit: Emitter | None = None, writer_id: str = "",
-                 today: dt.date | None = None, cancel: threading.Event | None = None) -> None:
+                 today: dt.date | None = None, cancel: threading.Event | None = None,
+                 lock: contextlib.AbstractContextManager[Any] | None = None) -> None:
         self.data = data
         self.policy = policy
-        self.tier = tier_from_uri(policy.cold, endpoint_url=policy.endpoint_url, region=policy.region)
+        self.tier = policy.tier()
         self.append_checkpoint = append_checkpoint
         self.emit = emit
         self.writer_id = writer_id or data.writer_id()
         self.today = today or dt.datetime.now(dt.UTC).date()
         self.cancel = cancel or threading.Event()
+        #: Held through each group's copy, checkpoint and removal, so that
+        #: compaction never replaces a file being moved.
+        self.lock = lock if lock is not None else maintenance_lock
         self.index = ColdIndex.load(data, rebuild=False)
         self._tenant_cache: dict[dt.date, set[str]] = {}
 
@@ -818,21 +835,8 @@ class RetentionJob:
             for action, group in _groups(report.plan):
                 if self.cancel.is_set():
                     raise Cancelled
-                if action == "finish_move":
-                    for p in group:
-                        self._remove_hot(p.files)
-                elif action == "move":
-                    self._move_days(group, report)
-                    progress.step(f"moved through {group[-1].day}", report, len(group))
-                elif action == "finish_expire":
-                    self._delete_cold([f for p in group for f in p.files])
-                elif action == "hold":
-                    for p in group:
-                        report.held_days += 1
-                        log.info("partition %s is under legal hold (%s): kept", p.day, "; ".join(p.reasons))
-                elif action == "expire":
-                    self._expire_days(group, report)
-                    progress.step(f"expired through {group[-1].day}", report, len(group))
+                with self.lock:
+                    self._do_group(action, group, report, progress)
         except Cancelled:
             report.error = "stopped before finishing (the next run continues)"
         except (OSError, pa.ArrowException) as exc:
@@ -840,6 +844,23 @@ class RetentionJob:
             log.error("retention run stopped: %s", report.error)
         report.seconds = time.monotonic() - started
         return report
+
+    def _do_group(self, action: str, group: list[DayPlan], report: RetentionReport, progress: _Progress) -> None:
+        if action == "finish_move":
+            for p in group:
+                self._remove_hot(p.files)
+        elif action == "move":
+            self._move_days(group, report)
+            progress.step(f"moved through {group[-1].day}", report, len(group))
+        elif action == "finish_expire":
+            self._delete_cold([f for p in group for f in p.files])
+        elif action == "hold":
+            for p in group:
+                report.held_days += 1
+                log.info("partition %s is under legal hold (%s): kept", p.day, "; ".join(p.reasons))
+        elif action == "expire":
+            self._expire_days(group, report)
+            progress.step(f"expired through {group[-1].day}", report, len(group))
 
     def _announce_pending(self) -> None:
         """Store the meta-audit events of checkpoints not announced yet (one
@@ -873,6 +894,9 @@ class RetentionJob:
                     log.info("%s vanished before its move (compacted?); the next run sees the new file", rel)
         if not hot_entries:
             return
+        pause = float(os.environ.get(PAUSE_ENV, "0") or 0)
+        if pause:
+            time.sleep(pause)
         sent = {}
         for e in hot_entries:
             if self.cancel.is_set():
@@ -891,9 +915,7 @@ class RetentionJob:
         cold_entries = [FileEntry(COLD_PREFIX + e.path, e.sha256, e.bytes, e.rows, e.first_seq, e.last_seq)
                         for e in hot_entries]
         days = sorted({_day_of_rel(e.path).isoformat() for e in hot_entries})
-        with maintenance_lock:
-            cp = self.append_checkpoint("move", cold_entries, hot_entries,
-                                        {"days": days, "cold": self.policy.cold})
+        cp = self.append_checkpoint("move", cold_entries, hot_entries, {"days": days, "cold": self.policy.cold})
         _fail_point("move_checkpointed")
         self.index.apply(cp, announced=False)
         self.index.save()
@@ -952,8 +974,7 @@ class RetentionJob:
             "legal_holds": [h.as_json() for h in self.policy.legal_holds],
             "ranges": ranges,
         }
-        with maintenance_lock:
-            cp = self.append_checkpoint("expire", [], removed, extra)
+        cp = self.append_checkpoint("expire", [], removed, extra)
         _fail_point("expire_checkpointed")
         self.index.apply(cp, announced=False)
         self.index.save()
@@ -1023,7 +1044,7 @@ def run_in_collector(collector: Any, policy: RetentionPolicy, *, dry_run: bool =
     """Run the job with a collector's sealer (checkpoints) and WAL (meta-audit)."""
     job = RetentionJob(collector.data, policy, append_checkpoint=sealer_appender(collector.sealer),
                        emit=collector_emitter(collector), writer_id=collector.sealer.writer_id,
-                       cancel=cancel)
+                       cancel=cancel, lock=getattr(collector, "maintenance_lock", None))
     return job.dry_run() if dry_run else job.run()
 
 
@@ -1042,6 +1063,7 @@ def start_scheduler(collector: Any) -> Callable[[], None]:
     policy = load_policy(toml)
     if policy is None:
         return lambda: None
+    finish_interrupted_moves(collector.data)
     stop = threading.Event()
     requests = _request_dir(collector.data)
 
@@ -1073,6 +1095,24 @@ def start_scheduler(collector: Any) -> Callable[[], None]:
         thread.join()
 
     return stopper
+
+
+def finish_interrupted_moves(data: DataDir) -> int:
+    """Remove hot copies whose move checkpoint is signed (left by a crash),
+    before compaction could merge them into a new hot file; returns how many."""
+    index = ColdIndex.load(data, rebuild=False)
+    if index.refresh(data):
+        index.save()
+    done = 0
+    for e in index.files.values():
+        path = data.lake / e["hot"]
+        if path.exists():
+            path.unlink()
+            fsync_dir(path.parent)
+            done += 1
+    if done:
+        log.info("retention: removed %d hot files an interrupted run had already moved to cold", done)
+    return done
 
 
 def _write_json(path: Path, doc: dict[str, Any]) -> None:

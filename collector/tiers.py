@@ -51,7 +51,8 @@ def split_checkpoint_path(path: str) -> tuple[str, str]:
 maintenance_lock = threading.RLock()
 
 
-def tier_from_uri(uri: str, *, endpoint_url: str = "", region: str = "", name: str = "cold") -> Tier:
+def tier_from_uri(uri: str, *, endpoint_url: str = "", region: str = "", name: str = "cold",
+                  timeout_s: float = 60.0) -> Tier:
     """A Tier for a location URI: a path or ``file:///path``; ``s3://bucket/prefix``
     (credentials from the usual AWS_* environment, endpoint from
     ``endpoint_url`` or AWS_ENDPOINT_URL[_S3]); any other scheme pyarrow knows
@@ -63,7 +64,8 @@ def tier_from_uri(uri: str, *, endpoint_url: str = "", region: str = "", name: s
         path = urllib.parse.unquote(urllib.parse.urlparse(uri).path)
         return Tier(name, pafs.LocalFileSystem(), str(Path(path).resolve()))
     if scheme in ("s3", "s3a"):
-        kwargs: dict[str, object] = {"connect_timeout": 10.0, "request_timeout": 60.0}
+        kwargs: dict[str, object] = {"connect_timeout": min(10.0, timeout_s), "request_timeout": timeout_s,
+                                     "retry_strategy": pafs.AwsStandardS3RetryStrategy(max_attempts=3)}
         endpoint = (endpoint_url or os.environ.get("AWS_ENDPOINT_URL_S3")
                     or os.environ.get("AWS_ENDPOINT_URL") or "")
         if endpoint:

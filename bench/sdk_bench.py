@@ -213,8 +213,10 @@ def bench_rows(quick: bool = False) -> list[tuple[str, str, str, str]]:
     rounds = 1 if quick else 3
     gc.collect()
     ours, theirs = [], []
-    for _ in range(rounds):
+    for _ in range(rounds):  # alternate so both see the same machine noise
+        gc.collect()
         ours.append(record_latencies(n))
+        gc.collect()
         theirs.append(otel_latencies(n))
     our50 = statistics.median(p[0] for p in ours)
     our99 = statistics.median(p[1] for p in ours)

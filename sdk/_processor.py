@@ -218,14 +218,27 @@ class BatchProcessor:
                     self._space.wait(0.05)
             self.queue.append(event)
             return
+        if self._spool is None:
+            # Nowhere to spill: memory is the limit, drop the newest.
+            why = "the memory queue is full and the spool is disabled"
+            self._drop("", 1, why)
+            waiter = event[WAITER]
+            if waiter is not None:
+                waiter.error = DeliveryError(f"dropped: {why}")
+                waiter.done.set()
+            return
         with self._spill_lock:
             if len(self.queue) < self.max_queue:
                 self.queue.append(event)
                 return
-            events = self._take_queued()
-            events.append(event)
+            # Move the oldest tenth to the spool: room for many more calls,
+            # at a bounded pause for this one.  The spool is delivered first,
+            # so order is kept.
+            events = self._take_queued(max(self.batch_size, self.max_queue // 10))
             for chunk in _chunks(events, self.batch_size):
                 self._store(self._encode(chunk), len(chunk))
+            self.queue.append(event)
+            self.wake.set()
 
     def wait_durable(self, waiter: Waiter, timeout: float) -> None:
         """Block the caller until its durable event is acknowledged or refused."""
@@ -409,14 +422,18 @@ class BatchProcessor:
                 self._blocked = True
                 self._hold(request, count)
                 return
-        self._drop(request.batch_id, count)
+        self._drop(
+            request.batch_id,
+            count,
+            "the spool is full" if self._spool is not None else "memory is full (spool disabled)",
+        )
 
     def _hold(self, request: audit_pb2.ExportRequest, count: int) -> None:
         self._held.append((request, count))
         with self._lock:
             self._held_events += count
 
-    def _drop(self, batch_id: str, count: int) -> None:
+    def _drop(self, batch_id: str, count: int, why: str = "the spool is full") -> None:
         with self._lock:
             self.dropped += count
             self._drops_unreported += count
@@ -427,11 +444,12 @@ class BatchProcessor:
                 self._last_drop_warning = now
         if report:
             log.warning(
-                "auditlake: spool full, dropped %d audit events (%d in total)",
+                "auditlake: %s: dropped %d audit events (%d in total)",
+                why,
                 unreported,
                 self.dropped,
             )
-        self._resolve(batch_id, DeliveryError("dropped: the spool is full"))
+        self._resolve(batch_id, DeliveryError(f"dropped: {why}"))
 
     def _deliver_backlog(self, *, force: bool, budget: float | None = _BACKLOG_BUDGET) -> bool:
         """Send spooled, then held, batches in order; True when none is left."""
@@ -486,21 +504,24 @@ class BatchProcessor:
         # Spooled events are not losses once the backlog is delivered.
         return self.dropped + self.rejected
 
-    def _take_queued(self) -> list[CapturedEvent]:
+    def _take_queued(self, limit: int | None = None) -> list[CapturedEvent]:
+        """Pop up to ``limit`` events from the head of the queue (all by default)."""
         events: list[CapturedEvent] = []
         markers: list[Any] = []
         queue = self.queue
-        while True:
+        while limit is None or len(events) < limit:
             try:
                 item = queue.popleft()
             except IndexError:
                 break
             (events if type(item) is tuple else markers).append(item)
-        for marker in markers:
+        for marker in reversed(markers):
             if self._stopping:
                 marker.done.set()
             else:
-                queue.append(marker)
+                # A flush marker goes back to the head: what it waits for
+                # (events before it) is already in the spool.
+                queue.appendleft(marker)
         return events
 
 

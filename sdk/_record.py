@@ -79,14 +79,15 @@ def record(
         waiter,
     )
     queue = processor.queue
-    if len(queue) >= processor.max_queue:
-        processor.overflow(event)
-    else:
+    waiting = len(queue)
+    if waiting < processor.max_queue:
         queue.append(event)
         # Wake the export thread only when a batch is full; otherwise its
         # short schedule delay picks the events up.
-        if len(queue) % processor.batch_size == 0:
+        if not (waiting + 1) % processor.batch_size:
             processor.wake.set()
+    else:
+        processor.overflow(event)
     if waiter is not None:
         if timeout is None:
             timeout = PROVIDER.settings.durable_timeout

@@ -142,7 +142,7 @@ def test_a_full_spool_drops_newest_with_a_counter_and_one_warning(
     assert stats.dropped > 0
     assert stats.spooled + stats.dropped == 2000
     assert sum(p.stat().st_size for p in spool_files(tmp_path)) <= 20_000
-    assert caplog.text.count("spool full, dropped") == 1
+    assert caplog.text.count("the spool is full: dropped") == 1
     collector.state = "up"
     assert sdk.flush(10)  # what was spooled is delivered; the drops were reported
     assert len(collector.exporter.events) == stats.spooled
@@ -243,3 +243,21 @@ def test_retry_info_in_trailing_metadata_is_decoded() -> None:
 
     assert policy.backoff(0, random.Random(), hint=2.5) == 2.0
     assert 0.08 <= policy.backoff(0, random.Random()) <= 0.12
+
+
+def test_without_a_spool_a_full_memory_queue_drops_newest_and_counts(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    collector = Collector()
+    release = threading.Event()
+    collector.exporter.answer = lambda request: (release.wait(10), ExportResult(ExportStatus.OK))[1]
+    start(collector, None, batch=BatchPolicy(schedule_delay=0.01, max_batch_size=10,
+                                             max_queue_size=100))
+    with caplog.at_level(logging.WARNING, logger="auditlake.sdk"):
+        for i in range(300):
+            sdk.record("read", "doc", str(i))
+    release.set()
+    assert sdk.flush(10) is False  # some were dropped
+    stats = sdk.stats()
+    assert stats.dropped > 0 and stats.exported + stats.dropped == 300
+    assert "spool is disabled: dropped" in caplog.text

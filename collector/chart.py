@@ -17,9 +17,9 @@ WIDTH, HEIGHT, PAD_L, PAD_B, PAD_T = 900, 180, 44, 22, 8
 def _nice(n: int) -> int:
     """A round axis maximum >= n."""
     if n <= 5:
-        return max(n, 1)
+        return max(n + n % 2, 2)  # even, so the middle grid line is a whole number
     mag = 10 ** (len(str(n)) - 1)
-    for step in (1, 2, 2.5, 5, 10):
+    for step in (1, 2, 4, 5, 10):
         top = int(step * mag)
         if top >= n:
             return top

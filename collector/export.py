@@ -53,7 +53,6 @@ EXTENSIONS = {"csv": "csv", "jsonl": "jsonl", "ocsf": "ocsf.jsonl"}
 MANIFEST_VERSION = 1
 _BATCH_ROWS = 64 * 1024
 _DANGEROUS = r"^[=+\-@\t\r]"
-_TEXT_COLUMNS = tuple(f.name for f in EVENT_SCHEMA if pa.types.is_string(f.type))
 _TIME_COLUMNS = tuple(f.name for f in EVENT_SCHEMA if pa.types.is_timestamp(f.type))
 
 
@@ -82,6 +81,10 @@ def _select_list(fmt: str) -> str:
     )
 
 
+def _is_text(t: pa.DataType) -> bool:
+    return bool(pa.types.is_string(t) or pa.types.is_large_string(t) or pa.types.is_string_view(t))
+
+
 class CsvEncoder:
     """RFC 4180 CSV with neutralised formula cells."""
 
@@ -92,7 +95,8 @@ class CsvEncoder:
         return buf.getvalue().to_pybytes()
 
     def encode(self, batch: pa.RecordBatch) -> bytes:
-        cols = [neutralize(batch.column(i)) if batch.schema.field(i).name in _TEXT_COLUMNS
+        # Every text column, whatever it holds (timestamps arrive as text too).
+        cols = [neutralize(batch.column(i)) if _is_text(batch.schema.field(i).type)
                 else batch.column(i) for i in range(batch.num_columns)]
         out = pa.RecordBatch.from_arrays(cols, names=batch.schema.names)
         buf = pa.BufferOutputStream()

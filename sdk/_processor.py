@@ -54,11 +54,12 @@ class Stats:
 class Waiter:
     """The caller's side of a durable event: set once the batch is settled."""
 
-    __slots__ = ("done", "error")
+    __slots__ = ("abandoned", "done", "error")
 
     def __init__(self) -> None:
         self.done = threading.Event()
         self.error: DeliveryError | None = None
+        self.abandoned = False  # the caller timed out and no longer waits
 
 
 class _FlushMarker:
@@ -244,6 +245,7 @@ class BatchProcessor:
         """Block the caller until its durable event is acknowledged or refused."""
         self.wake.set()
         if not waiter.done.wait(timeout):
+            waiter.abandoned = True
             raise DeliveryTimeout(
                 f"the collector did not acknowledge the event within {timeout:g}s "
                 "(it stays queued or spooled and may still be delivered)"
@@ -391,11 +393,18 @@ class BatchProcessor:
     def _schedule_retry(self, result: ExportResult) -> None:
         delay = self._retry.backoff(self._retry_level, self._rng, result.retry_after)
         self._retry_level += 1
-        if self._waiters or self._waiting_flushes:
+        if self._waiting_flushes or self._someone_waits():
+            # A caller is blocked on this delivery: try again soon.
             delay = min(delay, _DURABLE_RETRY_CAP)
         self._next_retry = time.monotonic() + delay
 
     # -- the backlog: spool on disk, then batches held in memory -------------
+
+    def _someone_waits(self) -> bool:
+        with self._lock:
+            return any(
+                not waiter.abandoned for waiters in self._waiters.values() for waiter in waiters
+            )
 
     def _has_backlog(self) -> bool:
         return bool(self._held) or (self._spool is not None and len(self._spool) > 0)

@@ -261,3 +261,20 @@ def test_without_a_spool_a_full_memory_queue_drops_newest_and_counts(
     stats = sdk.stats()
     assert stats.dropped > 0 and stats.exported + stats.dropped == 300
     assert "spool is disabled: dropped" in caplog.text
+
+
+def test_the_collectors_retry_info_delay_is_honoured(tmp_path: Path) -> None:
+    collector = Collector()
+    times: list[float] = []
+
+    def answer(request: audit_pb2.ExportRequest) -> ExportResult:
+        times.append(time.monotonic())
+        if len(times) == 1:
+            return ExportResult(ExportStatus.RETRY, "RESOURCE_EXHAUSTED", retry_after=0.4)
+        return ExportResult(ExportStatus.OK)
+
+    collector.exporter.answer = answer
+    start(collector, tmp_path, retry=RetryPolicy(initial_backoff=0.01, max_backoff=1.0))
+    sdk.record("read", "doc", "1")
+    assert sdk.flush(5)
+    assert len(times) == 2 and times[1] - times[0] >= 0.38

@@ -1,0 +1,79 @@
+"""The disk spool: atomic files, crash leftovers, claims, bounds."""
+
+from __future__ import annotations
+
+import os
+import random
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from auditlake import sdk
+from auditlake.sdk import BatchPolicy, RetryPolicy, SpoolPolicy
+from auditlake.sdk._context import EMPTY_ACTOR
+from auditlake.sdk._event import encode_batch
+from auditlake.sdk._spool import DiskSpool, SpoolFull
+from auditlake.sdk.testing import InMemoryExporter
+from auditlake.v1 import audit_pb2
+
+
+def batch(batch_id: str, resource_id: str, ns: int) -> audit_pb2.ExportRequest:
+    event = (ns, 1, EMPTY_ACTOR, None, "read", "doc", resource_id, "u", "t", "success", "",
+             None, None, None, None, None, None)
+    return encode_batch([event], batch_id, "svc", random.Random(1))
+
+
+def dead_pid() -> int:
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()
+    return child.pid
+
+
+def test_batches_come_back_oldest_first_and_keep_their_id(tmp_path: Path) -> None:
+    spool = DiskSpool(tmp_path, 1_000_000)
+    now = time.time_ns()
+    spool.write(batch("b-late", "2", now + 1000))
+    spool.write(batch("b-early", "1", now))
+    assert len(spool) == 2
+    claimed = spool.claim_head()
+    assert claimed is not None and claimed[1].batch_id == "b-early"
+    spool.release(claimed[0])  # a failed send leaves it at the head
+    claimed = spool.claim_head()
+    assert claimed is not None and claimed[1].batch_id == "b-early"
+    spool.done(claimed[0])
+    assert [p.name.endswith("b-late.batch") for p in tmp_path.iterdir()] == [True]
+
+
+def test_the_bound_is_enforced(tmp_path: Path) -> None:
+    spool = DiskSpool(tmp_path, 200)
+    spool.write(batch("a", "1", time.time_ns()))
+    try:
+        for i in range(10):
+            spool.write(batch(f"b{i}", "1", time.time_ns()))
+    except SpoolFull:
+        pass
+    else:
+        raise AssertionError("the spool should have been full")
+    assert spool.bytes <= 200
+
+
+def test_crash_leftovers_are_recovered_on_configure(tmp_path: Path) -> None:
+    pid = dead_pid()
+    now = time.time_ns()
+    # A batch a crashed process had claimed for sending, a temp file it never
+    # renamed (half written), and an unreadable file.
+    claimed = batch("claimed", "c1", now)
+    (tmp_path / f"{now // 1000:017d}-claimed.batch.{pid}.sending").write_bytes(
+        claimed.SerializeToString())
+    (tmp_path / f".tmp-{pid}-half").write_bytes(b"\x0a\x05hal")
+    (tmp_path / f"{now // 1000 + 1:017d}-broken.batch").write_bytes(b"\xff\xff\xff")
+    exporter = InMemoryExporter()
+    sdk.configure(service_name="svc", exporter=exporter, spool=SpoolPolicy(directory=tmp_path),
+                  batch=BatchPolicy(schedule_delay=0.01),
+                  retry=RetryPolicy(initial_backoff=0.01, max_backoff=0.05))
+    assert sdk.flush(5)
+    assert [e["resource_id"] for e in exporter.events] == ["c1"]
+    assert exporter.batch_ids == ["claimed"]
+    names = sorted(os.listdir(tmp_path))
+    assert names == [f"{now // 1000 + 1:017d}-broken.batch.bad"]  # set aside, not lost

@@ -137,6 +137,7 @@ class BatchProcessor:
         self._last_drop_warning = 0.0
         self._losses_reported = 0
         self._waiting_flushes: list[_FlushMarker] = []
+        self._inflight: tuple[audit_pb2.ExportRequest, int] | None = None
         self.exported = self.retried = self.spooled = self.dropped = self.rejected = 0
         self._thread = threading.Thread(target=self._run, name="auditlake-export", daemon=True)
 
@@ -180,6 +181,12 @@ class BatchProcessor:
         self._stop.set()
         self.wake.set()
         self._thread.join(None if deadline is None else max(0.0, deadline - time.monotonic()))
+        inflight = self._inflight
+        if self._thread.is_alive() and inflight is not None:
+            # The export thread is stuck in a call (a collector that does not
+            # answer): keep a copy of its batch.  Should the call still
+            # succeed, the collector stores the batch id once.
+            self._store(inflight[0], inflight[1], last_resort=True)
         leftover = self._take_queued()
         for chunk in _chunks(leftover, self.batch_size):
             self._store(self._encode(chunk), len(chunk), last_resort=True)
@@ -324,12 +331,16 @@ class BatchProcessor:
         if self._has_backlog():
             self._store(request, count)
             return
-        result = self._export_with_retry(request, count)
-        if result.status is ExportStatus.RETRY:
-            self._store(request, count)
-            self._schedule_retry(result)
-        else:
-            self._settle(request.batch_id, count, result)
+        self._inflight = (request, count)
+        try:
+            result = self._export_with_retry(request, count)
+            if result.status is ExportStatus.RETRY:
+                self._store(request, count)
+                self._schedule_retry(result)
+            else:
+                self._settle(request.batch_id, count, result)
+        finally:
+            self._inflight = None
 
     def _encode(self, events: Sequence[CapturedEvent]) -> audit_pb2.ExportRequest:
         batch_id = new_id(time.time_ns())

@@ -278,3 +278,39 @@ def test_the_collectors_retry_info_delay_is_honoured(tmp_path: Path) -> None:
     sdk.record("read", "doc", "1")
     assert sdk.flush(5)
     assert len(times) == 2 and times[1] - times[0] >= 0.38
+
+
+def test_shutdown_keeps_the_batch_of_a_call_that_never_returns(tmp_path: Path) -> None:
+    collector = Collector()
+    hang = threading.Event()
+    collector.exporter.answer = lambda request: (hang.wait(10), DOWN)[1]
+    start(collector, tmp_path)
+    for i in range(5):
+        sdk.record("read", "doc", str(i))
+    time.sleep(0.2)  # the export thread is now stuck in its call
+    assert sdk.shutdown(timeout=0.5) is False
+    hang.set()
+    (spooled,) = spool_files(tmp_path)
+    request = audit_pb2.ExportRequest.FromString(spooled.read_bytes())
+    assert list(request.columns.resource_id) == [str(i) for i in range(5)]
+
+
+def test_events_left_at_interpreter_exit_are_spooled(tmp_path: Path) -> None:
+    import socket
+    import subprocess
+    import sys
+
+    with socket.socket() as s:  # a port nobody listens on: the collector is down
+        s.bind(("127.0.0.1", 0))
+        endpoint = f"127.0.0.1:{s.getsockname()[1]}"
+    code = (
+        "from auditlake import sdk\n"
+        f"sdk.configure(endpoint={endpoint!r}, spool_dir={str(tmp_path)!r}, service_name='x')\n"
+        "for i in range(10):\n"
+        "    sdk.record('read', 'doc', str(i), tenant_id='t1')\n"
+    )  # no flush, no shutdown: atexit does it
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
+    ids = []
+    for path in spool_files(tmp_path):
+        ids += list(audit_pb2.ExportRequest.FromString(path.read_bytes()).columns.resource_id)
+    assert ids == [str(i) for i in range(10)]

@@ -998,6 +998,7 @@ class RetentionJob:
 
 #: Days and bytes moved (or expired) under one checkpoint: bounds the work a
 #: crash repeats, while a long backlog does not cost a checkpoint per day.
+#: (AUDITLAKE_RETENTION_GROUP_DAYS overrides the days, for tests.)
 GROUP_DAYS = 32
 GROUP_BYTES = 256 * 1024 * 1024
 
@@ -1007,8 +1008,9 @@ def _groups(plan: list[DayPlan]) -> Iterable[tuple[str, list[DayPlan]]]:
     GROUP_DAYS days and (for moves) about GROUP_BYTES."""
     group: list[DayPlan] = []
     size = 0
+    max_days = int(os.environ.get("AUDITLAKE_RETENTION_GROUP_DAYS", "") or GROUP_DAYS)
     for p in plan:
-        if group and (p.action != group[0].action or len(group) >= GROUP_DAYS or size >= GROUP_BYTES):
+        if group and (p.action != group[0].action or len(group) >= max_days or size >= GROUP_BYTES):
             yield group[0].action, group
             group, size = [], 0
         group.append(p)

@@ -143,6 +143,24 @@ def history(history_template: tuple[Path, dict[str, int]], tmp_path: Path) -> tu
     return data, dict(expected)
 
 
+@pytest.fixture(scope="session")
+def small_history_template(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, int]]:
+    """A data dir with 45 days of history (3 events a day), built once."""
+    tmp = tmp_path_factory.mktemp("small-history")
+    data = tmp / "data"
+    expected = import_history(data, 45, tmp)
+    return data, expected
+
+
+@pytest.fixture()
+def small_history(small_history_template: tuple[Path, dict[str, int]], tmp_path: Path) -> tuple[Path, dict[str, int]]:
+    """A fresh copy of the 45-day history data dir for one test."""
+    src, expected = small_history_template
+    data = tmp_path / "data"
+    shutil.copytree(src, data)
+    return data, dict(expected)
+
+
 @dataclass
 class S3Server:
     """A running moto S3-API server."""

@@ -102,7 +102,9 @@ def create_app() -> FastAPI:
     @api.post("/login")
     async def login(credentials: dict[str, str]) -> dict[str, str]:
         if credentials.get("password") != "demo":
-            sdk.login_failed(credentials.get("user", ""), reason="bad password")
+            # The collector needs a tenant; an unknown one is recorded as "public".
+            sdk.login_failed(credentials.get("user", ""), reason="bad password",
+                             tenant_id=credentials.get("tenant") or "public")
             raise HTTPException(401)
         sdk.login(credentials["user"], tenant_id=credentials.get("tenant"), method="password")
         return {"token": f"{credentials['user']}@{credentials.get('tenant', '')}"}

@@ -52,6 +52,7 @@ SETTINGS: Final[dict[str, tuple[str, Callable[[str], Any], Any]]] = {
     "endpoint": ("AUDITLAKE_ENDPOINT", str, "127.0.0.1:4317"),
     "api_key": ("AUDITLAKE_API_KEY", str, ""),
     "service_name": ("AUDITLAKE_SERVICE_NAME", str, ""),
+    "tenant_id": ("AUDITLAKE_TENANT_ID", str, ""),
     "tls": ("AUDITLAKE_TLS", _boolean, False),
     "durable_timeout": ("AUDITLAKE_DURABLE_TIMEOUT", float, 5.0),
     "redact": ("AUDITLAKE_REDACT", _names, ()),
@@ -80,6 +81,7 @@ class Settings:
     endpoint: str = "127.0.0.1:4317"
     api_key: str = ""
     service_name: str = ""
+    tenant_id: str = ""
     tls: bool = False
     durable_timeout: float = 5.0
     redact: tuple[str, ...] = ()
@@ -179,6 +181,7 @@ def load_settings(
             endpoint=str(values["endpoint"]),
             api_key=str(values["api_key"]),
             service_name=str(values["service_name"]),
+            tenant_id=str(values["tenant_id"]),
             tls=bool(values["tls"]),
             durable_timeout=float(values["durable_timeout"]),
             redact=tuple(values["redact"]),
@@ -213,6 +216,7 @@ def configure(
     api_key: str | None = None,
     service_name: str | None = None,
     *,
+    tenant_id: str | None = None,
     spool_dir: str | os.PathLike[str] | None = None,
     tls: bool | None = None,
     durable_timeout: float | None = None,
@@ -229,6 +233,8 @@ def configure(
     Arguments win over ``AUDITLAKE_*`` variables, which win over the TOML
     file.  A previous configuration is shut down first (its queue flushed or
     spooled).  Batches left in the spool by an earlier run are delivered.
+    ``tenant_id`` is the tenant of events that name none (single-tenant
+    services); the collector refuses events without a tenant.
     ``exporter`` replaces the gRPC exporter (see ``auditlake.sdk.testing``).
     """
     global _atexit_registered
@@ -236,6 +242,7 @@ def configure(
         "endpoint": endpoint,
         "api_key": api_key,
         "service_name": service_name,
+        "tenant_id": tenant_id,
         "spool_dir": os.fspath(spool_dir) if spool_dir is not None else None,
         "tls": tls,
         "durable_timeout": durable_timeout,
@@ -272,6 +279,7 @@ def configure(
             spool=settings.spool,
             spool_dir=settings.spool_directory if settings.spool.enabled else None,
             service=service,
+            default_tenant=settings.tenant_id,
         )
         if not _atexit_registered:
             atexit.register(_shutdown_at_exit)

@@ -113,18 +113,36 @@ def _texts(values: Sequence[object]) -> list[str] | Sequence[object]:
     return values
 
 
-def _with_scope(values: Sequence[object], scopes: Sequence[Actor], field: str) -> list[str]:
-    """The explicit value, else the actor scope's, else ""."""
+def _with_scope(
+    values: Sequence[object], scopes: Sequence[Actor], field: str, default: str = ""
+) -> list[str]:
+    """The explicit value, else the actor scope's, else ``default``."""
     return [
         (v if type(v) is str else _text(v))
         if v is not None
-        else (getattr(scope, field) or "")
+        else (getattr(scope, field) or default)
         for v, scope in zip(values, scopes, strict=True)
     ]
 
 
+def missing_required(event: CapturedEvent, default_tenant: str) -> str:
+    """The first required field (tenant_id, action, resource_type) the event lacks, or ""."""
+    tenant = event[TENANT_ID]
+    if not (tenant if tenant is not None else event[ACTOR].tenant_id) and not default_tenant:
+        return "tenant_id"
+    if not event[ACTION]:
+        return "action"
+    if not event[RESOURCE_TYPE]:
+        return "resource_type"
+    return ""
+
+
 def encode_batch(
-    events: Sequence[CapturedEvent], batch_id: str, service: str, rng: random.Random
+    events: Sequence[CapturedEvent],
+    batch_id: str,
+    service: str,
+    rng: random.Random,
+    default_tenant: str = "",
 ) -> audit_pb2.ExportRequest:
     """One columnar ExportRequest holding ``events`` in order."""
     # Transpose once (in C), then build each column with a comprehension.
@@ -139,7 +157,7 @@ def encode_batch(
             for ns, seq in zip(cols[NS], cols[SEQ], strict=True)
         ]
     )
-    c.tenant_id.extend(_with_scope(cols[TENANT_ID], scopes, "tenant_id"))
+    c.tenant_id.extend(_with_scope(cols[TENANT_ID], scopes, "tenant_id", default_tenant))
     c.user_id.extend(_with_scope(cols[USER_ID], scopes, "user_id"))
     c.action.extend(_texts(cols[ACTION]))
     c.resource_type.extend(_texts(cols[RESOURCE_TYPE]))
@@ -200,6 +218,25 @@ COLUMN_NAMES: Final = (
     "request_id",
     "metadata",
 )
+
+
+def split_request(
+    request: audit_pb2.ExportRequest,
+) -> tuple[audit_pb2.ExportRequest, audit_pb2.ExportRequest]:
+    """The two halves of a columnar request, with ids derived from its batch id.
+
+    Derived ids are deterministic, so a half that is retried or spooled is
+    still stored once.
+    """
+    count = len(request.columns.id)
+    middle = count // 2
+    halves = []
+    for part, (start, stop) in enumerate(((0, middle), (middle, count))):
+        half = audit_pb2.ExportRequest(batch_id=f"{request.batch_id}.{part}")
+        for name in COLUMN_NAMES:
+            getattr(half.columns, name).extend(getattr(request.columns, name)[start:stop])
+        halves.append(half)
+    return halves[0], halves[1]
 
 
 def decode_columns(request: audit_pb2.ExportRequest) -> list[dict[str, Any]]:

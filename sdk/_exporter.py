@@ -40,6 +40,7 @@ class ExportResult:
 
     status: ExportStatus
     message: str = ""
+    code: str = ""  # the gRPC status name, e.g. INVALID_ARGUMENT
     retry_after: float | None = None
     accepted: int = 0
     duplicate: bool = False
@@ -117,10 +118,11 @@ def result_from_error(error: grpc.RpcError) -> ExportResult:
     code = error.code() if hasattr(error, "code") else grpc.StatusCode.UNKNOWN
     details = error.details() if hasattr(error, "details") else str(error)
     message = f"{code.name}: {details}" if code is not None else str(details)
+    name = code.name if code is not None else ""
     if code in _REJECTED:
-        return ExportResult(ExportStatus.REJECTED, message)
+        return ExportResult(ExportStatus.REJECTED, message, code=name)
     trailing = error.trailing_metadata() if hasattr(error, "trailing_metadata") else None
-    return ExportResult(ExportStatus.RETRY, message, retry_after=retry_delay(trailing))
+    return ExportResult(ExportStatus.RETRY, message, code=name, retry_after=retry_delay(trailing))
 
 
 def retry_delay(trailing: Sequence[tuple[str, Any]] | None) -> float | None:

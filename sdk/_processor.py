@@ -22,7 +22,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from auditlake.sdk._event import WAITER, CapturedEvent, encode_batch, new_id, new_sequence
+from auditlake.sdk._event import (
+    WAITER,
+    CapturedEvent,
+    encode_batch,
+    missing_required,
+    new_id,
+    new_sequence,
+    split_request,
+)
 from auditlake.sdk._exceptions import DeliveryError, DeliveryRejected, DeliveryTimeout
 from auditlake.sdk._exporter import Exporter, ExportResult, ExportStatus
 from auditlake.sdk._policies import BatchPolicy, RetryPolicy, SpoolPolicy
@@ -83,6 +91,7 @@ class BatchProcessor:
         spool: SpoolPolicy,
         spool_dir: Path | None,
         service: Callable[[], str],
+        default_tenant: str = "",
     ) -> None:
         self._exporter_factory = exporter_factory
         self._exporter: Exporter | None = None
@@ -91,6 +100,7 @@ class BatchProcessor:
         self._spool_policy = spool
         self._spool_dir = spool_dir
         self._service = service
+        self._default_tenant = default_tenant
         self.batch_size = batch.max_batch_size
         self.max_queue = batch.max_queue_size
         self._spool = self._open_spool()
@@ -136,6 +146,7 @@ class BatchProcessor:
         self._drops_unreported = 0
         self._last_drop_warning = 0.0
         self._losses_reported = 0
+        self._last_refusal_warning = 0.0
         self._waiting_flushes: list[_FlushMarker] = []
         self._inflight: tuple[audit_pb2.ExportRequest, int] | None = None
         self.exported = self.retried = self.spooled = self.dropped = self.rejected = 0
@@ -189,7 +200,9 @@ class BatchProcessor:
             self._store(inflight[0], inflight[1], last_resort=True)
         leftover = self._take_queued()
         for chunk in _chunks(leftover, self.batch_size):
-            self._store(self._encode(chunk), len(chunk), last_resort=True)
+            request = self._encode(chunk)
+            if request is not None:
+                self._store(request, len(request.columns.id), last_resort=True)
         while self._held:
             request, count = self._held.popleft()
             self._store(request, count, last_resort=True)
@@ -244,7 +257,9 @@ class BatchProcessor:
             # so order is kept.
             events = self._take_queued(max(self.batch_size, self.max_queue // 10))
             for chunk in _chunks(events, self.batch_size):
-                self._store(self._encode(chunk), len(chunk))
+                request = self._encode(chunk)
+                if request is not None:
+                    self._store(request, len(request.columns.id))
             self.queue.append(event)
             self.wake.set()
 
@@ -327,7 +342,9 @@ class BatchProcessor:
 
     def _process(self, events: list[CapturedEvent]) -> None:
         request = self._encode(events)
-        count = len(events)
+        if request is None:
+            return
+        count = len(request.columns.id)
         if self._has_backlog():
             self._store(request, count)
             return
@@ -338,17 +355,53 @@ class BatchProcessor:
                 self._store(request, count)
                 self._schedule_retry(result)
             else:
-                self._settle(request.batch_id, count, result)
+                self._settle(request, count, result)
         finally:
             self._inflight = None
 
-    def _encode(self, events: Sequence[CapturedEvent]) -> audit_pb2.ExportRequest:
+    def _encode(self, events: Sequence[CapturedEvent]) -> audit_pb2.ExportRequest | None:
+        """The batch for ``events``, minus those the collector would refuse
+        for a missing required field (they would sink the whole batch)."""
+        default_tenant = self._default_tenant
+        if any(missing_required(event, default_tenant) for event in events):
+            events = self._refuse_incomplete(events)
+            if not events:
+                return None
         batch_id = new_id(time.time_ns())
         waiters = [event[WAITER] for event in events if event[WAITER] is not None]
         if waiters:
             with self._lock:
                 self._waiters[batch_id] = waiters
-        return encode_batch(events, batch_id, self._service(), self._rng)
+        return encode_batch(events, batch_id, self._service(), self._rng, default_tenant)
+
+    def _refuse_incomplete(self, events: Sequence[CapturedEvent]) -> list[CapturedEvent]:
+        kept: list[CapturedEvent] = []
+        refused: dict[str, int] = {}
+        for event in events:
+            field = missing_required(event, self._default_tenant)
+            if not field:
+                kept.append(event)
+                continue
+            refused[field] = refused.get(field, 0) + 1
+            waiter = event[WAITER]
+            if waiter is not None:
+                waiter.error = DeliveryRejected(f"{field} is required")
+                waiter.done.set()
+        count = len(events) - len(kept)
+        with self._lock:
+            self.rejected += count
+            now = time.monotonic()
+            report = now - self._last_refusal_warning >= _DROP_WARNING_INTERVAL
+            if report:
+                self._last_refusal_warning = now
+        if report:
+            log.error(
+                "auditlake: %d audit events not sent, a required field is empty (%s); set it "
+                "in record()/actor(), or configure(tenant_id=...) for a single-tenant service",
+                count,
+                ", ".join(f"{name}: {n}" for name, n in sorted(refused.items())),
+            )
+        return kept
 
     def _export_once(self, request: audit_pb2.ExportRequest) -> ExportResult:
         exporter = self._exporter
@@ -378,11 +431,15 @@ class BatchProcessor:
         )
         return result
 
-    def _settle(self, batch_id: str, count: int, result: ExportResult) -> None:
+    def _settle(self, request: audit_pb2.ExportRequest, count: int, result: ExportResult) -> None:
+        batch_id = request.batch_id
         if result.status is ExportStatus.OK:
             with self._lock:
                 self.exported += count
             self._resolve(batch_id, None)
+            return
+        if result.code == "INVALID_ARGUMENT" and count > 1:
+            self._bisect(request, result)
             return
         with self._lock:
             self.rejected += count
@@ -393,6 +450,42 @@ class BatchProcessor:
             result.message,
         )
         self._resolve(batch_id, DeliveryRejected(result.message))
+
+    def _bisect(self, request: audit_pb2.ExportRequest, result: ExportResult) -> None:
+        """A batch refused as invalid: send its halves, down to the bad events.
+
+        The collector stores nothing of a batch with one invalid event, so
+        the good events are isolated from the bad ones rather than lost.
+        """
+        log.warning(
+            "auditlake: the collector refused batch %s as invalid (%s); "
+            "resending it in halves to keep its valid events",
+            request.batch_id,
+            result.message,
+        )
+        with self._lock:
+            waiters = self._waiters.pop(request.batch_id, None)
+        complete = True
+        pending = list(split_request(request))
+        while pending:
+            part = pending.pop(0)
+            count = len(part.columns.id)
+            outcome = self._export_with_retry(part, count)
+            if outcome.status is ExportStatus.OK:
+                with self._lock:
+                    self.exported += count
+                continue
+            complete = False
+            if outcome.status is ExportStatus.RETRY:
+                self._store(part, count)
+                self._schedule_retry(outcome)
+            elif outcome.code == "INVALID_ARGUMENT" and count > 1:
+                pending[:0] = split_request(part)  # depth first keeps the order
+            else:
+                self._settle(part, count, outcome)
+        for waiter in waiters or ():
+            waiter.error = None if complete else DeliveryRejected(result.message)
+            waiter.done.set()
 
     def _resolve(self, batch_id: str, error: DeliveryError | None) -> None:
         with self._lock:
@@ -511,7 +604,7 @@ class BatchProcessor:
                     self._held_events -= count
             else:
                 break
-            self._settle(request.batch_id, count, result)
+            self._settle(request, count, result)
             if deadline is not None and time.monotonic() > deadline:
                 self.wake.set()  # come back soon; let the memory queue move meanwhile
                 return not self._has_backlog()

@@ -26,5 +26,8 @@ def _sdk_is_shut_down_after_each_test(
 
 @pytest.fixture
 def memory() -> AuditEvents:
-    """The SDK configured with an in-memory exporter (no spool, 10 ms batches)."""
-    return configure_for_tests()
+    """The SDK configured with an in-memory exporter (no spool, 10 ms batches).
+
+    Events naming no tenant get ``t-default`` (the collector requires one).
+    """
+    return configure_for_tests(tenant_id="t-default")

@@ -132,3 +132,14 @@ def test_events_queued_before_fork_are_sent_once_by_the_parent(collector, tmp_pa
     assert {r["resource_id"]: r["n"] for r in rows} == {
         "warm-up": 1, **{f"parent-{i}": 1 for i in range(20)}, **{f"child-{i}": 1 for i in range(5)}
     }
+
+
+def test_one_invalid_event_does_not_sink_its_batch(collector, tmp_path: Path) -> None:  # noqa: ANN001
+    configure(collector, tmp_path / "spool", collector.api_key("t1"), delay=5.0)
+    for i in range(20):
+        action = "x" * 200 if i == 7 else "read"  # longer than the collector allows
+        sdk.record(action, "bisect", str(i), tenant_id="t1")
+    assert sdk.flush(20) is False
+    stats = sdk.stats()
+    assert (stats.exported, stats.rejected) == (19, 1)
+    assert counts(collector, "bisect", 19) == (19, 19)

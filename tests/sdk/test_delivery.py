@@ -45,6 +45,7 @@ class Collector:
 def start(collector: Collector, spool_dir: Path | None, **policies: object) -> None:
     sdk.configure(
         service_name="svc",
+        tenant_id="t1",
         exporter=collector.exporter,
         batch=policies.get("batch", BatchPolicy(schedule_delay=0.01, max_batch_size=50)),  # type: ignore[arg-type]
         retry=policies.get("retry", FAST_RETRY),  # type: ignore[arg-type]
@@ -314,3 +315,45 @@ def test_events_left_at_interpreter_exit_are_spooled(tmp_path: Path) -> None:
     for path in spool_files(tmp_path):
         ids += list(audit_pb2.ExportRequest.FromString(path.read_bytes()).columns.resource_id)
     assert ids == [str(i) for i in range(10)]
+
+
+def test_an_event_without_tenant_is_refused_alone_not_with_its_batch(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    collector = Collector()
+    sdk.configure(service_name="svc", exporter=collector.exporter,
+                  batch=BatchPolicy(schedule_delay=0.01), spool=SpoolPolicy(enabled=False))
+    with caplog.at_level(logging.ERROR, logger="auditlake.sdk"):
+        sdk.record("read", "doc", "1", tenant_id="t1")
+        sdk.record("read", "doc", "no-tenant")
+        with sdk.actor(tenant_id="t2"):
+            sdk.record("read", "doc", "3")
+        with pytest.raises(sdk.DeliveryRejected, match="tenant_id"):
+            sdk.record("read", "doc", "durable-no-tenant", durable=True)
+        assert sdk.flush(5) is False
+    assert [e["resource_id"] for e in collector.exporter.events] == ["1", "3"]
+    assert sdk.stats().rejected == 2
+    assert "required field is empty (tenant_id: " in caplog.text
+
+
+def test_an_invalid_event_is_isolated_and_the_rest_of_its_batch_stored(tmp_path: Path) -> None:
+    collector = Collector()
+
+    def strict(request: audit_pb2.ExportRequest) -> ExportResult:
+        collector.attempted.append(request.batch_id)
+        if "bad" in request.columns.resource_id:
+            return ExportResult(ExportStatus.REJECTED, "INVALID_ARGUMENT: event ... resource_id",
+                                code="INVALID_ARGUMENT")
+        return ExportResult(ExportStatus.OK)
+
+    collector.exporter.answer = strict
+    start(collector, tmp_path, batch=BatchPolicy(schedule_delay=5.0, max_batch_size=64))
+    for i in range(20):
+        sdk.record("read", "doc", "bad" if i == 13 else str(i))
+    assert sdk.flush(5) is False
+    stored = [e["resource_id"] for e in collector.exporter.events]
+    assert stored == [str(i) for i in range(20) if i != 13]  # in order, 19 of 20
+    stats = sdk.stats()
+    assert (stats.exported, stats.rejected) == (19, 1)
+    first = collector.attempted[0]
+    assert all(b == first or b.startswith(first + ".") for b in collector.attempted)

@@ -50,7 +50,7 @@ def test_explicit_fields_win_over_the_actor_scope(memory: AuditEvents) -> None:
 
 
 def test_absent_strings_are_empty_never_none(memory: AuditEvents) -> None:
-    sdk.record("read")
+    sdk.record("read", "doc")
     (event,) = memory.events
     assert all(value is not None for value in event.values())
     assert event["changes"] == "" and event["metadata"] == ""
@@ -65,7 +65,7 @@ def test_invalid_outcome_or_empty_action_is_a_value_error(memory: AuditEvents) -
 
 def test_mutating_a_dict_after_record_does_not_change_the_event(memory: AuditEvents) -> None:
     metadata = {"k": "before"}
-    sdk.record("read", metadata=metadata)
+    sdk.record("read", "doc", metadata=metadata)
     metadata["k"] = "after"
     assert json.loads(memory.events[0]["metadata"]) == {"k": "before"}
 
@@ -102,7 +102,7 @@ def test_service_name_from_the_global_tracer_provider_resource(
 
     provider = TracerProvider(resource=Resource.create({"service.name": "payments"}))
     monkeypatch.setattr(trace, "get_tracer_provider", lambda: provider)
-    sdk.record("read")
+    sdk.record("read", "doc")
     assert memory.events[0]["service"] == "payments"
 
 
@@ -128,7 +128,7 @@ def test_compliance_helpers_use_the_documented_action_names(memory: AuditEvents)
 
 def test_stats_count_recorded_and_exported(memory: AuditEvents) -> None:
     for _ in range(10):
-        sdk.record("read")
+        sdk.record("read", "doc")
     assert sdk.flush(5)
     stats = sdk.stats()
     assert (stats.recorded, stats.exported, stats.queued, stats.dropped) == (10, 10, 0, 0)

@@ -23,7 +23,8 @@ def test_each_test_starts_empty(audit_events):
     assert audit_events.events == []
 
 def test_a_missing_event_fails_with_what_was_recorded(audit_events):
-    view("p2")
+    with sdk.actor(tenant_id="clinic"):
+        view("p2")
     try:
         audit_events.assert_recorded(action="delete")
     except AssertionError as error:

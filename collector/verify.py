@@ -27,6 +27,7 @@ from typing import Any
 
 import duckdb
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 from cryptography.exceptions import InvalidSignature
@@ -89,8 +90,6 @@ _UUID_RE = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F
 _HEX_RE = {"trace_id": re.compile(r"^([0-9a-f]{32})?$"), "span_id": re.compile(r"^([0-9a-f]{16})?$")}
 #: Failing events examined one by one (column, swap, edited hash); the rest are counted.
 _DETAIL_LIMIT = 500
-#: Events hashed per DuckDB query (one progress step).
-_BATCH_ROWS = 500_000
 
 
 @dataclass(frozen=True)
@@ -732,22 +731,26 @@ class _Verifier:
 
     # -- rows ------------------------------------------------------------------------
 
-    def _scan_sql(self, con: duckdb.DuckDBPyConnection, keys: Sequence[str], columns: str) -> str:
-        """SQL reading ``columns`` plus ``_file`` (the checkpoint path) from ``keys``."""
+    def _scan_sql(self, con: duckdb.DuckDBPyConnection, keys: Sequence[str], columns: str,
+                  *, raw: bool = False) -> str:
+        """SQL reading ``columns`` plus ``_file`` (the checkpoint path; with
+        ``raw`` the full path, cheaper to carry through a sort) from ``keys``."""
         local = [k for k in keys if k not in self.buffers]
         parts = []
         if local:
             files = "[" + ", ".join(_sql_str(self.disk[k].full) for k in local) + "]"
             mapping = " ".join(f"WHEN {_sql_str(self.disk[k].full)} THEN {_sql_str(k)}"
                                for k in local)
+            name = "filename" if raw else f"CASE filename {mapping} END"
             parts.append(
-                f"SELECT {columns}, CASE filename {mapping} END AS _file FROM read_parquet("
+                f"SELECT {columns}, {name} AS _file FROM read_parquet("
                 f"{files}, filename = true, union_by_name = true, hive_partitioning = false)")
         for k in keys:
             if k in self.buffers:
                 name = "buf_" + hashlib.sha256(k.encode()).hexdigest()[:16]
                 con.register(name, pq.read_table(pa.BufferReader(self.buffers[k])))
-                parts.append(f"SELECT {columns}, {_sql_str(k)} AS _file FROM {name}")
+                label = self.disk[k].full if raw else k
+                parts.append(f"SELECT {columns}, {_sql_str(label)} AS _file FROM {name}")
         return " UNION ALL BY NAME ".join(parts)
 
     def _rows(self, con: duckdb.DuckDBPyConnection) -> None:
@@ -801,32 +804,37 @@ class _Verifier:
         return gaps
 
     def _check_sequences(self, con: duckdb.DuckDBPyConnection) -> None:
-        for writer, seq, files in con.execute(
-                "SELECT writer_id, seq, list(_file ORDER BY _file) FROM idx GROUP BY ALL "
-                "HAVING count(*) > 1 ORDER BY ALL LIMIT 1000").fetchall():
-            if writer not in self.writers:
-                continue
-            self.problem(
-                "duplicate_seq",
-                f"writer {writer} seq {seq} is stored {len(files)} times ({', '.join(files)}): "
-                "an inserted event (the copy in a changed or unlisted file is the forgery)",
-                file=files[-1], seq=seq, writer_id=writer)
         heads = {w: max(s) for w, s in self.writers.items() if s}
         for writer, seal in heads.items():
             head = self.writers[writer][seal].checkpoint
-            rows = con.execute(
-                "SELECT prev + 1, seq - 1 FROM (SELECT seq, lag(seq, 1, 0) OVER (ORDER BY seq) AS prev "
-                "FROM (SELECT DISTINCT seq FROM idx WHERE writer_id = ?)) WHERE seq > prev + 1",
+            # One sort of the writer's seqs finds both gaps and duplicates.
+            breaks = con.execute(
+                "SELECT prev, seq FROM (SELECT seq, lag(seq, 1, 0) OVER (ORDER BY seq) AS prev "
+                "FROM idx WHERE writer_id = ?) WHERE seq <> prev + 1 ORDER BY seq",
                 [writer]).fetchall()
-            top = con.execute("SELECT max(seq) FROM idx WHERE writer_id = ?", [writer]).fetchone()
-            last = int(top[0]) if top and top[0] is not None else 0
-            for lo, hi in rows:
-                for a, b in self._expired_contains(writer, int(lo), int(hi)):
+            dups = sorted({int(seq) for prev, seq in breaks if seq == prev})
+            if dups:
+                con.execute("CREATE OR REPLACE TEMP TABLE dups (seq BIGINT)")
+                con.executemany("INSERT INTO dups VALUES (?)", [(d,) for d in dups[:1000]])
+                for seq, files in con.execute(
+                        "SELECT seq, list(_file ORDER BY _file) FROM idx JOIN dups USING (seq) "
+                        "WHERE writer_id = ? GROUP BY seq ORDER BY seq", [writer]).fetchall():
+                    self.problem(
+                        "duplicate_seq",
+                        f"writer {writer} seq {seq} is stored {len(files)} times "
+                        f"({', '.join(files)}): an inserted event (the copy in a changed or "
+                        "unlisted file is the forgery)", file=files[-1], seq=seq, writer_id=writer)
+            for prev, seq in breaks:
+                if seq <= prev:
+                    continue
+                for a, b in self._expired_contains(writer, int(prev) + 1, int(seq) - 1):
                     self.problem(
                         "missing_events",
                         f"writer {writer}: events seq {a}..{b} ({b - a + 1}) are missing and no "
                         "expire checkpoint records their removal",
                         seq=a, writer_id=writer)
+            top = con.execute("SELECT max(seq) FROM idx WHERE writer_id = ?", [writer]).fetchone()
+            last = int(top[0]) if top and top[0] is not None else 0
             if last < head.seq:
                 for a, b in self._expired_contains(writer, last + 1, head.seq):
                     self.problem(
@@ -835,25 +843,42 @@ class _Verifier:
                         f"seal {seal} ({head.time}) signed the head at seq {head.seq}: the "
                         f"newest events seq {a}..{b} were removed (truncated tail)",
                         seq=a, writer_id=writer)
-            for file, n, lo, hi in con.execute(
-                    "SELECT _file, count(*), min(seq), max(seq) FROM idx WHERE writer_id = ? "
-                    "AND seq > ? GROUP BY ALL ORDER BY ALL", [writer, head.seq]).fetchall():
-                self.problem(
-                    "unsigned_events",
-                    f"{file}: {n} events of writer {writer} (seq {lo}..{hi}) come after the "
-                    f"newest signed head (seq {head.seq}): inserted events, or a seal still in "
-                    "progress (verify again)", file=file, seq=lo, writer_id=writer)
+            elif last > head.seq:
+                for file, n, lo, hi in con.execute(
+                        "SELECT _file, count(*), min(seq), max(seq) FROM idx WHERE writer_id = ? "
+                        "AND seq > ? GROUP BY ALL ORDER BY ALL", [writer, head.seq]).fetchall():
+                    self.problem(
+                        "unsigned_events",
+                        f"{file}: {n} events of writer {writer} (seq {lo}..{hi}) come after the "
+                        f"newest signed head (seq {head.seq}): inserted events, or a seal still "
+                        "in progress (verify again)", file=file, seq=lo, writer_id=writer)
 
     def _check_files(self, con: duckdb.DuckDBPyConnection) -> None:
-        stats = {r[0]: r[1:] for r in con.execute(
-            "SELECT _file, count(*), min(seq), max(seq), list(DISTINCT writer_id), "
-            "count(*) FILTER (WHERE strftime(created_date, '%Y-%m-%d') IS DISTINCT FROM "
-            "regexp_extract(_file, 'date=(\\d{4}-\\d{2}-\\d{2})/', 1)), "
-            "min(seq) FILTER (WHERE strftime(created_date, '%Y-%m-%d') IS DISTINCT FROM "
-            "regexp_extract(_file, 'date=(\\d{4}-\\d{2}-\\d{2})/', 1)) "
-            "FROM idx GROUP BY ALL").fetchall()}
         moved = {p.file for p in self.problems if p.kind == "moved_file"}
-        for key, (n, lo, hi, _writers, wrong_day, wrong_seq) in sorted(stats.items()):
+        con.execute("CREATE OR REPLACE TEMP TABLE fileinfo (_file VARCHAR, day DATE, "
+                    "first_seq BIGINT, last_seq BIGINT, writer VARCHAR)")
+        rows = []
+        for key in self.disk:
+            lf = None if key in moved else self.live.get(key)
+            rows.append((key, _partition_date(key), lf.entry.first_seq if lf else None,
+                         lf.entry.last_seq if lf else None, lf.writer_id if lf else None))
+        con.executemany("INSERT INTO fileinfo VALUES (?, ?, ?, ?, ?)", rows)
+        stats = {r[0]: r[1:] for r in con.execute(
+            "SELECT _file, count(*), min(seq), max(seq), "
+            "count(*) FILTER (WHERE created_date IS DISTINCT FROM f.day), "
+            "min(seq) FILTER (WHERE created_date IS DISTINCT FROM f.day) "
+            "FROM idx JOIN fileinfo f USING (_file) GROUP BY ALL").fetchall()}
+        outside: dict[str, list[tuple[int, str]]] = defaultdict(list)
+        counts: dict[str, int] = {}
+        for key, seq, day, total in con.execute(
+                "SELECT _file, seq, strftime(created_date, '%Y-%m-%d'), n FROM ("
+                "SELECT _file, seq, created_date, row_number() OVER (PARTITION BY _file ORDER BY seq) "
+                "AS k, count(*) OVER (PARTITION BY _file) AS n FROM idx JOIN fileinfo f USING (_file) "
+                "WHERE f.writer IS NOT NULL AND (seq < f.first_seq OR seq > f.last_seq "
+                "OR writer_id <> f.writer)) WHERE k <= 5 ORDER BY ALL").fetchall():
+            outside[key].append((seq, day))
+            counts[key] = total
+        for key, (n, lo, hi, wrong_day, wrong_seq) in sorted(stats.items()):
             if wrong_day and key not in moved:
                 self.problem(
                     "wrong_partition",
@@ -865,11 +890,7 @@ class _Verifier:
             if lf is None or key in moved:
                 continue
             e = lf.entry
-            outside = con.execute(
-                "SELECT seq, strftime(created_date, '%Y-%m-%d') FROM idx WHERE _file = ? AND "
-                "(seq < ? OR seq > ? OR writer_id <> ?) ORDER BY seq",
-                [key, e.first_seq, e.last_seq, lf.writer_id]).fetchall()
-            for seq, day in outside[:5]:
+            for seq, day in outside.get(key, []):
                 home = [p for p, o in self.live.items() if o.writer_id == lf.writer_id
                         and o.entry.first_seq <= seq <= o.entry.last_seq and p != key
                         and _partition_date(p) in (day, None)]
@@ -879,10 +900,10 @@ class _Verifier:
                     f"checkpoint lists; the event belongs in "
                     f"{' or '.join(home) if home else 'no listed file'}: events were moved "
                     "between files", file=key, seq=seq, writer_id=lf.writer_id)
-            if len(outside) > 5:
+            if counts.get(key, 0) > 5:
                 self.problem(
                     "misplaced_event",
-                    f"{key} holds {len(outside) - 5} further events outside its checkpoint's "
+                    f"{key} holds {counts[key] - 5} further events outside its checkpoint's "
                     f"seq {e.first_seq}..{e.last_seq}", file=key, writer_id=lf.writer_id)
             if n != e.rows or lo != e.first_seq or hi != e.last_seq:
                 self.problem(
@@ -919,41 +940,134 @@ class _Verifier:
     # -- hashing ---------------------------------------------------------------------------
 
     def _hash(self, con: duckdb.DuckDBPyConnection, keys: list[str]) -> None:
-        """Each event's link: sha256(stored hash of seq-1 || canonical) = stored hash?"""
-        con.execute(
-            "CREATE TEMP TABLE prev AS SELECT writer_id, seq + 1 AS seq, min(chain_hash) AS prev "
-            "FROM idx GROUP BY ALL")
-        starts = [(w, 1, GENESIS.hex()) for w in self.writers]
-        starts += [(w, b + 1, h) for w, rs in self.expired.items() for _, b, h in rs]
-        if starts:
-            con.execute("CREATE TEMP TABLE starts (writer_id VARCHAR, seq BIGINT, prev VARCHAR)")
-            con.executemany("INSERT INTO starts VALUES (?, ?, ?)", starts)
-            con.execute("INSERT INTO prev SELECT * FROM starts s WHERE NOT EXISTS "
-                        "(SELECT 1 FROM prev p WHERE p.writer_id = s.writer_id AND p.seq = s.seq)")
+        """Each event's link: sha256(stored hash of seq-1 || canonical) = stored hash?
+
+        DuckDB computes the canonical encodings and streams the events in
+        (writer, seq) order; hashlib (OpenSSL's SHA-256, faster than DuckDB's)
+        checks each link.  Events of partitions outside --from/--to come from
+        the index without their content: they only provide the previous hash.
+        """
+        starts = {(w, 1): GENESIS.hex() for w in self.writers}
+        for w, ranges in self.expired.items():
+            for _, b, h in ranges:
+                starts[(w, b + 1)] = h
         total = sum(max(self.disk[k].rows, 0) for k in keys)
+        hashed = set(keys)
+        others = sorted(k for k in self.disk if k not in hashed and k not in self.unreadable
+                        and k not in self.leftovers)
+        parts = []
+        if keys:
+            parts.append(
+                f"SELECT writer_id, seq, chain_hash, _file, {canonical_sql()} AS canon, "
+                f"{null_check_sql()} AS anynull FROM ({self._scan_sql(con, keys, '*', raw=True)})")
+        if others:
+            con.execute("CREATE OR REPLACE TEMP TABLE context_files (f VARCHAR)")
+            con.executemany("INSERT INTO context_files VALUES (?)", [(k,) for k in others])
+            parts.append("SELECT writer_id, seq, chain_hash, NULL AS _file, NULL::BLOB AS canon, "
+                         "NULL::BOOLEAN AS anynull FROM idx WHERE _file IN (SELECT f FROM context_files)")
+        self.link_prev: dict[tuple[str, int], str] = {}
         failing: list[tuple[str, int, str, str, str | None]] = []
         done = 0
-        batch: list[str] = []
-        canon = canonical_sql("r.")
-        nulls = null_check_sql("r.")
-        for i, key in enumerate(keys):
-            batch.append(key)
-            rows = sum(max(self.disk[k].rows, 0) for k in batch)
-            if rows < _BATCH_ROWS and i + 1 < len(keys):
-                continue
-            scan = self._scan_sql(con, batch, "*")
-            failing += con.execute(
-                f"SELECT r._file, r.seq, r.writer_id, r.chain_hash, "
-                f"CASE WHEN p.prev IS NULL THEN NULL ELSE sha256(unhex(p.prev) || {canon}) END AS computed "
-                f"FROM ({scan}) r LEFT JOIN prev p ON p.writer_id = r.writer_id AND p.seq = r.seq "
-                f"WHERE (computed IS DISTINCT FROM r.chain_hash OR {nulls}) AND p.prev IS NOT NULL"
-            ).fetchall()
-            done += rows
-            self.progress("hash", done, total)
-            batch = []
+        if not parts:
+            self.report.events_hashed = 0
+            return
+        query = (
+            "SELECT writer_id, seq, chain_hash, _file, canon, anynull, "
+            "CASE WHEN strlen(chain_hash) = 64 THEN try(unhex(chain_hash)) END AS h FROM ("
+            + " UNION ALL ".join(parts) + ") ORDER BY writer_id, seq")
+        reader = con.sql(query).to_arrow_reader(100_000)
+        key_of = {f.full: k for k, f in self.disk.items()}
+        carry: tuple[str | None, int, bytes | None] = (None, 0, None)  # last writer, seq, hash
+        group_prev: bytes | None = None  # the previous hash for the current seq (duplicates)
+        last_report = time.monotonic()
+        sha256 = hashlib.sha256
+        for batch in reader:
+            n = batch.num_rows
+            canon = batch.column(4)
+            if canon.type != pa.large_binary():
+                canon = canon.cast(pa.large_binary())
+            seqs = batch.column(1)
+            hashes = batch.column(6).to_pylist()
+            w0 = batch.column(0)[0].as_py()
+            s0 = seqs[0].as_py()
+            regular = (
+                canon.null_count == 0 and hashes.count(None) == 0
+                and not pc.any(batch.column(5)).as_py()
+                and pc.all(pc.equal(batch.column(0), w0)).as_py()
+                and seqs[n - 1].as_py() - s0 == n - 1
+                and pc.all(pc.equal(pc.subtract(seqs.slice(1), seqs.slice(0, n - 1)), 1)).as_py()
+                if n > 1 else False)
+            if regular:
+                # The common case: one writer, consecutive seqs, every field present.
+                last_w, last_s, last_h = carry
+                prev = last_h if (last_w == w0 and last_s == s0 - 1) else (
+                    bytes.fromhex(starts[(w0, s0)]) if (w0, s0) in starts else None)
+                offsets = memoryview(canon.buffers()[1]).cast("q")[
+                    canon.offset:canon.offset + n + 1].tolist()
+                data = memoryview(canon.buffers()[2])
+                bad = []
+                for i, h in enumerate(hashes):
+                    if prev is not None and sha256(prev + data[offsets[i]:offsets[i + 1]]).digest() != h:
+                        bad.append((i, prev))
+                    prev = h
+                for i, p in bad:
+                    seq = s0 + i
+                    file = key_of[batch.column(3)[i].as_py()]
+                    computed = sha256(p + data[offsets[i]:offsets[i + 1]]).hexdigest()
+                    failing.append((file, seq, w0, batch.column(2)[i].as_py(), computed))
+                    self.link_prev[(w0, seq)] = p.hex()
+                done += n
+                carry = (w0, s0 + n - 1, hashes[-1])
+                group_prev = hashes[-2] if n > 1 else carry[2]
+            else:
+                done_before = done
+                carry, group_prev, done = self._hash_rows(
+                    batch, canon, hashes, starts, key_of, carry, group_prev, failing, done)
+                done = max(done, done_before)
+            if time.monotonic() - last_report > 1:
+                self.progress("hash", done, total)
+                last_report = time.monotonic()
+        self.progress("hash", done, total)
         self.report.events_hashed = done
         if failing:
             self._explain(con, failing)
+
+    def _hash_rows(
+        self, batch: pa.RecordBatch, canon: pa.Array, hashes: list[bytes | None],
+        starts: dict[tuple[str, int], str], key_of: dict[str, str],
+        carry: tuple[str | None, int, bytes | None], group_prev: bytes | None,
+        failing: list[tuple[str, int, str, str, str | None]], done: int,
+    ) -> tuple[tuple[str | None, int, bytes | None], bytes | None, int]:
+        """Row by row: gaps, duplicates, context rows, NULL fields, odd hashes."""
+        writers = batch.column(0).to_pylist()
+        seqs = batch.column(1).to_pylist()
+        stored = batch.column(2).to_pylist()
+        files = batch.column(3).to_pylist()
+        nulls = batch.column(5).to_pylist()
+        valid = canon.is_valid().to_pylist()
+        offsets = memoryview(canon.buffers()[1]).cast("q")[
+            canon.offset:canon.offset + len(canon) + 1].tolist()
+        data = memoryview(canon.buffers()[2]) if canon.buffers()[2] is not None else memoryview(b"")
+        last_w, last_s, last_h = carry
+        for i, (writer, seq, h) in enumerate(zip(writers, seqs, hashes, strict=True)):
+            if writer != last_w or seq != last_s:
+                if writer == last_w and seq == last_s + 1:
+                    group_prev = last_h
+                else:
+                    start = starts.get((writer, seq))
+                    group_prev = bytes.fromhex(start) if start else None
+                last_w, last_s, last_h = writer, seq, h
+            if not valid[i]:
+                continue  # context only (outside --from/--to)
+            done += 1
+            if group_prev is None:
+                continue  # after a gap: reported as missing events
+            computed = hashlib.sha256(group_prev + data[offsets[i]:offsets[i + 1]]).digest()
+            if computed != h or nulls[i]:
+                failing.append((key_of[files[i]], seq, writer, stored[i],
+                                None if nulls[i] else computed.hex()))
+                self.link_prev[(writer, seq)] = group_prev.hex()
+        return (last_w, last_s, last_h), group_prev, done
 
     def _explain(self, con: duckdb.DuckDBPyConnection,
                  failing: list[tuple[str, int, str, str, str | None]]) -> None:
@@ -978,8 +1092,7 @@ class _Verifier:
             for values in cur.fetchall():
                 row = dict(zip(names, values, strict=True))
                 rows[(row["writer_id"], row["seq"], row["_file"])] = row
-        prev = {(w, s): p for w, s, p in con.execute(
-            "SELECT p.writer_id, p.seq, p.prev FROM prev p JOIN wanted USING (writer_id, seq)").fetchall()}
+        prev = self.link_prev
         by_seq: dict[tuple[str, int], list[dict[str, Any]]] = defaultdict(list)
         for (w, s, _), row in rows.items():
             by_seq[(w, s)].append(row)

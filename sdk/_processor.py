@@ -43,6 +43,7 @@ _DROP_WARNING_INTERVAL = 10.0
 _RESCAN_INTERVAL = 30.0
 _BACKLOG_BUDGET = 1.0
 _DURABLE_RETRY_CAP = 0.25
+_PARENT_EXPORTERS: list[Exporter] = []
 
 
 @dataclass(frozen=True, slots=True)
@@ -156,7 +157,11 @@ class BatchProcessor:
         """Start afresh in a forked child: the parent's queued events stay the parent's."""
         if self._stopped:
             return
-        # The parent's gRPC channel is unusable here; drop it without closing.
+        # The parent's gRPC channel is unusable here.  Keep it referenced,
+        # never closed or collected in the child: its teardown would touch
+        # state that belongs to the parent's gRPC threads.
+        if self._exporter is not None:
+            _PARENT_EXPORTERS.append(self._exporter)
         self._exporter = None
         self._spool = self._open_spool()
         self._setup_runtime()

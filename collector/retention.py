@@ -631,8 +631,8 @@ def _is_local(tier: Tier) -> bool:
 
 
 def copy_to_tier(src: Path, tier: Tier, rel: str) -> tuple[str, int]:
-    """Copy ``src`` to ``rel`` in ``tier`` (local: temp + fsync + rename);
-    returns (sha256, bytes) of what was sent."""
+    """Copy ``src`` to ``rel`` in ``tier`` (local: temp + fsync + rename; the
+    caller fsyncs the directory); returns (sha256, bytes) of what was sent."""
     dest = tier.path(rel)
     h = hashlib.sha256()
     size = 0
@@ -650,8 +650,7 @@ def copy_to_tier(src: Path, tier: Tier, rel: str) -> tuple[str, int]:
                     _fail_point("mid_copy")
             fout.flush()
             os.fsync(fout.fileno())
-        os.replace(tmp, final)
-        fsync_dir(final.parent)
+        os.replace(tmp, final)  # the caller fsyncs the directory (once per day)
         return h.hexdigest(), size
     tier.filesystem.create_dir(dest.rsplit("/", 1)[0], recursive=True)
     with open(src, "rb") as fin, tier.filesystem.open_output_stream(dest) as out:
@@ -902,6 +901,9 @@ class RetentionJob:
             if self.cancel.is_set():
                 raise Cancelled
             sent[e.path] = copy_to_tier(self.data.lake / e.path, self.tier, e.path)
+        if _is_local(self.tier):
+            for folder in sorted({Path(self.tier.path(e.path)).parent for e in hot_entries}):
+                fsync_dir(folder)
         _fail_point("copied")
         for e in hot_entries:
             sha, size = digest_in_tier(self.tier, e.path)

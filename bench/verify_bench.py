@@ -1,0 +1,161 @@
+"""Verify benchmark: `auditlake verify` events/s on a real chained lake,
+next to baselines measured in the same run on the same files.
+
+The lake (1 million events over 10 days; quick: 200,000) is made through
+the collector's own path (inbox.submit -> WAL -> Sealer: real chain, real
+signed checkpoints).  Rows:
+
+- verify (verify_lake, what `auditlake verify` runs) against the floor of
+  any chained verifier: SHA-256 over the same canonical bytes in a
+  plain Python loop (bytes already in memory: no reading, no encoding);
+- the same figure against DuckDB merely reading every column of the files;
+- the `auditlake verify` command as a whole (process start included);
+- the independent auditor script of docs/integrity.md.
+
+Medians of several runs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import random
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+import duckdb
+import pyarrow as pa
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "bench"))
+
+from common import print_table  # noqa: E402
+
+from auditlake.collector import inbox  # noqa: E402
+from auditlake.collector.datadir import DataDir  # noqa: E402
+from auditlake.collector.integrity import canonical_sql  # noqa: E402
+from auditlake.collector.receive import WIRE_SCHEMA  # noqa: E402
+from auditlake.collector.verify import verify_lake  # noqa: E402
+
+DAYS = 10
+CHUNK = 250_000
+
+
+def wire_table(n: int, start_us: int, seed: int) -> pa.Table:
+    """``n`` plausible events (WIRE columns) spread over DAYS days."""
+    rng = random.Random(seed)
+    span = DAYS * 86_400 * 1_000_000
+    actions = ["read", "read", "update", "create", "delete", "login"]
+    cols: dict[str, list[str]] = {
+        "id": [str(uuid.UUID(int=rng.getrandbits(128), version=4)) for _ in range(n)],
+        "tenant_id": [f"tenant-{rng.randrange(50)}" for _ in range(n)],
+        "user_id": [f"user-{rng.randrange(5000)}" for _ in range(n)],
+        "action": [actions[i % len(actions)] for i in range(n)],
+        "resource_type": ["document"] * n,
+        "resource_id": [f"doc-{rng.randrange(100_000)}" for _ in range(n)],
+        "changes": ['{"title":{"before":"draft","after":"final"}}'] * n,
+        "ip_address": [f"10.0.{i % 256}.{(i // 256) % 256}" for i in range(n)],
+        "user_agent": ["Mozilla/5.0 (X11; Linux x86_64) bench/1.0"] * n,
+        "outcome": ["success"] * n, "reason": [""] * n, "service": ["api"] * n,
+        "trace_id": [f"{rng.getrandbits(128):032x}" for _ in range(n)],
+        "span_id": [f"{rng.getrandbits(64):016x}" for _ in range(n)],
+        "request_id": [f"req-{i}" for i in range(n)], "metadata": ["{}"] * n,
+    }
+    created = sorted(start_us + rng.randrange(span) for _ in range(n))
+    arrays = [pa.array(cols[f.name], pa.string()) for f in WIRE_SCHEMA if f.name != "created_at"]
+    arrays.append(pa.array(created, pa.int64()).cast(WIRE_SCHEMA.field("created_at").type))
+    return pa.Table.from_arrays(arrays, schema=WIRE_SCHEMA)
+
+
+def make_lake(root: Path, n: int) -> DataDir:
+    data = DataDir(root)
+    data.create()
+    start = int((time.time() - (DAYS + 2) * 86_400) * 1_000_000)
+    for k in range(0, n, CHUNK):
+        inbox.submit(data, wire_table(min(CHUNK, n - k), start, seed=k), imported=True)
+    return data
+
+
+def median_time(fn: object, runs: int) -> float:
+    times = []
+    for _ in range(runs):
+        t0 = time.perf_counter()
+        fn()  # type: ignore[operator]
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def bench_rows(quick: bool = False) -> list[tuple[str, str, str, str]]:
+    n = 200_000 if quick else 1_000_000
+    runs = 3
+    with tempfile.TemporaryDirectory(prefix="auditlake-verify-bench-") as tmp:
+        t0 = time.perf_counter()
+        data = make_lake(Path(tmp) / "data", n)
+        made = time.perf_counter() - t0
+        files = sorted(str(p) for p in data.events.glob("date=*/*.parquet"))
+        print(f"verify_bench: {n:,} events in {len(files)} files made in {made:.1f} s",
+              file=sys.stderr)
+
+        def verify() -> None:
+            report = verify_lake(data)
+            if not report.ok:
+                raise RuntimeError(report.to_text())
+
+        def verify_cli() -> None:
+            proc = subprocess.run([sys.executable, "-m", "auditlake.collector", "verify",
+                                   "--data", str(data.root), "--quiet"],
+                                  capture_output=True, text=True)
+            if proc.returncode != 0:
+                raise RuntimeError(f"verify failed:\n{proc.stdout}\n{proc.stderr}")
+
+        def auditor() -> None:
+            proc = subprocess.run([sys.executable, str(ROOT / "docs" / "auditor_verify.py"),
+                                   str(data.root)], capture_output=True, text=True)
+            if proc.returncode != 0:
+                raise RuntimeError(f"auditor script failed:\n{proc.stdout}")
+
+        con = duckdb.connect()
+        con.execute("SET TimeZone = 'UTC'")
+        canon = con.sql(f"SELECT {canonical_sql()} FROM read_parquet({files}) "
+                        "ORDER BY writer_id, seq").fetchall()
+        rows = [r[0] for r in canon]
+        del canon
+
+        def sha_floor() -> None:
+            h = bytes(32)
+            sha256 = hashlib.sha256
+            for r in rows:
+                h = sha256(h + r).digest()
+
+        def duckdb_read() -> None:
+            con.sql(f"SELECT * FROM read_parquet({files})").to_arrow_table()
+
+        t_verify = median_time(verify, runs)
+        t_floor = median_time(sha_floor, runs)
+        t_read = median_time(duckdb_read, runs)
+        t_cli = median_time(verify_cli, 1)
+        t_auditor = median_time(auditor, 1)
+        con.close()
+
+    def rate(t: float) -> str:
+        return f"{n / t:,.0f} events/s"
+
+    label = f"{n // 1000:,}k events, {len(files)} files"
+    return [
+        (f"verify ({label}) vs SHA-256 chain loop alone", rate(t_verify),
+         rate(t_floor), f"{t_floor / t_verify:.2f}x"),
+        (f"verify ({label}) vs DuckDB reading every column", rate(t_verify),
+         rate(t_read), f"{t_read / t_verify:.2f}x"),
+        (f"`auditlake verify` command, process start included ({label}) vs SHA-256 loop",
+         rate(t_cli), rate(t_floor), f"{t_floor / t_cli:.2f}x"),
+        (f"independent auditor script ({label}) vs SHA-256 chain loop alone", rate(t_auditor),
+         rate(t_floor), f"{t_floor / t_auditor:.2f}x"),
+    ]
+
+
+if __name__ == "__main__":
+    print_table(bench_rows(quick="--quick" in sys.argv))

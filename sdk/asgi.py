@@ -17,6 +17,7 @@ after the last body chunk, or when the application raises.  Non-HTTP scopes
 from __future__ import annotations
 
 import inspect
+import logging
 from collections.abc import Awaitable, Callable, Iterable, MutableMapping
 from time import time_ns
 from typing import Any
@@ -33,6 +34,8 @@ from auditlake.sdk._http import (
 from auditlake.sdk._record import record_quietly as record
 
 __all__ = ["AuditMiddleware", "RouteRule"]
+
+log = logging.getLogger("auditlake.sdk")
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -97,10 +100,13 @@ class AuditMiddleware:
             request_id = new_id(time_ns())
         user_id = tenant_id = None
         if self._resolver is not None:
-            principal = self._resolver(scope)
-            if self._resolver_is_async:
-                principal = await principal
-            user_id, tenant_id = principal_fields(principal)
+            try:
+                principal = self._resolver(scope)
+                if self._resolver_is_async:
+                    principal = await principal
+                user_id, tenant_id = principal_fields(principal)
+            except Exception:  # a broken token must not turn into a 500 here
+                log.warning("auditlake: the actor resolver failed", exc_info=True)
         token = ACTOR.set(merged_actor(ACTOR.get(), user_id, tenant_id, ip, user_agent, request_id))
         try:
             matched = (

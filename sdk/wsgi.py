@@ -11,6 +11,7 @@ iterates a streamed body.
 from __future__ import annotations
 
 import contextvars
+import logging
 from collections.abc import Callable, Iterable, Iterator
 from time import time_ns
 from types import TracebackType
@@ -28,6 +29,8 @@ from auditlake.sdk._http import (
 from auditlake.sdk._record import record_quietly as record
 
 __all__ = ["AuditMiddleware", "RouteRule"]
+
+log = logging.getLogger("auditlake.sdk")
 
 Environ = dict[str, Any]
 ExcInfo = tuple[type[BaseException], BaseException, TracebackType | None]
@@ -66,7 +69,10 @@ class AuditMiddleware:
         request_id = environ.get(self._request_id_key) or new_id(time_ns())
         user_id = tenant_id = None
         if self._resolver is not None:
-            user_id, tenant_id = principal_fields(self._resolver(environ))
+            try:
+                user_id, tenant_id = principal_fields(self._resolver(environ))
+            except Exception:  # a broken token must not turn into a 500 here
+                log.warning("auditlake: the actor resolver failed", exc_info=True)
         scope = merged_actor(
             ACTOR.get(), user_id, tenant_id, ip, environ.get("HTTP_USER_AGENT", ""), request_id
         )

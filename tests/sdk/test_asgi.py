@@ -191,3 +191,14 @@ def test_async_resolver_is_awaited(memory: AuditEvents) -> None:
     asyncio.run(call(app, "/patients/5"))
     event = memory.find(action="read")[0]
     assert (event["user_id"], event["tenant_id"]) == ("async-user", "t2")
+
+
+def test_a_failing_resolver_does_not_fail_the_request(memory: AuditEvents) -> None:
+    def broken(scope: Any) -> None:
+        raise ValueError("bad token")
+
+    inner = Starlette(routes=[Route("/patients/{id}", patient)])
+    app = AuditMiddleware(inner, resolver=broken,
+                          routes=[RouteRule("GET", "/patients/{id}", "read", "patient")])
+    assert asyncio.run(call(app, "/patients/5")).status_code == 200
+    assert memory.find(action="read")[0]["user_id"] == ""

@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import logging
+import queue
 import secrets
 import socket
 import threading
@@ -67,6 +68,10 @@ class AdminConfig:
 # -- integrity status --------------------------------------------------------------
 
 
+class _Abandoned(Exception):
+    """Raised from verify_lake's progress callback to stop a run early."""
+
+
 class IntegrityMonitor:
     """Runs verify.verify_lake in a background thread (at start, every
     interval, and on demand) and keeps the last result for the UI."""
@@ -88,6 +93,12 @@ class IntegrityMonitor:
         self._stop.set()
         self._wake.set()
 
+    def join(self, timeout: float) -> None:
+        """Wait for the thread (a running verification stops at its next step)."""
+        self.stop()
+        if self._thread is not None:
+            self._thread.join(timeout)
+
     def request(self) -> None:
         """Verify now (in the background)."""
         self._wake.set()
@@ -107,6 +118,8 @@ class IntegrityMonitor:
             started = time.time()
             try:
                 status = self._verify()
+            except _Abandoned:
+                status = {"ok": None, "source": "stopped", "summary": "verification stopped", "problems": []}
             except Exception as exc:  # noqa: BLE001 - shown to admins, never fatal
                 log.exception("integrity verification failed to run")
                 status = {"ok": False, "source": "error", "summary": f"verification could not run: {exc}",
@@ -123,7 +136,11 @@ class IntegrityMonitor:
             return {"ok": None, "source": "checkpoints",
                     "summary": "full verification is not available in this build; showing signed chain heads",
                     "problems": []}
-        report = verify_lake(self.data)
+        def progress(phase: str, done: int, total: int) -> None:
+            if self._stop.is_set():  # the collector is stopping: abandon this run
+                raise _Abandoned()
+
+        report = verify_lake(self.data, progress=progress)
         problems = [str(p) for p in getattr(report, "problems", [])]
         return {
             "ok": bool(report.ok),
@@ -151,6 +168,71 @@ def _iso_now() -> str:
     from auditlake.collector.search import iso  # noqa: PLC0415
 
     return iso(dt.datetime.now(dt.UTC).replace(microsecond=0))
+
+
+# -- meta-audit writer ------------------------------------------------------------
+
+
+class AuditWriter:
+    """Builds, validates and stores meta-audit events off the request path,
+    several per WAL record when reads come in bursts."""
+
+    def __init__(self, store: Callable[[Any], Any]) -> None:
+        self._store = store
+        self._queue: queue.Queue[dict[str, Any] | None] = queue.Queue()
+        self._thread: threading.Thread | None = None
+        self.written = 0
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="auditlake-read-audit", daemon=True)
+        self._thread.start()
+
+    def put(self, event: dict[str, Any]) -> None:
+        """Queue one event (the keyword arguments of readaudit.meta_event)."""
+        self._queue.put(event)
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Write what is queued, then stop."""
+        if self._thread is None:
+            return
+        self._queue.put(None)
+        self._thread.join(timeout)
+
+    def flush(self, timeout: float = 10.0) -> bool:
+        """Wait until every queued event has been handed to the collector."""
+        deadline = time.monotonic() + timeout
+        while self._queue.unfinished_tasks and time.monotonic() < deadline:
+            time.sleep(0.01)
+        return not self._queue.unfinished_tasks
+
+    def _run(self) -> None:
+        import pyarrow as pa  # noqa: PLC0415
+
+        from auditlake.collector.readaudit import meta_event  # noqa: PLC0415
+        from auditlake.collector.receive import AcceptedBatch  # noqa: PLC0415
+
+        stopping = False
+        while not stopping:
+            items = [self._queue.get()]
+            while len(items) < 500:
+                try:
+                    items.append(self._queue.get_nowait())
+                except queue.Empty:
+                    break
+            events = [i for i in items if i is not None]
+            stopping = len(events) != len(items)
+            try:
+                if events:
+                    tables = [meta_event(**e) for e in events]
+                    table = tables[0] if len(tables) == 1 else pa.concat_tables(tables)
+                    self._store(AcceptedBatch(f"admin-{secrets.token_hex(12)}",
+                                              int(time.time() * 1_000_000), table))
+                    self.written += len(events)
+            except Exception:  # noqa: BLE001 - the collector is stopping; log, keep going
+                log.exception("could not record %d meta-audit event(s)", len(events))
+            finally:
+                for _ in items:
+                    self._queue.task_done()
 
 
 # -- the server --------------------------------------------------------------------
@@ -196,9 +278,11 @@ class AdminServer:
         self.throttle = LoginThrottle(ThrottlePolicy(free_failures=self.config.login_free_failures))
         self.reader = LakeReader(self.data, threads=self.config.query_threads or None)
         self.integrity = IntegrityMonitor(self.data, self.config.verify_interval_minutes * 60)
+        self.audit_writer = AuditWriter(collector.store)
         self.exports: OrderedDict[str, tuple[str, Any]] = OrderedDict()
         self._exports_lock = threading.Lock()
         self._cache: dict[tuple[Any, ...], tuple[float, Any]] = {}
+        self.verify_in_background = True
         self._server: Any = None
         self._thread: threading.Thread | None = None
         self._socket: socket.socket | None = None
@@ -215,6 +299,7 @@ class AdminServer:
 
         host = _ReadOnlyHost(data, listen, SigningKey(Ed25519PrivateKey.generate()))
         server = cls(host, users_dir=users_dir, toml={"admin": {"verify_interval_minutes": 0}})
+        server.verify_in_background = False
         return server
 
     # -- lifecycle -----------------------------------------------------------
@@ -249,7 +334,9 @@ class AdminServer:
         deadline = time.monotonic() + 10
         while not self._server.started and time.monotonic() < deadline and self._thread.is_alive():
             time.sleep(0.01)
-        self.integrity.start()
+        self.audit_writer.start()
+        if self.verify_in_background:
+            self.integrity.start()
         log.info("admin UI on http://%s", self.address)
 
     def stop(self) -> None:
@@ -261,6 +348,8 @@ class AdminServer:
             self._thread.join(10)
         if self._socket is not None:
             self._socket.close()
+        self.audit_writer.stop()  # after the last request: every read is recorded
+        self.integrity.join(5.0)
         self.reader.close()
 
     # -- helpers used by the routes -------------------------------------------
@@ -268,21 +357,15 @@ class AdminServer:
     def audit(self, *, action: str, user: str, tenants: Sequence[str] | None, details: dict[str, Any],
               request: Any = None, resource_id: str = "", outcome: str = "success", reason: str = "",
               resource_type: str = "audit_log") -> None:
-        """Record a read of the log (never blocks the reader on the fsync)."""
-        from auditlake.collector.readaudit import meta_event  # noqa: PLC0415
-        from auditlake.collector.receive import AcceptedBatch  # noqa: PLC0415
-
+        """Record a read of the log.  The event is built, validated and
+        stored by a background thread (``AuditWriter``) so the reader does not
+        wait for it; its time is the time of the read."""
         tenant = tenants[0] if tenants is not None and len(tenants) == 1 else None
         ip = request.client.host if request is not None and request.client else ""
         ua = request.headers.get("user-agent", "") if request is not None else ""
-        table = meta_event(action=action, user=user, tenant=tenant, resource_id=resource_id,
-                           details=details, ip=ip, user_agent=ua, outcome=outcome, reason=reason,
-                           resource_type=resource_type)
-        batch = AcceptedBatch(f"admin-{secrets.token_hex(12)}", int(time.time() * 1_000_000), table)
-        try:
-            self.collector.store(batch)
-        except Exception:  # noqa: BLE001 - the collector is stopping; the read already happened
-            log.exception("could not record a meta-audit event")
+        self.audit_writer.put(dict(action=action, user=user, tenant=tenant, resource_id=resource_id,
+                                   details=details, ip=ip, user_agent=ua, outcome=outcome, reason=reason,
+                                   resource_type=resource_type, at_us=int(time.time() * 1_000_000)))
 
     def cached(self, key: tuple[Any, ...], ttl: float, fn: Callable[[], Any]) -> Any:
         now = time.monotonic()

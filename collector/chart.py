@@ -45,7 +45,8 @@ def render_svg(stats: Stats) -> str:
     label = f"Events per {stats.bucket} by {stats.by}: {stats.total} in total"
     if n == 0 or stats.total == 0:
         return (f'<svg class="chart" viewBox="0 0 {WIDTH} 40" role="img" aria-label="{escape(label)}">'
-                f'<text x="{WIDTH // 2}" y="24" text-anchor="middle" class="chart-empty">No events in this range</text></svg>')
+                f'<text x="{WIDTH // 2}" y="24" text-anchor="middle" class="chart-empty">'
+                "No events in this range</text></svg>")
     colours = series_colours(stats)
     totals = [sum(s[i] for s in stats.series.values()) for i in range(n)]
     top = _nice(max(totals))

@@ -59,10 +59,21 @@ def _event_schema(columns: tuple[str, ...]) -> dict[str, Any]:
     return {"type": "object", "properties": props, "required": list(columns)}
 
 
+def _ref(name: str) -> dict[str, Any]:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def _json(schema: dict[str, Any]) -> dict[str, Any]:
+    return {"application/json": {"schema": schema}}
+
+
+_EID = {"name": "eid", "in": "path", "required": True, "schema": {"type": "string", "maxLength": 64}}
+
+
 def _errors(*codes: int) -> dict[str, Any]:
     text = {400: "Malformed parameter", 401: "Not authenticated", 403: "Not allowed (tenant outside the grant)",
             404: "Not found", 429: "Too many requests"}
-    return {str(c): {"description": text[c], "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}
+    return {str(c): {"description": text[c], "content": _json(_ref("Error"))}
             for c in codes}
 
 
@@ -70,8 +81,10 @@ def document() -> dict[str, Any]:
     """The OpenAPI 3.1 document."""
     page_params = [
         *FILTER_PARAMETERS,
-        _param("cursor", "Opaque keyset cursor: next_cursor of the previous page.", {"type": "string", "maxLength": 200}),
-        _param("limit", f"Page size, 1..{MAX_LIMIT} (default 50).", {"type": "integer", "minimum": 1, "maximum": MAX_LIMIT}),
+        _param("cursor", "Opaque keyset cursor: next_cursor of the previous page.",
+               {"type": "string", "maxLength": 200}),
+        _param("limit", f"Page size, 1..{MAX_LIMIT} (default 50).",
+               {"type": "integer", "minimum": 1, "maximum": MAX_LIMIT}),
         _param("fields", "summary (default: the list columns) or all (every stored column).",
                {"type": "string", "enum": ["summary", "all"]}),
     ]
@@ -106,14 +119,15 @@ def document() -> dict[str, Any]:
                 "parameters": [{"name": "id", "in": "path", "required": True,
                                 "schema": {"type": "string", "maxLength": MAX_BYTES["id"]}}],
                 "responses": {
-                    "200": {"description": "The event", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/FullEvent"}}}},
+                    "200": {"description": "The event", "content": _json(_ref("FullEvent"))},
                     **_errors(400, 401, 404),
                 }}},
             "/api/v1/stats": {"get": {
                 "operationId": "eventStats",
                 "summary": "Event counts per hour or day, split by action or outcome (the activity chart)",
                 "parameters": [*FILTER_PARAMETERS,
-                               _param("by", "Split by action (default) or outcome.", {"type": "string", "enum": ["action", "outcome"]})],
+                               _param("by", "Split by action (default) or outcome.",
+                                      {"type": "string", "enum": ["action", "outcome"]})],
                 "responses": {
                     "200": {"description": "Buckets", "content": {"application/json": {"schema": {
                         "type": "object", "required": ["bucket", "by", "buckets", "series", "total"],
@@ -121,7 +135,8 @@ def document() -> dict[str, Any]:
                             "bucket": {"type": "string", "enum": ["hour", "day"]},
                             "by": {"type": "string"},
                             "buckets": {"type": "array", "items": {"type": "string", "format": "date-time"}},
-                            "series": {"type": "object", "additionalProperties": {"type": "array", "items": {"type": "integer"}}},
+                            "series": {"type": "object", "additionalProperties": {
+                                "type": "array", "items": {"type": "integer"}}},
                             "total": {"type": "integer"},
                         }}}}},
                     **_errors(400, 401, 403),
@@ -133,7 +148,8 @@ def document() -> dict[str, Any]:
                 "parameters": [*FILTER_PARAMETERS,
                                {"name": "format", "in": "query", "required": True,
                                 "schema": {"type": "string", "enum": ["csv", "jsonl", "ocsf"]}},
-                               _param("eid", "Optional client-chosen export id (8-64 of A-Z a-z 0-9 _ -) to poll progress.",
+                               _param("eid", "Optional client-chosen export id (8-64 of A-Z a-z 0-9 _ -) "
+                                      "to poll progress.",
                                       {"type": "string", "pattern": "^[A-Za-z0-9_-]{8,64}$"})],
                 "responses": {
                     "200": {"description": "The file", "content": {
@@ -144,7 +160,7 @@ def document() -> dict[str, Any]:
             "/api/v1/exports/{eid}": {"get": {
                 "operationId": "exportProgress",
                 "summary": "Progress of one of your exports",
-                "parameters": [{"name": "eid", "in": "path", "required": True, "schema": {"type": "string", "maxLength": 64}}],
+                "parameters": [_EID],
                 "responses": {
                     "200": {"description": "Progress", "content": {"application/json": {"schema": {
                         "type": "object", "properties": {
@@ -156,7 +172,7 @@ def document() -> dict[str, Any]:
             "/api/v1/exports/{eid}/manifest": {"get": {
                 "operationId": "exportManifest",
                 "summary": "The signed manifest of one of your finished exports",
-                "parameters": [{"name": "eid", "in": "path", "required": True, "schema": {"type": "string", "maxLength": 64}}],
+                "parameters": [_EID],
                 "responses": {
                     "200": {"description": "Manifest", "content": {"application/json": {"schema": {"type": "object"}}}},
                     **_errors(401, 404),

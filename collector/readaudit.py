@@ -32,9 +32,10 @@ def _clip(value: str, limit: int) -> str:
 def meta_event(*, action: str, user: str, tenant: str | None, resource_id: str = "",
                details: dict[str, Any] | None = None, ip: str = "", user_agent: str = "",
                outcome: str = "success", reason: str = "", resource_type: str = "audit_log",
-               request_id: str = "") -> pa.Table:
+               request_id: str = "", at_us: int | None = None) -> pa.Table:
     """One validated WIRE_SCHEMA row describing a read of the log.
-    ``tenant`` None means the read spanned tenants: SYSTEM_TENANT."""
+    ``tenant`` None means the read spanned tenants: SYSTEM_TENANT.
+    ``at_us``: when the read happened (default now)."""
     meta = json.dumps(details or {}, sort_keys=True, ensure_ascii=False, default=str)
     if len(meta.encode()) > MAX_BYTES["metadata"]:
         meta = json.dumps({"truncated": True, "rows": (details or {}).get("rows")})
@@ -57,7 +58,7 @@ def meta_event(*, action: str, user: str, tenant: str | None, resource_id: str =
     )
     now_us = int(time.time() * 1_000_000)
     arrays = [pa.array([values[n]], pa.string()) for n in STRING_FIELDS]
-    arrays.append(pa.array([now_us], pa.int64()).cast(WIRE_SCHEMA[-1].type))
+    arrays.append(pa.array([at_us or now_us], pa.int64()).cast(WIRE_SCHEMA[-1].type))
     table = normalize(pa.Table.from_arrays(arrays, schema=WIRE_SCHEMA))
     problems = validate(table, now_us, Limits())
     if problems:  # our own event: a bug, never the reader's fault

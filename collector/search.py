@@ -138,7 +138,8 @@ def parse_time(parameter: str, value: str) -> dt.datetime:
         else:
             t = dt.datetime.fromisoformat(v)
     except ValueError:
-        raise QueryParameterError(parameter, "expected an ISO 8601 date or date-time, e.g. 2026-01-31T12:00:00Z") from None
+        raise QueryParameterError(
+            parameter, "expected an ISO 8601 date or date-time, e.g. 2026-01-31T12:00:00Z") from None
     if t.tzinfo is None:
         t = t.replace(tzinfo=UTC)
     t = t.astimezone(UTC)

@@ -1,5 +1,5 @@
 """Fixtures of the admin UI/API tests: one running collector (with its HTTP
-server) per test module, a known history of events in three tenants, and
+server) for the whole package, a known history of events in three tenants, and
 users of each role."""
 
 from __future__ import annotations
@@ -103,7 +103,7 @@ def send(collector: CollectorProcess, events: list[dict[str, Any]]) -> None:
         client.close()
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="package")
 def lake(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lake]:
     """A collector with the known history sealed and three users."""
     root = tmp_path_factory.mktemp("admin")

@@ -250,7 +250,7 @@ class ExportRun:
     checkpoints_root: Path | None = None
     rows: int = 0
     total: int | None = None
-    bytes: int = 0
+    nbytes: int = 0
     done: bool = False
     manifest: dict[str, Any] | None = None
     started: float = field(default_factory=time.time)
@@ -349,7 +349,7 @@ class ExportRun:
 
     def _emit(self, chunk: bytes) -> bytes:
         self._sha.update(chunk)
-        self.bytes += len(chunk)
+        self.nbytes += len(chunk)
         return chunk
 
     def _manifest(self, checkpoints: list[dict[str, Any]]) -> dict[str, Any]:
@@ -359,7 +359,7 @@ class ExportRun:
             "file": self.file_name,
             "format": self.format,
             "sha256": self._sha.hexdigest(),
-            "bytes": self.bytes,
+            "bytes": self.nbytes,
             "rows": self.rows,
             "filter": self.filter.describe(),
             "tenant_scope": sorted(self.scope) if self.scope is not None else "*",
@@ -515,7 +515,7 @@ class _Progress:
         total = run.total or 0
         pct = 100 * run.rows / total if total else 100.0
         bar = "#" * int(pct / 4)
-        sys.stderr.write(f"\rexport [{bar:<25}] {run.rows:,}/{total:,} rows {pct:5.1f}%  {run.bytes / 1e6:,.1f} MB")
+        sys.stderr.write(f"\rexport [{bar:<25}] {run.rows:,}/{total:,} rows {pct:5.1f}%  {run.nbytes / 1e6:,.1f} MB")
         if final:
             sys.stderr.write("\n")
         sys.stderr.flush()

@@ -454,7 +454,7 @@ def routes_app(server: AdminServer) -> Starlette:
             return _json_error(404, "no export with this id (of yours)")
         run = entry[1]
         done = bool(run.done)
-        return JSONResponse({"rows": run.rows, "total": run.total, "bytes": run.bytes, "done": done,
+        return JSONResponse({"rows": run.rows, "total": run.total, "bytes": run.nbytes, "done": done,
                              "manifest": f"/api/v1/exports/{request.path_params['eid']}/manifest" if done else None})
 
     @api

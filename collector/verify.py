@@ -33,7 +33,12 @@ import pyarrow.parquet as pq
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from auditlake.collector.checkpoint import ChainCheckpoint, FileEntry, SignedCheckpoint
+from auditlake.collector.checkpoint import (
+    ChainCheckpoint,
+    FileEntry,
+    SignedCheckpoint,
+    canonical_json,
+)
 from auditlake.collector.config import load_toml
 from auditlake.collector.datadir import DataDir
 from auditlake.collector.errors import ConfigError
@@ -248,8 +253,6 @@ def _verify_signature(signed: SignedCheckpoint, key: Ed25519PublicKey | None) ->
 
 
 def _canonical_body(cp: ChainCheckpoint) -> bytes:
-    from auditlake.collector.checkpoint import canonical_json  # noqa: PLC0415
-
     return canonical_json(cp.body())
 
 
@@ -264,7 +267,7 @@ def _merge_checkpoints(
     for mirror_root, mirror in mirrors:
         for writer, seals in mirror.items():
             have = merged.setdefault(writer, {})
-            primary_max = max(primary.get(writer, {}) or {0: None})
+            primary_max = max(primary.get(writer, {}), default=0)
             for seal, m in sorted(seals.items()):
                 p = primary.get(writer, {}).get(seal)
                 if p is None:
@@ -299,7 +302,7 @@ def _merge_checkpoints(
                     if mm and not pm:
                         have[seal] = m
         for writer, seals in primary.items():
-            mirror_max = max(mirror.get(writer, {}) or {0: None})
+            mirror_max = max(mirror.get(writer, {}), default=0)
             if seals and mirror_max < max(seals):
                 report.warnings.append(
                     f"mirror {mirror_root} is behind for writer {writer}: it ends at seal "
@@ -525,6 +528,7 @@ class _Verifier:
         )
         self.problems = self.report.problems
         self.cold: Tier | None = None
+        self._filemap = False
 
     def problem(self, kind: str, message: str, **where: Any) -> None:
         self.problems.append(Problem(kind, message, **where))
@@ -683,8 +687,8 @@ class _Verifier:
 
     def _compare_files(self) -> None:
         by_sha: dict[str, list[str]] = defaultdict(list)
-        for path, lf in self.live.items():
-            by_sha[lf.entry.sha256].append(path)
+        for path, live in self.live.items():
+            by_sha[live.entry.sha256].append(path)
         self.leftovers: set[str] = set()
         explained: set[str] = set()  # live paths whose content was found elsewhere
         for key, f in sorted(self.disk.items()):
@@ -739,12 +743,18 @@ class _Verifier:
         parts = []
         if local:
             files = "[" + ", ".join(_sql_str(self.disk[k].full) for k in local) + "]"
-            mapping = " ".join(f"WHEN {_sql_str(self.disk[k].full)} THEN {_sql_str(k)}"
-                               for k in local)
-            name = "filename" if raw else f"CASE filename {mapping} END"
-            parts.append(
-                f"SELECT {columns}, {name} AS _file FROM read_parquet("
-                f"{files}, filename = true, union_by_name = true, hive_partitioning = false)")
+            scan = (f"read_parquet({files}, filename = true, union_by_name = true, "
+                    "hive_partitioning = false)")
+            if raw:
+                parts.append(f"SELECT {columns}, filename AS _file FROM {scan}")
+            else:
+                if not self._filemap:
+                    con.execute("CREATE OR REPLACE TEMP TABLE filemap (full_path VARCHAR, k VARCHAR)")
+                    con.executemany("INSERT INTO filemap VALUES (?, ?)",
+                                    [(f.full, k) for k, f in self.disk.items()])
+                    self._filemap = True
+                parts.append(f"SELECT {columns}, m.k AS _file FROM {scan} "
+                             "JOIN filemap m ON m.full_path = filename")
         for k in keys:
             if k in self.buffers:
                 name = "buf_" + hashlib.sha256(k.encode()).hexdigest()[:16]
@@ -1102,11 +1112,12 @@ class _Verifier:
         for file, seq, writer, stored, computed in detail:
             if (writer, seq, file) in explained:
                 continue
-            row = rows.get((writer, seq, file))
+            found = rows.get((writer, seq, file))
             nxt = by_seq.get((writer, seq + 1), [])
             anchored = getattr(self, "anchored", {}).get((writer, seq))
-            if row is None:
+            if found is None:
                 continue
+            row = found
             if writer not in self.writers:
                 continue  # reported as unknown_writer
             # 1. Only the stored chain_hash was edited: the content still hashes to what the

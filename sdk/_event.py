@@ -75,6 +75,16 @@ def new_id(ns: int) -> str:
     return format_uuid7(ns // 1_000_000, next(_ID_SEQ), random.getrandbits(32))
 
 
+def new_request_id(ns: int) -> str:
+    """A request id: 24 hex digits, the clock in ns then 32 random bits.
+
+    Time-ordered and unique enough to correlate one request's events, and
+    several times cheaper to make than a UUID string (it is made for every
+    request that arrives without an ``X-Request-ID``).
+    """
+    return "%024x" % (ns << 32 | random.getrandbits(32))  # noqa: UP031 - fastest form
+
+
 def reseed_ids() -> None:
     """Give this process its own id counter (called in a forked child)."""
     global _ID_SEQ

@@ -23,7 +23,7 @@ from time import time_ns
 from typing import Any
 
 from auditlake.sdk._context import ACTOR, merged_actor
-from auditlake.sdk._event import new_id
+from auditlake.sdk._event import new_request_id
 from auditlake.sdk._http import (
     RouteRule,
     TrustedProxies,
@@ -97,7 +97,7 @@ class AuditMiddleware:
             else peer
         )
         if not request_id:
-            request_id = new_id(time_ns())
+            request_id = new_request_id(time_ns())
         user_id = tenant_id = None
         if self._resolver is not None:
             try:

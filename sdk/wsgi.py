@@ -18,7 +18,7 @@ from types import TracebackType
 from typing import Any
 
 from auditlake.sdk._context import ACTOR, merged_actor
-from auditlake.sdk._event import new_id
+from auditlake.sdk._event import new_request_id
 from auditlake.sdk._http import (
     RouteRule,
     TrustedProxies,
@@ -66,7 +66,7 @@ class AuditMiddleware:
             )
         else:
             ip = peer
-        request_id = environ.get(self._request_id_key) or new_id(time_ns())
+        request_id = environ.get(self._request_id_key) or new_request_id(time_ns())
         user_id = tenant_id = None
         if self._resolver is not None:
             try:

@@ -12,6 +12,7 @@ top functions.
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import io
 import json
@@ -153,10 +154,14 @@ def _lake_bytes(data: Path) -> int:
 
 
 def _count(data: Path) -> int:
-    out = subprocess.run(
-        [sys.executable, "-m", "auditlake.collector", "query", "--data", str(data), "--format", "json",
-         "SELECT count(*) AS n FROM events"], capture_output=True, text=True, check=True).stdout
-    return int(json.loads(out.splitlines()[0])["n"])
+    """Rows sealed so far (Parquet footers: cheap enough to poll)."""
+    import pyarrow.parquet as pq
+
+    n = 0
+    for p in (data / "lake" / "events").glob("date=*/*.parquet"):
+        with contextlib.suppress(OSError):  # renamed away by compaction meanwhile
+            n += pq.ParquetFile(p).metadata.num_rows
+    return n
 
 
 def run_ingest(total: int, profile: bool = False) -> dict[str, float]:
@@ -164,7 +169,21 @@ def run_ingest(total: int, profile: bool = False) -> dict[str, float]:
     tmp = Path(tempfile.mkdtemp(prefix="auditlake-ingest-"))
     data = tmp / "data"
     data.mkdir()
-    proc, endpoint, key = start_collector(data, tenant="tenant-0", seal_interval=1.0)
+    debug = bool(os.environ.get("INGEST_BENCH_DEBUG"))
+    if debug:  # the collector's DEBUG log (one line per seal) to stderr
+        from common import free_port, run_cli
+
+        run_cli("keys", "create", "--data", str(data), "--tenant", "tenant-0")
+        port = free_port()
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "auditlake.collector", "--log-level", "DEBUG", "serve", "--data", str(data),
+             "--grpc-listen", f"127.0.0.1:{port}", "--http-listen", "", "--ready-file", str(data / "r")],
+            stderr=open(tmp / "collector.log", "wb"))  # noqa: SIM115
+        while not (data / "r").exists():
+            time.sleep(0.05)
+        endpoint = f"127.0.0.1:{port}"
+    else:
+        proc, endpoint, key = start_collector(data, tenant="tenant-0", seal_interval=1.0)
     # the bench key must write all 20 tenants: create one that can
     key = subprocess.run(
         [sys.executable, "-m", "auditlake.collector", "keys", "create", "--data", str(data),
@@ -200,8 +219,12 @@ def run_ingest(total: int, profile: bool = False) -> dict[str, float]:
         end = max(r["end"] for r in results)
         acked = sum(r["acked"] for r in results)
         # until everything acknowledged is sealed and queryable
-        while _count(data) < acked and time.time() - end < 120:
-            time.sleep(0.2)
+        progress = []
+        while (n := _count(data)) < acked and time.time() - end < 120:
+            progress.append((round(time.time() - end, 2), n))
+            time.sleep(0.05)
+        if os.environ.get("INGEST_BENCH_DEBUG"):
+            print(progress[::5], file=sys.stderr)
         sealed_end = time.time()
         rss_kb = _vm_hwm_kb(proc.pid)
         if spy is not None:
@@ -221,6 +244,9 @@ def run_ingest(total: int, profile: bool = False) -> dict[str, float]:
         "bytes_per_event": _lake_bytes(data) / max(acked, 1),
         "busy": sum(r["busy"] for r in results),
     }
+    if debug:
+        print("".join(line for line in (tmp / "collector.log").read_text().splitlines(True)
+                      if "sealed" in line), file=sys.stderr)
     if profile and (tmp / "profile.txt").exists():
         print(_profile_summary(tmp / "profile.txt"), file=sys.stderr)
     shutil.rmtree(tmp, ignore_errors=True)

@@ -31,7 +31,7 @@ class CollectorConfig:
     #: Seconds between seals: an acknowledged event is queryable within about this.
     seal_interval_s: float = 1.0
     #: Unsealed events above which Export answers RESOURCE_EXHAUSTED.
-    max_unsealed_events: int = 2_000_000
+    max_unsealed_events: int = 500_000
     #: Free disk below which Export answers RESOURCE_EXHAUSTED.
     min_free_disk_bytes: int = 256 * 1024 * 1024
     #: Write-ahead log bytes on disk above which Export answers RESOURCE_EXHAUSTED.

@@ -17,9 +17,17 @@ import pyarrow.parquet as pq
 from auditlake.collector.wal import fsync_dir
 
 #: Parquet settings for sealed files: zstd, big row groups, statistics on.
+#: zstd level 1 measured both faster (~1.7x) and smaller (~5%) than level 3
+#: on audit rows (hex ids and hashes dominate; bench/ingest_bench.py); seq and
+#: the timestamps are delta-encoded (seq then costs ~0 bytes).
 PARQUET_OPTIONS: dict[str, object] = {
     "compression": "zstd",
-    "compression_level": 3,
+    "compression_level": 1,
+    "column_encoding": {
+        "seq": "DELTA_BINARY_PACKED",
+        "created_at": "DELTA_BINARY_PACKED",
+        "received_at": "DELTA_BINARY_PACKED",
+    },
     "row_group_size": 256 * 1024,
     "write_statistics": True,
     "use_dictionary": ["tenant_id", "user_id", "action", "resource_type", "outcome",

@@ -12,7 +12,7 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import Future
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import grpc
 import pyarrow as pa
@@ -190,6 +190,8 @@ def validate(table: pa.Table, now_us: int, limits: Limits) -> list[Rejection]:
     return [problems[i] for i in sorted(problems)]
 
 
+#: One thread: a batch is small, and the gRPC workers already run in parallel.
+_JSON_ONE_THREAD = pa_json.ReadOptions(use_threads=False, block_size=64 << 20)
 _JSON_OBJECTS_ONLY = pa_json.ParseOptions(
     explicit_schema=pa.schema([]), unexpected_field_behavior="ignore"
 )
@@ -210,7 +212,11 @@ def _all_json_objects(col: pa.Array | pa.ChunkedArray) -> bool:
         return False
     joined = pc.binary_join(pa.ListArray.from_arrays(pa.array([0, len(col)], pa.int32()), col), "\n")
     try:
-        parsed = pa_json.read_json(pa.BufferReader(joined[0].as_buffer()), parse_options=_JSON_OBJECTS_ONLY)
+        parsed = pa_json.read_json(
+            pa.BufferReader(joined[0].as_buffer()),
+            read_options=_JSON_ONE_THREAD,
+            parse_options=_JSON_OBJECTS_ONLY,
+        )
     except pa.ArrowInvalid:
         return False
     return bool(parsed.num_rows == len(col))
@@ -231,6 +237,9 @@ class AcceptedBatch:
     received_at_us: int
     table: pa.Table
     imported: bool = False
+    #: Each row's canonical encoding up to the seq field, computed ahead by
+    #: the receiving thread (seal.canonical_prefix); not stored in the WAL.
+    canonical_prefix: pa.Array | None = field(default=None, repr=False, compare=False)
 
     def encode(self) -> bytes:
         """The WAL payload: header, batch id, Arrow IPC stream of the table."""

@@ -22,7 +22,7 @@ from auditlake.collector.datadir import DataDir
 from auditlake.collector.errors import ConfigError
 from auditlake.collector.keys import IngestKeyStore, SigningKey
 from auditlake.collector.receive import AcceptedBatch, AuditService, BatchIndex
-from auditlake.collector.seal import Sealer, SealPolicy
+from auditlake.collector.seal import Sealer, SealPolicy, canonical_prefix
 from auditlake.collector.wal import LogPosition, WriteAheadLog
 from auditlake.v1 import audit_pb2_grpc
 
@@ -82,6 +82,10 @@ class Collector:
 
     def store(self, batch: AcceptedBatch) -> Any:
         """Append an accepted batch to the WAL; the future resolves once fsynced."""
+        # The bulk of the hash input is computed here, on the receiving
+        # thread (Arrow releases the GIL), so the one sealer thread only adds
+        # each row's seq and hashes.
+        batch.canonical_prefix = canonical_prefix(batch.table, batch.received_at_us, self.sealer.writer_id)
         return self.wal.append(batch.encode(), batch)
 
     def drain_inbox(self) -> int:
@@ -122,9 +126,10 @@ class Collector:
     def overloaded(self) -> tuple[float, str] | None:
         """(seconds a client should wait before retrying, why), or None when there is room."""
         if self.sealer.pending_rows > self.config.max_unsealed_events:
-            return 1.0, f"over {self.config.max_unsealed_events} unsealed events"
+            # a seal or two clears it: retry soon
+            return 0.25, f"over {self.config.max_unsealed_events} unsealed events"
         if self.wal.unsealed_bytes > self.config.max_wal_bytes:
-            return 1.0, f"write-ahead log over {self.config.max_wal_bytes} bytes"
+            return 0.25, f"write-ahead log over {self.config.max_wal_bytes} bytes"
         now = time.monotonic()
         if now - self._disk_checked > 1.0:  # a statvfs per request is wasted work
             self._disk_checked = now

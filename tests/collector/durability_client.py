@@ -6,6 +6,7 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import Sequence
+from pathlib import Path
 
 import grpc
 
@@ -95,3 +96,35 @@ if __name__ == "__main__":
     import sys
 
     stream(sys.argv[1], sys.argv[2], sys.argv[3], float(sys.argv[4]), int(sys.argv[5]))
+
+
+def ingest_key(data: Path, *tenants: str) -> str:
+    """A new ingest key for ``tenants``, made in this process (the CLI's
+    `keys create` costs a Python start-up per call)."""
+    from auditlake.collector.datadir import DataDir
+    from auditlake.collector.keys import IngestKeyStore
+
+    return IngestKeyStore(DataDir(data).keys).create(list(tenants or ("acme",)))
+
+
+def sealed_count(data: Path) -> int:
+    """Events in the lake's published files (Parquet footers)."""
+    import pyarrow.parquet as pq
+
+    n = 0
+    for p in (data / "lake" / "events").glob("date=*/*.parquet"):
+        try:
+            n += pq.ParquetFile(p).metadata.num_rows
+        except OSError:  # replaced by compaction meanwhile
+            continue
+    return n
+
+
+def wait_sealed(data: Path, expected: int, timeout: float = 30.0) -> int:
+    """Poll until at least ``expected`` events are sealed; returns the count."""
+    deadline = time.monotonic() + timeout
+    n = sealed_count(data)
+    while n < expected and time.monotonic() < deadline:
+        time.sleep(0.05)
+        n = sealed_count(data)
+    return n

@@ -10,7 +10,7 @@ import grpc
 import pytest
 from google.rpc import error_details_pb2, status_pb2
 
-from tests.collector.durability_client import Client, columns, new_ids
+from tests.collector.durability_client import Client, columns, ingest_key, new_ids, wait_sealed
 from tests.collector.test_durability import lake_id_counts
 from tests.conftest import CollectorProcess
 
@@ -30,7 +30,7 @@ def test_over_unsealed_event_limit_answers_resource_exhausted_with_retry_info(
 ) -> None:
     # a long seal interval keeps the first batch unsealed; the env var sets the limit
     collector = collector_factory(seal_interval=4, env={"AUDITLAKE_MAX_UNSEALED_EVENTS": "10"})
-    client = Client(collector.endpoint, collector.api_key("acme"))
+    client = Client(collector.endpoint, ingest_key(collector.data, "acme"))
     first = new_ids(50)
     assert client.export("first", columns(first)).accepted == 50
     refused = new_ids(5)
@@ -43,7 +43,7 @@ def test_over_unsealed_event_limit_answers_resource_exhausted_with_retry_info(
     # a retry of a batch already stored is still answered, even when busy
     assert client.export("first", columns(first)).duplicate
     # once sealed there is room: the same batch id goes through
-    collector.wait_for_count(50)
+    wait_sealed(collector.data, 50)
     assert client.export("second", columns(refused)).accepted == 5
     client.close()
     collector.stop()
@@ -57,14 +57,15 @@ def test_over_wal_byte_limit_from_toml_answers_resource_exhausted(
     collector.stop()
     (collector.data / "auditlake.toml").write_text("[collector]\nmax_wal_bytes = 2000\n")
     collector.start()
-    client = Client(collector.endpoint, collector.api_key("acme"))
+    client = Client(collector.endpoint, ingest_key(collector.data, "acme"))
     client.export("big", columns(new_ids(100)))  # > 2000 bytes of WAL, unsealed for a while
     with pytest.raises(grpc.RpcError) as err:
         client.export("next", columns(new_ids(1)))
     assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
     assert "write-ahead log over 2000 bytes" in (err.value.details() or "")
-    assert retry_info(err.value).retry_delay.seconds >= 1
-    collector.wait_for_count(100)  # sealed: the log's unsealed bytes are back to 0
+    delay = retry_info(err.value).retry_delay
+    assert delay.seconds * 1e9 + delay.nanos >= 0.1e9
+    wait_sealed(collector.data, 100)  # sealed: the log's unsealed bytes are back to 0
     assert client.export("next", columns(new_ids(1))).accepted == 1
     client.close()
 
@@ -73,7 +74,7 @@ def test_low_free_disk_answers_resource_exhausted(
     collector_factory: Callable[..., CollectorProcess],
 ) -> None:
     collector = collector_factory(env={"AUDITLAKE_MIN_FREE_DISK_BYTES": str(10**18)})
-    client = Client(collector.endpoint, collector.api_key("acme"))
+    client = Client(collector.endpoint, ingest_key(collector.data, "acme"))
     with pytest.raises(grpc.RpcError) as err:
         client.export("any", columns(new_ids(1)))
     assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED

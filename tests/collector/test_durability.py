@@ -15,7 +15,7 @@ from pathlib import Path
 import duckdb
 import pytest
 
-from tests.collector.durability_client import Client, columns, new_ids
+from tests.collector.durability_client import Client, columns, ingest_key, new_ids
 from tests.conftest import CollectorProcess
 
 HERE = Path(__file__).resolve().parent
@@ -42,16 +42,16 @@ def test_acked_events_survive_repeated_kill_9(
     collector_factory: Callable[..., CollectorProcess], tmp_path: Path
 ) -> None:
     collector = collector_factory(seal_interval=0.5)
-    key = collector.api_key("acme")
+    key = ingest_key(collector.data, "acme")
     outs = [tmp_path / f"client-{i}.acked" for i in range(3)]
     clients = [
         subprocess.Popen([sys.executable, str(HERE / "durability_client.py"), collector.endpoint,
-                          key, str(out), "18", str(i)])
+                          key, str(out), "12", str(i)])
         for i, out in enumerate(outs)
     ]
     try:
-        for _ in range(5):
-            time.sleep(3.0)
+        for _ in range(5):  # over ~20 s: each restart takes a few seconds
+            time.sleep(1.5)
             collector.kill()
             time.sleep(0.3)
             collector.start()
@@ -80,7 +80,7 @@ def test_retry_after_lost_answer_is_stored_once(
 ) -> None:
     # A long seal interval keeps the batch in the WAL only when we kill.
     collector = collector_factory(seal_interval=30)
-    client = Client(collector.endpoint, collector.api_key("acme"))
+    client = Client(collector.endpoint, ingest_key(collector.data, "acme"))
     ids = new_ids(50)
     first = client.export("batch-lost-answer", columns(ids))
     assert first.accepted == 50 and not first.duplicate
@@ -90,7 +90,7 @@ def test_retry_after_lost_answer_is_stored_once(
     collector.kill()  # acknowledged, fsynced, never sealed
     collector.start()
     # ... and retries again after the restart.
-    client = Client(collector.endpoint, collector.api_key("acme"))
+    client = Client(collector.endpoint, ingest_key(collector.data, "acme"))
     after = client.export("batch-lost-answer", columns(ids))
     assert after.duplicate and after.accepted == 50
     client.close()
@@ -102,7 +102,7 @@ def test_retry_after_lost_answer_is_stored_once(
 
 def test_torn_wal_tail_is_cut_on_start(collector_factory: Callable[..., CollectorProcess]) -> None:
     collector = collector_factory(seal_interval=30)
-    client = Client(collector.endpoint, collector.api_key("acme"))
+    client = Client(collector.endpoint, ingest_key(collector.data, "acme"))
     ids = new_ids(20)
     assert client.export(str(uuid.uuid4()), columns(ids)).accepted == 20
     client.close()
@@ -124,7 +124,7 @@ def test_corrupt_last_record_is_cut_and_earlier_records_kept(
     collector_factory: Callable[..., CollectorProcess],
 ) -> None:
     collector = collector_factory(seal_interval=30)
-    client = Client(collector.endpoint, collector.api_key("acme"))
+    client = Client(collector.endpoint, ingest_key(collector.data, "acme"))
     kept, torn = new_ids(10), new_ids(10)
     client.export("b-kept", columns(kept))
     client.export("b-torn", columns(torn))

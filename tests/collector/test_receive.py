@@ -17,14 +17,14 @@ from auditlake.collector.datadir import DataDir
 from auditlake.collector.query import connect
 from auditlake.collector.receive import Limits, normalize, validate
 from auditlake.collector.seal import RecentEventIds
-from tests.collector.durability_client import Client, columns, new_ids
+from tests.collector.durability_client import Client, columns, ingest_key, new_ids, wait_sealed
 from tests.collector.test_durability import lake_id_counts
 from tests.conftest import CollectorProcess
 
 
 def test_retried_batch_id_is_stored_once(collector_factory: Callable[..., CollectorProcess]) -> None:
     collector = collector_factory()
-    client = Client(collector.endpoint, collector.api_key("acme"))
+    client = Client(collector.endpoint, ingest_key(collector.data, "acme"))
     ids = new_ids(30)
     assert not client.export("b-1", columns(ids)).duplicate
     again = client.export("b-1", columns(ids))
@@ -38,17 +38,17 @@ def test_resent_events_under_a_new_batch_id_are_stored_once(
     collector_factory: Callable[..., CollectorProcess],
 ) -> None:
     collector = collector_factory()
-    client = Client(collector.endpoint, collector.api_key("acme"))
+    client = Client(collector.endpoint, ingest_key(collector.data, "acme"))
     ids = new_ids(40)
     client.export("first", columns(ids))
-    collector.wait_for_count(40)
+    wait_sealed(collector.data, 40)
     # same events, new batch id, some new ones mixed in, some repeated inside the batch
     extra = new_ids(5)
     resp = client.export("second", columns(ids[:20] + extra + extra[:2]))
     assert not resp.duplicate
     collector.kill()  # the window must survive a crash: rebuilt from the lake
     collector.start()
-    client = Client(collector.endpoint, collector.api_key("acme"))
+    client = Client(collector.endpoint, ingest_key(collector.data, "acme"))
     client.export("third", columns(ids[20:] + [ids[0]]))
     client.close()
     collector.stop()
@@ -62,7 +62,7 @@ def test_concurrent_retries_of_one_batch_wait_for_the_first(
     collector_factory: Callable[..., CollectorProcess],
 ) -> None:
     collector = collector_factory()
-    key = collector.api_key("acme")
+    key = ingest_key(collector.data, "acme")
     ids = new_ids(2000)
     cols = columns(ids)
     answers: list[tuple[int, bool]] = []
@@ -123,7 +123,7 @@ def test_acked_event_is_queryable_within_2_s_by_default(
     collector_factory: Callable[..., CollectorProcess],
 ) -> None:
     collector = collector_factory(seal_interval=1.0)  # the default interval
-    client = Client(collector.endpoint, collector.api_key("acme"))
+    client = Client(collector.endpoint, ingest_key(collector.data, "acme"))
     worst = 0.0
     for _ in range(3):
         ids = new_ids(10)
@@ -149,7 +149,7 @@ def test_acked_event_is_queryable_within_2_s_by_default(
 
 def test_batch_id_must_be_printable(collector_factory: Callable[..., CollectorProcess]) -> None:
     collector = collector_factory()
-    client = Client(collector.endpoint, collector.api_key("acme"))
+    client = Client(collector.endpoint, ingest_key(collector.data, "acme"))
     with pytest.raises(grpc.RpcError) as err:
         client.export("bad\nid", columns(new_ids(1)))
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT

@@ -125,7 +125,7 @@ def read_records(f: TextIO, fmt: str) -> Iterator[tuple[int, dict[str, Any], str
             continue
         try:
             rec = json.loads(text)
-        except ValueError as exc:
+        except json.JSONDecodeError as exc:
             yield n, {"__error__": f"is not valid JSON ({exc.msg})"}, text
             continue
         if not isinstance(rec, dict):

@@ -466,26 +466,36 @@ def _uuid7(ms: int) -> str:
     return str(uuid.UUID(bytes=bytes(raw)))
 
 
-def meta_event(action: str, resource_id: str, metadata: dict[str, Any], *,
-               resource_type: str = "partition", user_id: str = SYSTEM_ACTOR,
-               outcome: str = "success", reason: str = "") -> pa.Table:
-    """One system-tenant audit event about auditlake itself, as a validated
-    WIRE_SCHEMA table."""
+def meta_events(action: str, items: list[tuple[str, dict[str, Any]]], *,
+                resource_type: str = "partition", user_id: str = SYSTEM_ACTOR,
+                outcome: str = "success", reason: str = "") -> pa.Table:
+    """System-tenant audit events about auditlake itself, one per
+    (resource_id, metadata) item, as one validated WIRE_SCHEMA table."""
     from auditlake.collector.inbox import SYSTEM_TENANT  # noqa: PLC0415
 
     now_us = time.time_ns() // 1000
-    row: dict[str, Any] = {name: "" for name in WIRE_SCHEMA.names}
-    row.update(id=_uuid7(now_us // 1000), tenant_id=SYSTEM_TENANT, user_id=user_id, action=action,
-               resource_type=resource_type, resource_id=resource_id, outcome=outcome, reason=reason,
-               service="auditlake", metadata=json.dumps(metadata, sort_keys=True),
-               created_at=now_us)
-    arrays = [pa.array([row[f.name]], pa.int64()).cast(f.type) if f.name == "created_at"
-              else pa.array([row[f.name]], f.type) for f in WIRE_SCHEMA]
+    n = len(items)
+    cols: dict[str, list[Any]] = {name: [""] * n for name in WIRE_SCHEMA.names}
+    cols["id"] = [_uuid7(now_us // 1000) for _ in items]
+    cols["resource_id"] = [rid for rid, _ in items]
+    cols["metadata"] = [json.dumps(meta, sort_keys=True) for _, meta in items]
+    cols["created_at"] = [now_us] * n
+    for name, value in (("tenant_id", SYSTEM_TENANT), ("user_id", user_id), ("action", action),
+                        ("resource_type", resource_type), ("outcome", outcome), ("reason", reason),
+                        ("service", "auditlake")):
+        cols[name] = [value] * n
+    arrays = [pa.array(cols[f.name], pa.int64()).cast(f.type) if f.name == "created_at"
+              else pa.array(cols[f.name], f.type) for f in WIRE_SCHEMA]
     table = normalize(pa.Table.from_arrays(arrays, schema=WIRE_SCHEMA))
     problems = validate(table, now_us, Limits())
     if problems:
         raise ValueError(f"meta-audit event is invalid: {problems[0]}")
     return table
+
+
+def meta_event(action: str, resource_id: str, metadata: dict[str, Any], **kwargs: Any) -> pa.Table:
+    """One system-tenant audit event (see ``meta_events``)."""
+    return meta_events(action, [(resource_id, metadata)], **kwargs)
 
 
 #: Stores one batch of events under a batch id (idempotent per id).
@@ -518,7 +528,8 @@ def sealer_appender(sealer: Any) -> CheckpointAppender:
     sealers that predate it (single-threaded use only: no seal may run
     concurrently)."""
     if hasattr(sealer, "append_checkpoint"):
-        return lambda kind, files, removed, extra: sealer.append_checkpoint(kind, files, removed, extra)  # type: ignore[no-any-return]
+        method: CheckpointAppender = sealer.append_checkpoint
+        return method
 
     def append(kind: str, files: list[FileEntry], removed: list[FileEntry], extra: dict[str, Any]) -> ChainCheckpoint:
         st = sealer.state
@@ -776,7 +787,7 @@ class RetentionJob:
                 if day >= before:
                     continue
                 moving = [p for p in plans if p.day == day and p.action == "move"]
-                files = self._cold_files(day)
+                cold_files = self._cold_files(day)
                 reasons = [h.reason for h in self.policy.legal_holds if h.covers_date(day) and h.tenant is None]
                 if not reasons:
                     tenant_holds = [h for h in self.policy.legal_holds if h.covers_date(day) and h.tenant]
@@ -786,13 +797,14 @@ class RetentionJob:
                             tenants = tenants | self._hot_tenants(moving[0])
                         reasons = [h.reason for h in tenant_holds if h.tenant in tenants]
                 if reasons:
-                    plans.append(DayPlan(day, "hold", [r for r, _ in files] + (moving[0].files if moving else []),
+                    plans.append(DayPlan(day, "hold", [r for r, _ in cold_files] + (moving[0].files if moving else []),
                                          reasons=reasons))
                 else:
-                    rels = [r for r, _ in files] + [f"(after move) {r}" for r in (moving[0].files if moving else [])]
-                    plans.append(DayPlan(day, "expire", rels, sum(int(e["bytes"]) for _, e in files)
-                                         + (moving[0].bytes if moving else 0),
-                                         sum(int(e["rows"]) for _, e in files) + (moving[0].rows if moving else 0)))
+                    mv = moving[0] if moving else DayPlan(day, "move")
+                    rels = [r for r, _ in cold_files] + [f"(after move) {r}" for r in mv.files]
+                    plans.append(DayPlan(day, "expire", rels,
+                                         sum(int(e["bytes"]) for _, e in cold_files) + mv.bytes,
+                                         sum(int(e["rows"]) for _, e in cold_files) + mv.rows))
         order = {"finish_move": 0, "move": 1, "finish_expire": 2, "hold": 3, "expire": 4}
         plans.sort(key=lambda p: (order[p.action], p.day))
         return plans
@@ -869,14 +881,14 @@ class RetentionJob:
         while self.index.unannounced:
             a = self.index.unannounced[0]
             action = "retention_move" if a["kind"] == "move" else "retention_expire"
-            events = [
-                meta_event(action, day, {**info, "day": day, "checkpoint_seal": a["seal"], "writer": a["writer"],
-                                         "cold": self.policy.cold,
-                                         **({"policy": self.policy.as_json()} if a["kind"] == "expire" else {})})
+            items = [
+                (day, {**info, "day": day, "checkpoint_seal": a["seal"], "writer": a["writer"],
+                       "cold": self.policy.cold,
+                       **({"policy": self.policy.as_json()} if a["kind"] == "expire" else {})})
                 for day, info in sorted(a["days"].items())
             ]
-            if events:
-                self.emit(f"retention-{a['kind']}-{a['writer']}-{a['seal']}", pa.concat_tables(events))
+            if items:
+                self.emit(f"retention-{a['kind']}-{a['writer']}-{a['seal']}", meta_events(action, items))
             self.index.unannounced.pop(0)
             self.index.save()
 
@@ -948,10 +960,12 @@ class RetentionJob:
             path.unlink(missing_ok=True)
             if i == 0:
                 _fail_point("hot_removed_partly")
+        # No fsync per day directory: the move is already signed, and a hot
+        # copy that reappears after a power loss is removed by the next run.
         for folder in {(self.data.lake / r).parent for r in rels}:
-            fsync_dir(folder)
             with contextlib.suppress(OSError):
                 folder.rmdir()  # only when empty (late events may have arrived)
+        fsync_dir(self.data.events)
 
     def _expire_days(self, plans: list[DayPlan], report: RetentionReport) -> None:
         """Delete a group of cold day partitions under one signed tombstone."""

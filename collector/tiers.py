@@ -75,7 +75,7 @@ def tier_from_uri(uri: str, *, endpoint_url: str = "", region: str = "", name: s
         region = region or os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or ""
         if region:
             kwargs["region"] = region
-        return Tier(name, pafs.S3FileSystem(**kwargs), rest.strip("/"))  # type: ignore[arg-type]
+        return Tier(name, pafs.S3FileSystem(**kwargs), rest.strip("/"))
     try:
         fs, path = pafs.FileSystem.from_uri(uri)
         return Tier(name, fs, path.rstrip("/"))

@@ -117,7 +117,8 @@ def cmd_query(args: argparse.Namespace) -> int:
     data = DataDir.resolve(args.data)
     sql = args.sql if args.sql != "-" else sys.stdin.read()
     try:
-        out = run_query(data, sql, args.format, extra_globs=_cold_globs(args, data))
+        out = run_query(data, sql, args.format, extra_globs=_cold_globs(args, data),
+                        toml=load_toml(config_path(args, data)))
     except duckdb.Error as exc:
         print(f"auditlake query: {exc}", file=sys.stderr)
         return 2

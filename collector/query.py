@@ -115,9 +115,11 @@ def format_result(columns: list[str], rows: list[tuple[Any, ...]], fmt: str) -> 
     return "\n".join([line, rule, *body, footer]) + "\n"
 
 
-def run_query(data: DataDir, sql: str, fmt: str = "table", extra_globs: Iterable[str] = ()) -> str:
-    """Run ``sql`` against the lake and format the result."""
-    con = connect(data, extra_globs=extra_globs)
+def run_query(data: DataDir, sql: str, fmt: str = "table", extra_globs: Iterable[str] = (),
+              toml: dict[str, Any] | None = None) -> str:
+    """Run ``sql`` against the lake and format the result (``toml``: the
+    configuration naming the cold tier; default DIR/auditlake.toml)."""
+    con = connect(data, extra_globs=extra_globs, toml=toml)
     try:
         cur = con.execute(sql)
         columns = [d[0] for d in cur.description] if cur.description else []

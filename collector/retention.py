@@ -416,6 +416,17 @@ def cold_globs(data: DataDir, toml: dict[str, Any]) -> list[str]:
     return []
 
 
+def cold_generation(data: DataDir) -> int:
+    """Changes whenever the set of files the ``events`` view reads changes
+    because of retention (a move committed, hot copies removed, an expiry):
+    a component that keeps a DuckDB connection open (the admin search)
+    reconnects when it differs from the value at connect time."""
+    try:
+        return (data.state / "cold-index.json").stat().st_mtime_ns
+    except FileNotFoundError:
+        return 0
+
+
 def cold_file_uris(data: DataDir, toml: dict[str, Any]) -> list[str]:
     """URIs of the live cold files, for engines outside auditlake."""
     index = ColdIndex.load(data, rebuild=True)

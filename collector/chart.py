@@ -62,6 +62,8 @@ def render_svg(stats: Stats) -> str:
         x = PAD_L + i * bar_w
         y = PAD_T + plot_h
         when = b.strftime("%Y-%m-%d %H:00" if stats.bucket == "hour" else "%Y-%m-%d")
+        if stats.bucket == "week":
+            when = "week of " + when
         tip = [f"{when}: {totals[i]:,} events"]
         parts.append("<g>")
         for name, values in stats.series.items():

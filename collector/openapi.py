@@ -132,7 +132,7 @@ def document() -> dict[str, Any]:
                     "200": {"description": "Buckets", "content": {"application/json": {"schema": {
                         "type": "object", "required": ["bucket", "by", "buckets", "series", "total"],
                         "properties": {
-                            "bucket": {"type": "string", "enum": ["hour", "day"]},
+                            "bucket": {"type": "string", "enum": ["hour", "day", "week"]},
                             "by": {"type": "string"},
                             "buckets": {"type": "array", "items": {"type": "string", "format": "date-time"}},
                             "series": {"type": "object", "additionalProperties": {

@@ -51,6 +51,8 @@ RANGES: dict[str, dt.timedelta | None] = {
 }
 
 MAX_LIMIT = 1000
+#: Most bars in the activity chart.
+MAX_BUCKETS = 400
 DEFAULT_LIMIT = 50
 _MAX_FREE_TEXT = 256
 _MAX_MULTI = 50
@@ -137,12 +139,12 @@ def parse_time(parameter: str, value: str) -> dt.datetime:
             t = dt.datetime.combine(dt.date.fromisoformat(v), dt.time(), UTC)
         else:
             t = dt.datetime.fromisoformat(v)
-    except ValueError:
+        if t.tzinfo is None:
+            t = t.replace(tzinfo=UTC)
+        t = t.astimezone(UTC)
+    except (ValueError, OverflowError):
         raise QueryParameterError(
             parameter, "expected an ISO 8601 date or date-time, e.g. 2026-01-31T12:00:00Z") from None
-    if t.tzinfo is None:
-        t = t.replace(tzinfo=UTC)
-    t = t.astimezone(UTC)
     if not 1970 <= t.year <= 9998:
         raise QueryParameterError(parameter, "year out of range (1970..9998)")
     return t
@@ -216,7 +218,7 @@ def parse_limit(value: str | None, default: int = DEFAULT_LIMIT) -> int:
     """``limit``: 1..MAX_LIMIT."""
     if value is None or value == "":
         return default
-    if not value.isdigit() or not 1 <= int(value) <= MAX_LIMIT:
+    if not (value.isascii() and value.isdigit()) or not 1 <= int(value) <= MAX_LIMIT:
         raise QueryParameterError("limit", f"must be an integer from 1 to {MAX_LIMIT}")
     return int(value)
 
@@ -243,7 +245,7 @@ class Cursor:
             us, ident = json.loads(raw)
             if not isinstance(us, int) or isinstance(us, bool) or not isinstance(ident, str):
                 raise ValueError
-            if not 0 <= us < 253402300800 * 1_000_000 or len(ident) > MAX_BYTES["id"] or "\x00" in ident:
+            if not 0 <= us < 253402214400 * 1_000_000 or len(ident) > MAX_BYTES["id"] or "\x00" in ident:
                 raise ValueError
         except (ValueError, TypeError, binascii.Error, UnicodeDecodeError):
             raise QueryParameterError("cursor", "is not a cursor this server issued") from None
@@ -343,7 +345,7 @@ class Page:
 class Stats:
     """Event counts per time bucket, split by one column (action or outcome)."""
 
-    bucket: str  # "hour" or "day"
+    bucket: str  # "hour", "day" or "week"
     by: str
     buckets: list[dt.datetime]
     series: dict[str, list[int]] = field(default_factory=dict)
@@ -450,49 +452,54 @@ class LakeReader:
 
     def stats(self, f: Filter, scope: frozenset[str] | None, *, by: str = "action",
               top: int = 7, now: dt.datetime | None = None) -> Stats:
-        """Counts per hour (ranges up to two days) or per day, split by
-        ``by`` (``action`` or ``outcome``); beyond ``top`` series, "other"."""
+        """Counts per hour (ranges up to two days), day (up to 400 days) or
+        week, split by ``by`` (``action`` or ``outcome``); beyond ``top``
+        series, "other".  The counts always add up to the matching events."""
         if by not in ("action", "outcome"):
             raise QueryParameterError("by", "must be action or outcome")
         clause, params = where(f, scope)
         now = now or dt.datetime.now(UTC)
         start = f.start
         end = f.end or now
-        if start is None:
+        if start is None or end - start > dt.timedelta(days=MAX_BUCKETS):
+            # Begin where the data begins, not in 1970.
             first = self._fetch(f"SELECT min(date) FROM events WHERE {clause}", params)
             first_day = first[0][0] if first else None
             if first_day is None:
                 return Stats("day", by, [])
-            start = dt.datetime.combine(first_day, dt.time(), UTC)
+            data_start = dt.datetime.combine(first_day, dt.time(), UTC)
+            start = max(start, data_start) if start else data_start
         span = end - start
-        bucket = "hour" if span <= dt.timedelta(days=2) else "day"
+        if span <= dt.timedelta(days=2):
+            bucket, step = "hour", dt.timedelta(hours=1)
+            first_bucket = start.replace(minute=0, second=0, microsecond=0)
+        elif span <= dt.timedelta(days=MAX_BUCKETS):
+            bucket, step = "day", dt.timedelta(days=1)
+            first_bucket = start.replace(hour=0, minute=0, second=0, microsecond=0)
+        else:
+            bucket, step = "week", dt.timedelta(days=7)  # date_trunc('week'): Mondays
+            day0 = start.replace(hour=0, minute=0, second=0, microsecond=0)
+            first_bucket = day0 - dt.timedelta(days=day0.weekday())
+        count = max(1, int((end - first_bucket) / step) + 1)
+        if count > MAX_BUCKETS:  # keep the newest buckets; older rows fold into the first
+            first_bucket += (count - MAX_BUCKETS) * step
+            count = MAX_BUCKETS
         rows = self._fetch(
             f"SELECT date_trunc('{bucket}', created_at) AS b, {by} AS k, count(*) AS n "
             f"FROM events WHERE {clause} GROUP BY ALL",
             params,
         )
-        step = dt.timedelta(hours=1) if bucket == "hour" else dt.timedelta(days=1)
-        first_bucket = start.replace(minute=0, second=0, microsecond=0)
-        if bucket == "day":
-            first_bucket = first_bucket.replace(hour=0)
-        count = min(int((end - first_bucket) / step) + 1, 400)
-        if count < 1:
-            count = 1
         buckets = [first_bucket + i * step for i in range(count)]
-        if bucket == "day" and count == 400:
-            buckets = buckets[-400:]
-        index = {b: i for i, b in enumerate(buckets)}
         totals: dict[str, int] = {}
         for _, k, n in rows:
             totals[k] = totals.get(k, 0) + n
         keep = [k for k, _ in sorted(totals.items(), key=lambda kv: (-kv[1], kv[0]))[:top]]
-        series: dict[str, list[int]] = {k: [0] * len(buckets) for k in keep}
+        series: dict[str, list[int]] = {k: [0] * count for k in keep}
         for b, k, n in rows:
-            i = index.get(b.astimezone(UTC) if b.tzinfo else b.replace(tzinfo=UTC))
-            if i is None:
-                continue
+            when = b.astimezone(UTC) if b.tzinfo else b.replace(tzinfo=UTC)
+            i = min(max(int((when - first_bucket) / step), 0), count - 1)  # every row counts
             name = k if k in series else "other"
-            series.setdefault(name, [0] * len(buckets))[i] += n
+            series.setdefault(name, [0] * count)[i] += n
         return Stats(bucket, by, buckets, series)
 
     def distinct(self, column: str, scope: frozenset[str] | None, limit: int = 200) -> list[str]:

@@ -154,6 +154,8 @@ def test_pagination_has_no_gaps_or_duplicates_while_events_arrive(lake: Lake) ->
         ("/api/v1/events", {"limit": "0"}, "limit"),
         ("/api/v1/events", {"limit": "abc"}, "limit"),
         ("/api/v1/events", {"limit": "1001"}, "limit"),
+        ("/api/v1/events", {"limit": "\u00b2"}, "limit"),  # a digit to str.isdigit, not to int()
+        ("/api/v1/events", {"from": "0001-01-01T00:00:00+05:00"}, "from"),
         ("/api/v1/events", {"from": "yesterday"}, "from"),
         ("/api/v1/events", {"from": "2026-02-01", "to": "2026-01-01"}, "to"),
         ("/api/v1/events", {"from": "0001-01-01"}, "from"),
@@ -327,3 +329,38 @@ def test_cli_export_writes_jsonl_and_ocsf_with_progress_and_a_manifest(lake: Lak
     assert all(e["metadata"]["tenant_uid"] == "initech" for e in events)
     # the CLI export is itself audited (through the inbox)
     assert wait_count(lake.collector.data, "action = 'export' AND resource_id = 'globex.jsonl'", 1) == 1
+
+
+@pytest.mark.parametrize("params", [
+    {"tenant": "initech", "resource_type": "document"},
+    {"tenant": "initech", "resource_type": "document", "range": "1h"},
+    {"tenant": "initech", "resource_type": "document", "from": "1970-01-01", "to": "9998-01-01"},
+    {"tenant": "initech", "resource_type": "document", "from": "2020-01-01", "by": "outcome"},
+])
+def test_chart_counts_add_up_to_the_matching_events_for_any_range(lake: Lake, params: dict[str, Any]) -> None:
+    with lake.api("root") as api:
+        stats = api.get("/api/v1/stats", params=params).json()
+        events = all_events(api, {k: v for k, v in params.items() if k != "by"})
+    assert stats["total"] == len(events) == sum(sum(v) for v in stats["series"].values())
+    assert len(stats["buckets"]) <= 400 and stats["bucket"] in ("hour", "day", "week")
+
+
+def test_users_are_managed_from_the_cli_with_the_password_on_stdin(tmp_path: Path) -> None:
+    data = tmp_path / "d"
+    run_cli("users", "add", "bob", "--role", "auditor", "--tenant", "acme", "--tenant", "initech",
+            data=data, input="a long enough password\n")
+    short = run_cli("users", "add", "eve", "--role", "admin", data=data, input="short\n", check=False)
+    assert short.returncode == 2 and "at least 10" in short.stderr
+    listed = run_cli("users", "list", data=data).stdout
+    assert listed.startswith("bob\tauditor\tacme,initech\t")
+    token = run_cli("users", "token", "bob", data=data).stdout.strip()
+    assert token.startswith("alu_")
+    from auditlake.collector.users import UserStore
+
+    store = UserStore(data / "keys")
+    assert store.check_password("bob", "a long enough password") is not None
+    assert store.check_token(token).name == "bob"
+    stored = (data / "keys" / "users.json").read_text()
+    assert "a long enough password" not in stored and token not in stored and "$argon2id$" in stored
+    run_cli("users", "remove", "bob", data=data)
+    assert run_cli("users", "list", data=data).stdout == ""

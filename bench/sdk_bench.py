@@ -176,22 +176,37 @@ def _requests_per_second(app: Any, n: int, settle: Callable[[], object] | None =
     return asyncio.run(drive())
 
 
-def middleware_ratio(n: int, rounds: int) -> tuple[float, float, float]:
-    """Requests/s of a minimal Starlette app: (actor scope only, one event per
-    request, without the middleware).  The event's cost includes its share of
-    the export thread's encoding, which runs under the same GIL."""
+def _starlette_app() -> Any:
     from starlette.applications import Starlette
     from starlette.responses import PlainTextResponse
     from starlette.routing import Route
 
+    async def patient(request: Any) -> PlainTextResponse:
+        return PlainTextResponse("ok")
+
+    return Starlette(routes=[Route("/patients/{id}", patient)])
+
+
+def _fastapi_app() -> Any:
+    from fastapi import FastAPI
+
+    app = FastAPI()
+
+    @app.get("/patients/{patient_id}")
+    async def patient(patient_id: str) -> dict[str, str]:
+        return {"id": patient_id}
+
+    return app
+
+
+def middleware_ratio(bare: Any, n: int, rounds: int) -> tuple[float, float, float]:
+    """Requests per CPU-second of ``bare``: (with the actor scope only, with one
+    event per request, without the middleware).  The event's cost includes
+    the export thread's encoding, which runs under the same GIL."""
     from auditlake import sdk
     from auditlake.sdk import BatchPolicy, SpoolPolicy
     from auditlake.sdk.asgi import AuditMiddleware, RouteRule
 
-    async def patient(request: Any) -> PlainTextResponse:
-        return PlainTextResponse("ok")
-
-    bare = Starlette(routes=[Route("/patients/{id}", patient)])
     def resolver(scope: Any) -> dict[str, str]:
         return {"user_id": "u1", "tenant_id": "acme"}
 
@@ -217,6 +232,18 @@ def middleware_ratio(n: int, rounds: int) -> tuple[float, float, float]:
         sdk.shutdown(timeout=30)
 
 
+def _middleware_rows(name: str, figures: tuple[float, float, float]) -> list[tuple[str, str, str, str]]:
+    scope_only, with_event, without = figures
+    return [
+        (f"ASGI middleware, actor scope only: minimal {name} app, in-process",
+         f"{scope_only:,.0f} req/CPU-s", f"without: {without:,.0f} req/CPU-s",
+         f"{scope_only / without:.2f}"),
+        (f"ASGI middleware + route rule, 1 audit event/request ({name}, export thread included)",
+         f"{with_event:,.0f} req/CPU-s", f"without: {without:,.0f} req/CPU-s",
+         f"{with_event / without:.2f} (+{(1 / with_event - 1 / without) * 1e6:.0f} µs/request)"),
+    ]
+
+
 def bench_rows(quick: bool = False) -> list[tuple[str, str, str, str]]:
     """Rows (metric, auditlake, baseline, ratio) for bench/run.py."""
     n = 20_000 if quick else 100_000
@@ -233,7 +260,9 @@ def bench_rows(quick: bool = False) -> list[tuple[str, str, str, str]]:
     their50 = statistics.median(p[0] for p in theirs)
     their99 = statistics.median(p[1] for p in theirs)
     decorated, plain = audited_overhead(20_000 if quick else 100_000)
-    scope_only, with_event, without = middleware_ratio(2_000 if quick else 10_000, rounds)
+    small = 2_000 if quick else 10_000
+    starlette = middleware_ratio(_starlette_app(), small, rounds)
+    fastapi = middleware_ratio(_fastapi_app(), small // 2, rounds)
     return [
         (f"record() p50, caller's thread ({ATTRS} attributes, {n:,} calls, median of {rounds})",
          f"{our50:.2f} µs", f"OTel logger.emit p50: {their50:.2f} µs",
@@ -242,12 +271,8 @@ def bench_rows(quick: bool = False) -> list[tuple[str, str, str, str]]:
          f"OTel logger.emit p99: {their99:.2f} µs", f"{their99 / our99:.1f}× faster"),
         ("@audited overhead on an empty function (p50, caller's thread)",
          f"{decorated - plain:.2f} µs/call", f"plain call p50: {plain:.2f} µs", "-"),
-        ("ASGI middleware, actor scope only: minimal Starlette app, in-process",
-         f"{scope_only:,.0f} req/CPU-s", f"without: {without:,.0f} req/CPU-s",
-         f"{scope_only / without:.2f}"),
-        ("ASGI middleware + route rule (1 audit event/request, export thread included)",
-         f"{with_event:,.0f} req/CPU-s", f"without: {without:,.0f} req/CPU-s",
-         f"{with_event / without:.2f} ({(1 / with_event - 1 / without) * 1e6:.0f} µs/request)"),
+        *_middleware_rows("Starlette", starlette),
+        *_middleware_rows("FastAPI", fastapi),
     ]
 
 

@@ -109,10 +109,31 @@ def to_json_object(value: object) -> str:
         value = {"value": value}
     elif not value:
         return "{}"
-    return _encode_json(value)
+    return _flat_json(value)
 
 
 _encode_json = json.JSONEncoder(separators=(",", ":"), default=str, ensure_ascii=False).encode
+_quote = json.encoder.encode_basestring
+_LITERALS: Final = {None: "null", True: "true", False: "false"}
+
+
+def _flat_json(value: Mapping[Any, Any]) -> str:
+    """JSON of a mapping; flat string/int/bool/None ones (the usual metadata)
+    are written directly, about twice as fast as the json module."""
+    parts = []
+    for key, item in value.items():
+        if type(key) is not str:
+            return _encode_json(value)
+        kind = type(item)
+        if kind is str:
+            parts.append(f"{_quote(key)}:{_quote(item)}")
+        elif kind is int:
+            parts.append(f"{_quote(key)}:{item}")
+        elif item is None or kind is bool:
+            parts.append(f"{_quote(key)}:{_LITERALS[item]}")
+        else:
+            return _encode_json(value)
+    return "{" + ",".join(parts) + "}"
 
 
 def _texts(values: Sequence[object]) -> list[str] | Sequence[object]:

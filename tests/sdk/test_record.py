@@ -7,6 +7,8 @@ import time
 import uuid
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 
@@ -140,3 +142,18 @@ def test_uuid7_layout_matches_rfc_9562() -> None:
     ms, seq, rand = 0x0123_4567_89AB, (0xABC << 30) | 0x2AAA_AAAA, 0xDEAD_BEEF
     value = (ms << 80) | (0x7 << 76) | (0xABC << 64) | (0b10 << 62) | (0x2AAA_AAAA << 32) | rand
     assert format_uuid7(ms, seq, rand) == str(uuid.UUID(int=value))
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.dictionaries(
+    st.text(max_size=6),
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=8)
+    | st.lists(st.integers(), max_size=2),
+    max_size=5,
+))
+def test_json_objects_are_exactly_what_the_json_module_writes(value: dict[str, object]) -> None:
+    from auditlake.sdk._event import to_json_object
+
+    text = to_json_object(value)
+    assert json.loads(text) == value
+    assert text == json.dumps(value, separators=(",", ":"), ensure_ascii=False)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import atexit
 import os
 import re
+import tempfile
 import threading
 import tomllib
 from collections.abc import Callable, Mapping, Sequence
@@ -101,7 +102,14 @@ class Settings:
         """The spool directory, the per-service default filled in."""
         if self.spool.directory is not None:
             return self.spool.directory
-        cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+        cache_home = os.environ.get("XDG_CACHE_HOME")
+        if cache_home:
+            cache = Path(cache_home)
+        else:
+            try:
+                cache = Path.home() / ".cache"
+            except (RuntimeError, KeyError):  # no home directory (some containers)
+                cache = Path(tempfile.gettempdir()) / f"auditlake-{os.getuid()}"
         service = re.sub(r"[^A-Za-z0-9_.-]", "_", self.service_name or "default")
         return cache / "auditlake" / "spool" / service
 

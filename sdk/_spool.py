@@ -108,7 +108,9 @@ class DiskSpool:
             self._bytes += len(data)
         temp = self.directory / f".tmp-{os.getpid()}-{request.batch_id}"
         try:
-            with open(temp, "wb") as handle:
+            # Audit data: readable by this user only.
+            fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with open(fd, "wb") as handle:
                 handle.write(data)
                 handle.flush()
                 os.fsync(handle.fileno())

@@ -77,3 +77,11 @@ def test_crash_leftovers_are_recovered_on_configure(tmp_path: Path) -> None:
     assert exporter.batch_ids == ["claimed"]
     names = sorted(os.listdir(tmp_path))
     assert names == [f"{now // 1000 + 1:017d}-broken.batch.bad"]  # set aside, not lost
+
+
+def test_spool_files_are_private_to_the_user(tmp_path: Path) -> None:
+    spool = DiskSpool(tmp_path / "spool", 1_000_000)
+    spool.write(batch("private", "1", time.time_ns()))
+    (path,) = (tmp_path / "spool").glob("*.batch")
+    assert path.stat().st_mode & 0o777 == 0o600
+    assert (tmp_path / "spool").stat().st_mode & 0o777 == 0o700

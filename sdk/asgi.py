@@ -145,9 +145,14 @@ class AuditMiddleware:
             if kind == "http.response.start":
                 status = int(message["status"])
             await send(message)
-            if kind == "http.response.body" and not message.get("more_body", False):
-                outcome = outcome_for_status(status)
-                finish(outcome, "" if outcome == "success" else f"HTTP {status}")
+            if (
+                kind == "http.response.body" and not message.get("more_body", False)
+            ) or kind == "http.response.pathsend":
+                finish_from_status()
+
+        def finish_from_status() -> None:
+            outcome = outcome_for_status(status)
+            finish(outcome, "" if outcome == "success" else f"HTTP {status}")
 
         try:
             await self.app(scope, receive, send_and_watch)
@@ -155,5 +160,9 @@ class AuditMiddleware:
             finish("failure", type(error).__name__)
             raise
         if not done:
-            # The application returned without finishing its body (client gone).
-            finish("failure", f"HTTP {status}" if status else "no response")
+            # The application returned without a final body message (a server
+            # extension sent the body, or the client went away).
+            if status:
+                finish_from_status()
+            else:
+                finish("failure", "no response")

@@ -202,3 +202,25 @@ def test_a_failing_resolver_does_not_fail_the_request(memory: AuditEvents) -> No
                           routes=[RouteRule("GET", "/patients/{id}", "read", "patient")])
     assert asyncio.run(call(app, "/patients/5")).status_code == 200
     assert memory.find(action="read")[0]["user_id"] == ""
+
+
+def test_a_response_that_ends_without_a_final_body_message_uses_its_status(
+    memory: AuditEvents,
+) -> None:
+    async def pathsend(scope: Any, receive: Any, send: Any) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.pathsend", "path": "/tmp/x"})
+
+    async def silent(scope: Any, receive: Any, send: Any) -> None:
+        return None
+
+    async def ignore(message: Any) -> None:
+        return None
+
+    rules = [RouteRule("*", "/f", "export", "file")]
+    scope = {"type": "http", "method": "GET", "path": "/f", "headers": []}
+    asyncio.run(AuditMiddleware(pathsend, routes=rules)(dict(scope), None, ignore))  # type: ignore[arg-type]
+    asyncio.run(AuditMiddleware(silent, routes=rules)(dict(scope), None, ignore))  # type: ignore[arg-type]
+    first, second = memory.find(action="export")
+    assert (first["outcome"], second["outcome"], second["reason"]) == (
+        "success", "failure", "no response")

@@ -78,7 +78,7 @@ def record_latencies(n: int) -> tuple[float, float]:
                   batch=BatchPolicy(max_queue_size=n + 1),
                   spool=SpoolPolicy(enabled=False))
     events = [_event(i) for i in range(n)]
-    record = sdk.record
+    record: Callable[..., None] = sdk.record
     try:
         return _percentiles(_time_calls(lambda e: record(**e), events))
     finally:

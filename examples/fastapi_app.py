@@ -15,7 +15,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, MutableMapping
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -31,7 +31,7 @@ PATIENTS: dict[str, dict[str, Any]] = {
 }
 
 
-def resolve_user(scope: dict[str, Any]) -> dict[str, str] | None:
+def resolve_user(scope: MutableMapping[str, Any]) -> dict[str, str] | None:
     """Demo authentication: ``Authorization: Bearer user@tenant``."""
     for name, value in scope.get("headers", ()):
         if name == b"authorization" and value.startswith(b"Bearer "):
@@ -119,8 +119,8 @@ def create_app() -> FastAPI:
 
         return StreamingResponse(rows(), media_type="text/csv")
 
-    return AuditMiddleware(  # type: ignore[return-value]
-        api,
+    api.add_middleware(
+        AuditMiddleware,  # pure ASGI: wraps the whole app, streaming included
         resolver=resolve_user,
         trusted_proxies=["127.0.0.1", "10.0.0.0/8"],
         routes=[
@@ -128,6 +128,7 @@ def create_app() -> FastAPI:
             RouteRule("GET", "/export.csv", "export", "patient"),
         ],
     )
+    return api
 
 
 app = create_app()

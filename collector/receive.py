@@ -7,6 +7,7 @@ from __future__ import annotations
 import itertools
 import json
 import logging
+import os
 import struct
 import threading
 import time
@@ -357,6 +358,7 @@ class AuditService(audit_pb2_grpc.AuditServiceServicer):  # type: ignore[misc]
         limits: Limits | None = None,
         overloaded: Callable[[], tuple[float, str] | None] = lambda: None,
         clock: Callable[[], float] = time.time,
+        max_concurrent: int | None = None,
     ) -> None:
         self._keys = keys
         self._store = store
@@ -364,6 +366,10 @@ class AuditService(audit_pb2_grpc.AuditServiceServicer):  # type: ignore[misc]
         self._limits = limits or Limits()
         self._overloaded = overloaded
         self._clock = clock
+        # Decoding and validating hold the GIL much of the time: more threads
+        # doing it at once than there are cores only fight over it (and
+        # starve the sealer); the other workers wait here, off the GIL.
+        self._cpu = threading.BoundedSemaphore(max_concurrent or os.cpu_count() or 2)
 
     def Export(  # noqa: N802 - gRPC method name
         self, request: audit_pb2.ExportRequest, context: grpc.ServicerContext
@@ -379,7 +385,8 @@ class AuditService(audit_pb2_grpc.AuditServiceServicer):  # type: ignore[misc]
                 f"batch_id is required (1..{_MAX_BATCH_ID} printable characters, unique per batch)",
             )
         try:
-            table = decode_request(request)
+            with self._cpu:
+                table = decode_request(request)
         except ValueError as exc:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
         if table.num_rows > self._limits.max_batch_events:
@@ -418,15 +425,17 @@ class AuditService(audit_pb2_grpc.AuditServiceServicer):  # type: ignore[misc]
 
         accepted: int | None = None
         try:
-            now_us = int(self._clock() * 1_000_000)
-            table = normalize(table)
-            rejections = validate(table, now_us, self._limits)
-            if rejections:
-                rejected = pa.array([r.index for r in rejections], pa.int64())
-                keep = pc.invert(pc.is_in(pa.array(range(table.num_rows), pa.int64()), rejected))
-                table = table.filter(keep)
-            if table.num_rows:
-                self._store(AcceptedBatch(batch_id, now_us, table)).result()
+            with self._cpu:
+                now_us = int(self._clock() * 1_000_000)
+                table = normalize(table)
+                rejections = validate(table, now_us, self._limits)
+                if rejections:
+                    rejected = pa.array([r.index for r in rejections], pa.int64())
+                    keep = pc.invert(pc.is_in(pa.array(range(table.num_rows), pa.int64()), rejected))
+                    table = table.filter(keep)
+                durable = self._store(AcceptedBatch(batch_id, now_us, table)) if table.num_rows else None
+            if durable is not None:
+                durable.result()  # the fsync, shared with concurrent requests
             accepted = table.num_rows
         except Exception as exc:
             log.exception("storing batch %s failed", batch_id)

@@ -65,7 +65,7 @@ def test_a_retried_batch_keeps_its_batch_id_and_is_stored_once(tmp_path: Path) -
     collector.exporter.answer = lambda request: (
         collector.attempted.append(request.batch_id) or next(failures, ExportResult(ExportStatus.OK))
     )
-    start(collector, tmp_path)
+    start(collector, tmp_path, batch=BatchPolicy(schedule_delay=5.0))  # one batch, at flush
     for i in range(10):
         sdk.record("read", "doc", str(i))
     assert sdk.flush(5)
@@ -285,10 +285,11 @@ def test_shutdown_keeps_the_batch_of_a_call_that_never_returns(tmp_path: Path) -
     collector = Collector()
     hang = threading.Event()
     collector.exporter.answer = lambda request: (hang.wait(10), DOWN)[1]
-    start(collector, tmp_path)
+    # The fifth event fills the batch and wakes the export thread.
+    start(collector, tmp_path, batch=BatchPolicy(schedule_delay=5.0, max_batch_size=5))
     for i in range(5):
         sdk.record("read", "doc", str(i))
-    time.sleep(0.2)  # the export thread is now stuck in its call
+    time.sleep(0.3)  # the export thread is now stuck in its call
     assert sdk.shutdown(timeout=0.5) is False
     hang.set()
     (spooled,) = spool_files(tmp_path)

@@ -324,8 +324,12 @@ class AdminServer:
         self._socket = sock
         bound = sock.getsockname()
         self.address = f"{'[' + host + ']' if family == socket.AF_INET6 else host}:{bound[1]}"
+        # X-Forwarded-For/-Proto are believed only from a proxy on this host
+        # (the TLS terminator): the client address feeds login throttling and
+        # the meta-audit events, the scheme the cookie's Secure flag.
         config = uvicorn.Config(self.app, log_level="warning", lifespan="off", access_log=False,
-                                proxy_headers=False, server_header=False, timeout_graceful_shutdown=3)
+                                proxy_headers=True, forwarded_allow_ips="127.0.0.1",
+                                server_header=False, timeout_graceful_shutdown=3)
         self._server = uvicorn.Server(config)
         # uvicorn installs signal handlers only on the main thread; ours is not.
         self._thread = threading.Thread(target=self._server.run, kwargs={"sockets": [sock]},

@@ -80,6 +80,10 @@ def audited(
     the_action: str = action
 
     def decorate(function: Callable[P, R]) -> Callable[P, R]:
+        if inspect.isgeneratorfunction(function) or inspect.isasyncgenfunction(function):
+            # The call of a generator function does nothing yet: there is no
+            # outcome to record.  Audit the function that consumes it.
+            raise TypeError(f"@audited cannot wrap the generator function {function.__name__}")
         signature = inspect.signature(function)
         needs_bind = callable(resource_id) or callable(changes)
         id_reader = (

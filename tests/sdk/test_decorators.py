@@ -108,6 +108,12 @@ def test_bad_decorator_arguments_fail_at_decoration_time() -> None:
     with pytest.raises(ValueError, match="read=True"):
         sdk.audited("update", "doc", read=True)
 
+    def rows() -> Any:
+        yield 1
+
+    with pytest.raises(TypeError, match="generator"):
+        sdk.audited("export", "doc")(rows)
+
 
 def test_events_inside_the_function_see_the_actor(memory: AuditEvents) -> None:
     @sdk.audited("export", "report")

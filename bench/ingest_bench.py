@@ -302,7 +302,7 @@ def baselines(n: int) -> dict[str, float]:
 
 def bench_rows(quick: bool = False) -> list[tuple[str, str, str, str]]:
     """Rows for `make bench` (medians of the runs)."""
-    total = 200_000 if quick else 1_200_000
+    total = 200_000 if quick else 600_000
     runs = 1 if quick else 3
     got = [run_ingest(total) for _ in range(runs)]
     base = baselines(200_000)

@@ -84,7 +84,7 @@ def stage_file(table: pa.Table, final: Path) -> StagedFile:
     """Write ``table`` to ``final``'s temporary name, fsynced; not yet visible."""
     final.parent.mkdir(parents=True, exist_ok=True)
     sink = pa.BufferOutputStream()
-    pq.write_table(table, sink, **PARQUET_OPTIONS)  # type: ignore[arg-type]
+    pq.write_table(table, sink, **PARQUET_OPTIONS)
     data = sink.getvalue()
     tmp = final.with_name(final.name[: -len(".parquet")] + TMP_SUFFIX)
     with open(tmp, "wb") as f:

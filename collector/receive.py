@@ -115,7 +115,7 @@ def _all_true(mask: pa.Array | pa.ChunkedArray) -> list[int]:
     arr = pc.fill_null(mask, False)
     if not pc.any(arr).as_py():
         return []
-    return [int(i) for i in pc.indices_nonzero(arr).to_pylist()]  # type: ignore[attr-defined]
+    return [int(i) for i in pc.indices_nonzero(arr).to_pylist()]
 
 
 def normalize(table: pa.Table) -> pa.Table:
@@ -250,7 +250,8 @@ class AcceptedBatch:
         bid = self.batch_id.encode()
         flags = FLAG_IMPORTED if self.imported else 0
         header = _BATCH_HEADER.pack(_MAGIC, self.received_at_us, flags, len(bid))
-        return header + bid + sink.getvalue().to_pybytes()
+        ipc: bytes = sink.getvalue().to_pybytes()
+        return header + bid + ipc
 
     @classmethod
     def decode(cls, payload: bytes) -> AcceptedBatch:
@@ -346,7 +347,7 @@ def _bearer(context: grpc.ServicerContext) -> str | None:
     return None
 
 
-class AuditService(audit_pb2_grpc.AuditServiceServicer):  # type: ignore[misc]
+class AuditService(audit_pb2_grpc.AuditServiceServicer):
     """gRPC AuditService.Export: the ingest boundary, where errors become statuses."""
 
     def __init__(
@@ -442,6 +443,7 @@ class AuditService(audit_pb2_grpc.AuditServiceServicer):  # type: ignore[misc]
             self._batches.finish(batch_id, None)
             context.abort(grpc.StatusCode.UNAVAILABLE, f"the collector could not store the batch: {exc}")
         self._batches.finish(batch_id, accepted)
+        assert accepted is not None  # set, or abort() raised
         if rejections:
             shown = "; ".join(str(r) for r in rejections[:20])
             more = f"; and {len(rejections) - 20} more" if len(rejections) > 20 else ""
@@ -458,7 +460,7 @@ def _abort_exhausted(context: grpc.ServicerContext, delay_s: float, why: str = "
     """RESOURCE_EXHAUSTED with a google.rpc.RetryInfo the client should honour."""
     from google.protobuf import any_pb2, duration_pb2  # noqa: PLC0415
 
-    message = f"collector busy ({why}); nothing was stored: retry in {delay_s:.1f} s"
+    message = f"collector busy ({why}); nothing was stored: retry in {delay_s:g} s"
     try:
         from google.rpc import error_details_pb2, status_pb2  # noqa: PLC0415
     except ImportError:  # googleapis-common-protos absent: plain status

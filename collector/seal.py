@@ -177,7 +177,8 @@ class RecentEventIds:
         """Row indices of ``ids`` that were seen before or repeat an earlier
         row of ``ids`` (the first occurrence is kept)."""
         rows, hi, lo, key = uuid_keys(ids)
-        return rows[self.duplicate_mask(hi, lo, key)]
+        dup: np.ndarray = rows[self.duplicate_mask(hi, lo, key)]
+        return dup
 
     def duplicate_mask(self, hi: np.ndarray, lo: np.ndarray, key: np.ndarray) -> np.ndarray:
         """For keys from uuid_keys: which repeat an earlier one or a remembered id."""
@@ -568,7 +569,7 @@ class Sealer:
         t0 = time.monotonic()
         table = self._stored_table(batches)
         t1 = time.monotonic()
-        n = table.num_rows
+        n: int = table.num_rows
         seal_no = self.state.seal + 1
         staged = []
         if n:

@@ -174,7 +174,7 @@ class Collector:
             ],
         )
         service = AuditService(self.keys, self.store, self.batches, overloaded=self.overloaded)
-        audit_pb2_grpc.add_AuditServiceServicer_to_server(service, self.grpc_server)
+        audit_pb2_grpc.add_AuditServiceServicer_to_server(service, self.grpc_server)  # type: ignore[no-untyped-call]
         port = self.grpc_server.add_insecure_port(self.config.grpc_listen)
         if port == 0:
             raise ConfigError(f"cannot listen for gRPC on {self.config.grpc_listen}")

@@ -41,7 +41,7 @@ from auditlake.collector.checkpoint import (
 )
 from auditlake.collector.config import load_toml
 from auditlake.collector.datadir import DataDir
-from auditlake.collector.errors import ConfigError
+from auditlake.collector.errors import ConfigError, StorageError
 from auditlake.collector.integrity import (
     CANONICAL_FIELDS,
     GENESIS,
@@ -93,6 +93,10 @@ _DATE_RE = re.compile(r"(?:^|/)date=(\d{4}-\d{2}-\d{2})/")
 _PART_RE = re.compile(r"^part-(?P<writer>.+)-(?P<seal>\d{10})(?:-.*)?\.parquet$")
 _UUID_RE = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
 _HEX_RE = {"trace_id": re.compile(r"^([0-9a-f]{32})?$"), "span_id": re.compile(r"^([0-9a-f]{16})?$")}
+#: Attempts at a consistent snapshot of checkpoints and files on a live lake.
+_SNAPSHOT_TRIES = 5
+#: Restarts when a file vanishes mid-verification (a compaction or move ran).
+_RESTARTS = 3
 #: Failing events examined one by one (column, swap, edited hash); the rest are counted.
 _DETAIL_LIMIT = 500
 
@@ -410,6 +414,17 @@ def _list_tier(tier: Tier, prefix: str) -> list[_DiskFile]:
     return out
 
 
+class _LakeChanged(Exception):
+    """A file vanished while being verified (compaction or retention ran): start over."""
+
+
+def _exists(f: _DiskFile) -> bool:
+    try:
+        return f.tier.filesystem.get_file_info(f.full).type == pafs.FileType.File
+    except (OSError, pa.ArrowException):
+        return False
+
+
 def _digest(f: _DiskFile) -> bytes | None:
     """Read the whole file once: sha256, and the bytes for non-local tiers."""
     h = hashlib.sha256()
@@ -492,9 +507,17 @@ def verify_lake(
     ``cold_tier``: where ``cold:`` files live; default the retention
     configuration's cold tier (none when retention is not set up).
     """
-    verifier = _Verifier(data, public_key, date_from, date_to, mirrors, progress, toml)
-    verifier.cold = cold_tier
-    return verifier.run()
+    mirrors = list(mirrors)
+    for attempt in range(_RESTARTS):
+        verifier = _Verifier(data, public_key, date_from, date_to, mirrors, progress, toml)
+        verifier.cold = cold_tier
+        try:
+            return verifier.run()
+        except _LakeChanged as exc:
+            if attempt == _RESTARTS - 1:
+                raise StorageError(f"the lake kept changing while being verified ({exc}); "
+                                   "verify again") from exc
+    raise AssertionError("unreachable")
 
 
 class _Verifier:
@@ -546,22 +569,57 @@ class _Verifier:
 
     def run(self) -> VerifyReport:
         t0 = time.monotonic()
+        self._snapshot()
         if self.key is None:
             self.problem("no_public_key",
                          "no public key: the data dir has no keys/signing.pub.pem and none was "
                          "given (--public-key FILE); checkpoint signatures were not checked")
-        self.writers = self._checkpoints()
-        self._live_files()
         self._disk_files()
         con = duckdb.connect()
         try:
             con.execute("SET TimeZone = 'UTC'")
             self._rows(con)
+        except duckdb.IOException as exc:
+            if any(not _exists(f) for f in self.disk.values()):
+                raise _LakeChanged(str(exc)) from exc
+            raise
         finally:
             con.close()
         self.report.problems.sort(key=lambda p: (p.writer_id or "", p.kind, p.seq or 0, p.file or ""))
         self.report.seconds = time.monotonic() - t0
         return self.report
+
+    def _checkpoint_listing(self) -> list[tuple[str, int, int]]:
+        out = []
+        for root in (self.data.checkpoints, *self.mirrors):
+            for p in sorted(root.glob("*/*.json")):
+                try:
+                    st = p.stat()
+                except FileNotFoundError:
+                    continue
+                out.append((str(p), st.st_size, st.st_mtime_ns))
+        return out
+
+    def _snapshot(self) -> None:
+        """Checkpoints and file listing that belong together, on a lake that a
+        running collector keeps sealing, compacting and moving: the checkpoint
+        folders must not change while the lake is listed, and files no
+        checkpoint accounts for get a moment for their checkpoint to appear
+        (a seal publishes its files just before signing)."""
+        for attempt in range(_SNAPSHOT_TRIES):
+            self.report.problems.clear()
+            self.report.warnings.clear()
+            self.report.writers.clear()
+            before = self._checkpoint_listing()
+            self.writers = self._checkpoints()
+            self._live_files()
+            self._list_disk()
+            if self._checkpoint_listing() != before:
+                continue
+            unaccounted = [k for k in self.disk if k not in self.live and k not in self.history]
+            if not unaccounted or attempt == _SNAPSHOT_TRIES - 1:
+                return
+            time.sleep(0.25)
 
     def _checkpoints(self) -> dict[str, dict[int, SignedCheckpoint]]:
         primary = _read_checkpoint_dir(self.data.checkpoints, self.problems)
@@ -638,8 +696,8 @@ class _Verifier:
                              f"expire checkpoint {s.path.name} removes {path} without recording "
                              "its seq ranges", writer_id=writer, file=path)
 
-    def _disk_files(self) -> None:
-        """List hot (and cold) files, digest those in range, compare with checkpoints."""
+    def _list_disk(self) -> None:
+        """The files of the hot lake (and the cold tier)."""
         tiers = {"hot": hot_tier(self.data)}
         cold = self.cold if self.cold is not None else _cold_tier(self.data, self.toml)
         if cold is not None:
@@ -650,6 +708,10 @@ class _Verifier:
         self.tiers = tiers
         self.disk = {f.key: f for f in disk}
         self.report.files = len(disk)
+
+    def _disk_files(self) -> None:
+        """Digest the files in range and compare them with the checkpoints."""
+        disk = list(self.disk.values())
         self.buffers: dict[str, bytes] = {}  # non-local files, read once
         todo = [f for f in disk if self.in_range(f.key)]
         total = sum(f.size for f in todo)
@@ -662,6 +724,8 @@ class _Verifier:
                 meta = pq.read_metadata(pa.BufferReader(buf) if buf is not None else f.full)
                 f.rows = meta.num_rows
             except (OSError, pa.ArrowException) as exc:
+                if not _exists(f):
+                    raise _LakeChanged(f"{f.key} disappeared while verifying") from exc
                 self.unreadable.add(f.key)
                 self.problem("unreadable_file", f"{f.key} cannot be read as Parquet: {exc}",
                              file=f.key)
@@ -680,6 +744,8 @@ class _Verifier:
                 try:
                     f.rows = pq.read_metadata(f.full, filesystem=f.tier.filesystem).num_rows
                 except (OSError, pa.ArrowException) as exc:
+                    if not _exists(f):
+                        raise _LakeChanged(f"{f.key} disappeared while verifying") from exc
                     self.unreadable.add(f.key)
                     self.problem("unreadable_file", f"{f.key} cannot be read as Parquet: {exc}",
                                  file=f.key)
@@ -872,7 +938,8 @@ class _Verifier:
             lf = None if key in moved else self.live.get(key)
             rows.append((key, _partition_date(key), lf.entry.first_seq if lf else None,
                          lf.entry.last_seq if lf else None, lf.writer_id if lf else None))
-        con.executemany("INSERT INTO fileinfo VALUES (?, ?, ?, ?, ?)", rows)
+        if rows:
+            con.executemany("INSERT INTO fileinfo VALUES (?, ?, ?, ?, ?)", rows)
         stats = {r[0]: r[1:] for r in con.execute(
             "SELECT _file, count(*), min(seq), max(seq), "
             "count(*) FILTER (WHERE created_date IS DISTINCT FROM f.day), "
@@ -1136,7 +1203,7 @@ class _Verifier:
                     explained.add((writer, seq + 1, n["_file"]))
                 continue
             # 2. Reordered: this content belongs at another failing position.
-            moved_to = self._find_position(row, writer, seq, fail_at, prev, by_seq)
+            moved_to = self._find_position(row, writer, seq, fail_at, prev, by_seq, alt_prevs)
             if moved_to is not None:
                 self.problem(
                     "reordered_events",
@@ -1181,23 +1248,28 @@ class _Verifier:
     def _find_position(
         self, row: dict[str, Any], writer: str, seq: int, fail_at: set[tuple[str, int]],
         prev: dict[tuple[str, int], str], by_seq: dict[tuple[str, int], list[dict[str, Any]]],
+        alt_prevs: set[str],
     ) -> int | None:
-        candidates = sorted(s for w, s in fail_at if w == writer and s != seq)[:_DETAIL_LIMIT]
+        """The failing position where this event's content hashes correctly
+        (from the previous hash there, or from any disturbed neighbour's hash:
+        swapped neighbours disturb each other's previous hash)."""
+        candidates = sorted(s for w, s in fail_at if w == writer and s != seq)
         if not candidates or len(candidates) > 64:
             return None
         table = _row_table(row)
         if table is None:
             return None
+        extra = sorted(alt_prevs)[:64]
         for pos in candidates:
-            p = prev.get((writer, pos))
-            if p is None:
-                continue
             moved = table.set_column(table.schema.get_field_index("seq"), "seq",
                                      pa.array([pos], pa.int64()))
-            h = chain_link(p, canonical_rows(moved)[0])
+            canon = canonical_rows(moved)[0]
             stored_there = {r["chain_hash"] for r in by_seq.get((writer, pos), [])}
-            if h == row["chain_hash"] or h in stored_there:
-                return pos
+            targets = stored_there | {row["chain_hash"]}
+            p = prev.get((writer, pos))
+            for start in ([p] if p else []) + extra + ([GENESIS.hex()] if pos == 1 else []):
+                if chain_link(start, canon) in targets:
+                    return pos
         return None
 
 

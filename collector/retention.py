@@ -21,6 +21,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -63,6 +64,9 @@ FAIL_POINTS = (
 
 #: The DuckDB relation name under which a connection sees the cold tier.
 COLD_RELATION = "auditlake_cold_events"
+
+#: Files copied (and read back) at once within a group.
+COPY_THREADS = 4
 
 _SCHEDULES = {"daily": 86400.0, "hourly": 3600.0, "weekly": 7 * 86400.0, "off": 0.0}
 _CHUNK = 8 * 1024 * 1024
@@ -906,29 +910,24 @@ class RetentionJob:
     def _move_days(self, plans: list[DayPlan], report: RetentionReport) -> None:
         """Move a group of day partitions under one signed move checkpoint."""
         assert self.append_checkpoint is not None
-        hot_entries = []
+        rels = []
         for p in plans:
             self._remove_orphans(f"events/date={p.day.isoformat()}/")
-            for rel in p.files:
-                try:
-                    hot_entries.append(_hot_file_entry(self.data, self.data.lake / rel))
-                except FileNotFoundError:
-                    log.info("%s vanished before its move (compacted?); the next run sees the new file", rel)
-        if not hot_entries:
-            return
-        pause = float(os.environ.get(PAUSE_ENV, "0") or 0)
-        if pause:
-            time.sleep(pause)
-        sent = {}
-        for e in hot_entries:
+            rels.extend(p.files)
+
+        def describe(rel: str) -> FileEntry | None:
+            try:
+                return _hot_file_entry(self.data, self.data.lake / rel)
+            except FileNotFoundError:
+                log.info("%s vanished before its move (compacted?); the next run sees the new file", rel)
+                return None
+
+        def copy(e: FileEntry) -> tuple[str, int]:
             if self.cancel.is_set():
                 raise Cancelled
-            sent[e.path] = copy_to_tier(self.data.lake / e.path, self.tier, e.path)
-        if _is_local(self.tier):
-            for folder in sorted({Path(self.tier.path(e.path)).parent for e in hot_entries}):
-                fsync_dir(folder)
-        _fail_point("copied")
-        for e in hot_entries:
+            return copy_to_tier(self.data.lake / e.path, self.tier, e.path)
+
+        def check(e: FileEntry) -> None:
             sha, size = digest_in_tier(self.tier, e.path)
             info = self.tier.filesystem.get_file_info(self.tier.path(e.path))
             if sent[e.path] != (e.sha256, e.bytes) or (sha, size) != (e.sha256, e.bytes) or info.size != e.bytes:
@@ -936,6 +935,21 @@ class RetentionJob:
                     f"cold copy of {e.path} does not match the hot file (sha256 {sha[:12]}… vs "
                     f"{e.sha256[:12]}…, {size} vs {e.bytes} B): hot copy kept"
                 )
+
+        # Files are copied, fsynced and read back a few at a time: the waits
+        # (fsync, object-store round trips) overlap; hashing releases the GIL.
+        with ThreadPoolExecutor(COPY_THREADS, thread_name_prefix="auditlake-retention") as pool:
+            hot_entries = [e for e in pool.map(describe, rels) if e is not None]
+            if not hot_entries:
+                return
+            pause = float(os.environ.get(PAUSE_ENV, "0") or 0)
+            if pause:
+                time.sleep(pause)
+            sent = dict(zip([e.path for e in hot_entries], pool.map(copy, hot_entries), strict=True))
+            if _is_local(self.tier):
+                list(pool.map(fsync_dir, sorted({Path(self.tier.path(e.path)).parent for e in hot_entries})))
+            _fail_point("copied")
+            list(pool.map(check, hot_entries))
         _fail_point("verified")
         cold_entries = [FileEntry(COLD_PREFIX + e.path, e.sha256, e.bytes, e.rows, e.first_seq, e.last_seq)
                         for e in hot_entries]

@@ -309,12 +309,17 @@ def test_csv_export_round_trips_and_its_signed_manifest_verifies(lake: Lake, tmp
 
 
 def test_cli_export_writes_jsonl_and_ocsf_with_progress_and_a_manifest(lake: Lake, tmp_path: Path) -> None:
-    out = tmp_path / "globex.jsonl"
-    p = run_cli("export", "--format", "jsonl", "--tenant", "globex", "--action", "update", "--output", str(out),
+    out = tmp_path / "acme.jsonl"
+    p = run_cli("export", "--format", "jsonl", "--tenant", "acme", "--action", "update", "--output", str(out),
                 data=lake.collector.data)
     assert "rows" in p.stderr and "100.0%" in p.stderr
-    rows = [json.loads(line) for line in out.read_text().splitlines()]
-    assert {r["id"] for r in rows} == {e["id"] for e in lake.sent(tenant_id="globex", action="update")}
+    rows = [json.loads(line) for line in out.read_text(encoding="utf-8").split("\n") if line]
+    sent = {e["id"]: e for e in lake.sent(tenant_id="acme", action="update")}
+    assert {r["id"] for r in rows} == set(sent)
+    for r in rows:  # JSON keeps every value exactly (unicode, CR, LF, quotes)
+        assert (r["metadata"], r["changes"], r["resource_id"]) == (
+            sent[r["id"]]["metadata"], sent[r["id"]]["changes"], sent[r["id"]]["resource_id"])
+        assert r["created_at"].endswith("Z") and isinstance(r["seq"], int)
     assert run_cli("export", "verify", str(out), data=lake.collector.data).returncode == 0
     ocsf = tmp_path / "initech.ocsf.jsonl"
     run_cli("export", "--format", "ocsf", "--tenant", "initech", "--output", str(ocsf), "--quiet",
@@ -328,7 +333,7 @@ def test_cli_export_writes_jsonl_and_ocsf_with_progress_and_a_manifest(lake: Lak
     assert by_action["update"]["resources"][0]["type"] in ("document", "payment")
     assert all(e["metadata"]["tenant_uid"] == "initech" for e in events)
     # the CLI export is itself audited (through the inbox)
-    assert wait_count(lake.collector.data, "action = 'export' AND resource_id = 'globex.jsonl'", 1) == 1
+    assert wait_count(lake.collector.data, "action = 'export' AND resource_id = 'acme.jsonl'", 1) == 1
 
 
 @pytest.mark.parametrize("params", [

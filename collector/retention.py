@@ -273,16 +273,22 @@ def load_policy(toml: dict[str, Any]) -> RetentionPolicy | None:
     )
 
 
+def _tier_for(index_cold: str, policy: RetentionPolicy | None) -> Tier | None:
+    """Where the cold files are: the location the move checkpoints recorded
+    (else the policy's), reached with the policy's endpoint and timeouts."""
+    location = index_cold or (policy.cold if policy else "")
+    if not location:
+        return None
+    if policy is None:
+        return tier_from_uri(location)
+    return tier_from_uri(location, endpoint_url=policy.endpoint_url, region=policy.region,
+                         timeout_s=policy.timeout_s)
+
+
 def cold_tier(data: DataDir, toml: dict[str, Any]) -> Tier | None:
-    """The cold tier (pyarrow filesystem + root) of the configured policy, or
-    the one the cold index names when the policy was removed; None if none."""
-    policy = load_policy(toml)
-    if policy is not None:
-        return policy.tier()
-    index = ColdIndex.load(data, rebuild=True)
-    if index.cold:
-        return tier_from_uri(index.cold)
-    return None
+    """The cold tier (pyarrow filesystem + root): where the move checkpoints
+    put files, else where the policy would; None without either."""
+    return _tier_for(ColdIndex.load(data, rebuild=True).cold, load_policy(toml))
 
 
 # -- the cold index --------------------------------------------------------------
@@ -435,7 +441,7 @@ def cold_file_uris(data: DataDir, toml: dict[str, Any]) -> list[str]:
     """URIs of the live cold files, for engines outside auditlake."""
     index = ColdIndex.load(data, rebuild=True)
     policy = load_policy(toml)
-    base = (policy.cold if policy else index.cold).rstrip("/")
+    base = (index.cold or (policy.cold if policy else "")).rstrip("/")
     return [f"{base}/{rel}" for rel, _ in index.live_cold_files(data.lake)]
 
 
@@ -446,9 +452,8 @@ def cold_dataset(data: DataDir, toml: dict[str, Any]) -> pads.Dataset | None:
     live = index.live_cold_files(data.lake)
     if not live:
         return None
-    policy = load_policy(toml)
-    tier = (policy.tier()
-            if policy is not None else tier_from_uri(index.cold))
+    tier = _tier_for(index.cold, load_policy(toml))
+    assert tier is not None
     schema = EVENT_SCHEMA.append(pa.field("date", pa.date32()))
     return pads.FileSystemDataset.from_paths(
         [tier.path(rel) for rel, _ in live],
@@ -835,10 +840,7 @@ class RetentionJob:
 
     def dry_run(self) -> RetentionReport:
         """The plan; changes nothing (the index is refreshed in memory only)."""
-        if not self.index.path.exists():
-            self.index.refresh(self.data)
-        else:
-            self.index.refresh(self.data)
+        self.index.refresh(self.data)
         return RetentionReport(dry_run=True, plan=self.plan())
 
     def run(self) -> RetentionReport:
@@ -846,13 +848,14 @@ class RetentionJob:
         if self.append_checkpoint is None or self.emit is None:
             raise ValueError("RetentionJob.run needs append_checkpoint and emit (use dry_run to plan)")
         started = time.monotonic()
+        if self.index.refresh(self.data):
+            self.index.save()
         if self.index.cold and self.index.files and self.index.cold.rstrip("/") != self.policy.cold.rstrip("/"):
             raise ConfigError(
                 f"[retention] cold = {self.policy.cold!r}, but {len(self.index.files)} cold files live at "
-                f"{self.index.cold!r}: copy them there first (the checkpoints name the old location)"
+                f"{self.index.cold!r} (the move checkpoints say so): copy them to the new location and set "
+                "'cold' in DIR/state/cold-index.json, or keep the old location"
             )
-        if self.index.refresh(self.data):
-            self.index.save()
         report = RetentionReport(dry_run=False)
         report.plan = self.plan()
         self._announce_pending()
@@ -1228,8 +1231,3 @@ def register(subparsers: Any) -> None:
     r.add_argument("--wait", type=float, default=3600.0, metavar="SECONDS",
                    help="when a collector is running, how long to wait for it to run the job")
     r.set_defaults(func=cmd_run)
-
-
-def iter_live_cold(data: DataDir) -> Iterable[tuple[str, dict[str, Any]]]:
-    """(cold relative path, checkpoint entry) of every live cold file."""
-    return ColdIndex.load(data, rebuild=True).live_cold_files(data.lake)

@@ -1154,7 +1154,7 @@ class _Verifier:
         detail, rest = failing[:_DETAIL_LIMIT], failing[_DETAIL_LIMIT:]
         fail_at = {(w, s) for _, s, w, _, _ in failing}
         # Full rows of the failing events and their successors, with their canonical bytes.
-        wanted = sorted({(w, s) for _, s, w, _, _ in detail} | {(w, s + 1) for _, s, w, _, _ in detail})
+        wanted = sorted({(w, s + d) for _, s, w, _, _ in detail for d in (-1, 0, 1)})
         con.execute("CREATE OR REPLACE TEMP TABLE wanted (writer_id VARCHAR, seq BIGINT)")
         con.executemany("INSERT INTO wanted VALUES (?, ?)", wanted)
         files = sorted({r[0] for r in con.execute(
@@ -1217,7 +1217,25 @@ class _Verifier:
             canon = row.get("_canon")
             if canon is not None and any(chain_link(a, canon) == stored for a in alt_prevs):
                 continue
-            # 4. Content changed: name the column when a cross-check can tell it.
+            # 4. The predecessor was rewritten with a recomputed hash: it links fine, this
+            #    event no longer does, and only the predecessor's file changed.
+            changed_files = {p.file for p in self.problems
+                             if p.kind in ("changed_file", "unlisted_file")}
+            pred = by_seq.get((writer, seq - 1), [])
+            if (anchored != stored and file not in changed_files and pred
+                    and all(r["_file"] in changed_files for r in pred)):
+                p0 = pred[0]
+                column, why = _guess_column(p0, p0["_file"])
+                self.problem(
+                    "changed_event",
+                    f"{p0['_file']}: writer {writer} seq {seq - 1} (id {p0.get('id')}) was "
+                    "rewritten together with a recomputed chain_hash: it hashes consistently, "
+                    f"but seq {seq} (in an unchanged file) no longer links to it"
+                    + (f"; column {column}: {why}" if column else
+                       "; which column changed cannot be determined from the lake"),
+                    file=p0["_file"], seq=seq - 1, column=column, writer_id=writer)
+                continue
+            # 5. Content changed: name the column when a cross-check can tell it.
             column, why = _guess_column(row, file)
             nxt_ok = bool(nxt) and all((n["writer_id"], n["seq"]) not in fail_at for n in nxt)
             if anchored == stored or nxt_ok:

@@ -382,3 +382,26 @@ def test_date_range_rehashes_only_those_partitions(lake: Path) -> None:
 def test_bad_dates_are_a_usage_error(lake: Path) -> None:
     proc = run_cli("verify", "--from", "yesterday", data=lake / "data", check=False)
     assert proc.returncode == 2 and "YYYY-MM-DD" in proc.stderr
+
+
+def test_event_replaced_with_a_recomputed_hash_is_named(lake: Path) -> None:
+    # The attacker rewrites one event and recomputes its chain_hash so that its
+    # own link holds; the next event (in another, untouched file) exposes it.
+    all_rows = pa.concat_tables([
+        pq.read_table(f).append_column("_f", pa.array([str(f)] * pq.read_metadata(f).num_rows))
+        for f in files(lake)]).sort_by("seq")
+    seq = next(s for s in range(150, 300)
+               if all_rows.column("_f")[s - 1].as_py() != all_rows.column("_f")[s].as_py())
+    target = Path(all_rows.column("_f")[seq - 1].as_py())
+    table = pq.read_table(target)
+    row = table.column("seq").to_pylist().index(seq)
+    edited = set_cell(table, "resource_id", row, "p-forged")
+    prev = all_rows.column("chain_hash")[seq - 2].as_py()
+    forged_hash = chain_link(prev, canonical_rows(edited.slice(row, 1))[0])
+    rewrite(target, set_cell(edited, "chain_hash", row, forged_hash))
+
+    report = verify(lake)
+    p = find(report, "changed_event", seq=seq, file=key_of(lake, target))
+    assert "recomputed chain_hash" in p.message
+    find(report, "changed_file", file=key_of(lake, target))
+    assert {q.seq for q in report.problems if q.kind == "changed_event"} == {seq}

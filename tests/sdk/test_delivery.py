@@ -13,6 +13,8 @@ import time
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from auditlake import sdk
 from auditlake.sdk import BatchPolicy, ExportResult, ExportStatus, RetryPolicy, SpoolPolicy
@@ -358,3 +360,28 @@ def test_an_invalid_event_is_isolated_and_the_rest_of_its_batch_stored(tmp_path:
     assert (stats.exported, stats.rejected) == (19, 1)
     first = collector.attempted[0]
     assert all(b == first or b.startswith(first + ".") for b in collector.attempted)
+
+
+@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    outages=st.lists(st.tuples(st.integers(1, 60), st.booleans()), min_size=1, max_size=6),
+)
+def test_property_any_pattern_of_outages_delivers_everything_once_in_order(
+    tmp_path_factory: pytest.TempPathFactory, outages: list[tuple[int, bool]]
+) -> None:
+    collector = Collector()
+    start(collector, tmp_path_factory.mktemp("spool"),
+          batch=BatchPolicy(schedule_delay=0.005, max_batch_size=16))
+    recorded = 0
+    for count, down in outages:
+        collector.state = "down" if down else "up"
+        for _ in range(count):
+            sdk.record("read", "doc", str(recorded))
+            recorded += 1
+        time.sleep(0.01)
+    collector.state = "up"
+    assert sdk.flush(20)
+    assert [e["resource_id"] for e in collector.exporter.events] == [
+        str(i) for i in range(recorded)
+    ]
+    sdk.shutdown()

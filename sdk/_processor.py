@@ -145,9 +145,11 @@ class BatchProcessor:
         self._last_rescan = time.monotonic()
         self._rng = random.Random(int.from_bytes(os.urandom(16), "big"))
         self._drops_unreported = 0
-        self._last_drop_warning = 0.0
+        self._last_drop_warning = -_DROP_WARNING_INTERVAL
         self._losses_reported = 0
-        self._last_refusal_warning = 0.0
+        self._last_refusal_warning = -_DROP_WARNING_INTERVAL
+        self._last_rejection_log = -_DROP_WARNING_INTERVAL
+        self._refusals_unreported = 0
         self._waiting_flushes: list[_FlushMarker] = []
         self._inflight: tuple[audit_pb2.ExportRequest, int] | None = None
         self.exported = self.retried = self.spooled = self.dropped = self.rejected = 0
@@ -448,12 +450,23 @@ class BatchProcessor:
             return
         with self._lock:
             self.rejected += count
-        log.error(
-            "auditlake: the collector refused batch %s (%d events), not retried: %s",
-            batch_id,
-            count,
-            result.message,
-        )
+            # Loud, but not once per batch when every batch is refused (a
+            # wrong key): the first refusal, then a summary every 10 s.
+            self._refusals_unreported += count
+            now = time.monotonic()
+            report = now - self._last_rejection_log >= _DROP_WARNING_INTERVAL
+            if report:
+                unreported, self._refusals_unreported = self._refusals_unreported, 0
+                self._last_rejection_log = now
+        if report:
+            log.error(
+                "auditlake: the collector refused batch %s, not retried (%d events refused "
+                "since the last report, %d in total): %s",
+                batch_id,
+                unreported,
+                self.rejected,
+                result.message,
+            )
         self._resolve(batch_id, DeliveryRejected(result.message))
 
     def _bisect(self, request: audit_pb2.ExportRequest, result: ExportResult) -> None:

@@ -385,3 +385,18 @@ def test_property_any_pattern_of_outages_delivers_everything_once_in_order(
         str(i) for i in range(recorded)
     ]
     sdk.shutdown()
+
+
+def test_refusals_are_logged_once_then_summarised_not_per_batch(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    collector = Collector()
+    collector.state = "refusing"  # e.g. a wrong API key: every batch refused
+    start(collector, tmp_path)
+    with caplog.at_level(logging.ERROR, logger="auditlake.sdk"):
+        for i in range(5):
+            sdk.record("read", "doc", str(i))
+            sdk.flush()
+    assert len(collector.attempted) == 5
+    assert caplog.text.count("the collector refused batch") == 1
+    assert sdk.stats().rejected == 5

@@ -368,4 +368,4 @@ def test_users_are_managed_from_the_cli_with_the_password_on_stdin(tmp_path: Pat
     stored = (data / "keys" / "users.json").read_text()
     assert "a long enough password" not in stored and token not in stored and "$argon2id$" in stored
     run_cli("users", "remove", "bob", data=data)
-    assert run_cli("users", "list", data=data).stdout == ""
+    assert store.get("bob") is None and store.users() == []

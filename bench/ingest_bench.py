@@ -164,7 +164,7 @@ def _count(data: Path) -> int:
     return n
 
 
-def run_ingest(total: int, profile: bool = False) -> dict[str, float]:
+def run_ingest(total: int, profile: bool = False, compact: bool = False) -> dict[str, float]:
     """One run: CLIENTS processes, ``total`` events; returns the figures."""
     tmp = Path(tempfile.mkdtemp(prefix="auditlake-ingest-"))
     data = tmp / "data"
@@ -244,6 +244,14 @@ def run_ingest(total: int, profile: bool = False) -> dict[str, float]:
         "bytes_per_event": _lake_bytes(data) / max(acked, 1),
         "busy": sum(r["busy"] for r in results),
     }
+    if compact:  # the same lake after `auditlake compact` (closed days are compacted so)
+        days = sorted(p.name[5:] for p in (data / "lake" / "events").glob("date=*"))
+        t0 = time.perf_counter()
+        for day in days:
+            subprocess.run([sys.executable, "-m", "auditlake.collector", "compact", "--data", str(data),
+                            "--day", day, "--delete-now"], check=True, capture_output=True)
+        out["compact_s"] = time.perf_counter() - t0
+        out["compacted_bytes_per_event"] = _lake_bytes(data) / max(acked, 1)
     if debug:
         print("".join(line for line in (tmp / "collector.log").read_text().splitlines(True)
                       if "sealed" in line), file=sys.stderr)
@@ -302,10 +310,15 @@ def baselines(n: int) -> dict[str, float]:
 
 def bench_rows(quick: bool = False) -> list[tuple[str, str, str, str]]:
     """Rows for `make bench` (medians of the runs)."""
-    total = 200_000 if quick else 600_000
+    total = 200_000 if quick else 400_000
     runs = 1 if quick else 3
-    got = [run_ingest(total) for _ in range(runs)]
-    base = baselines(200_000)
+    # The machine is shared: measure the baseline next to each run (before
+    # it) and take medians of both.
+    got, bases = [], []
+    for i in range(runs):
+        bases.append(baselines(100_000))
+        got.append(run_ingest(total, compact=(i == runs - 1)))
+    base = {k: sorted(b[k] for b in bases)[len(bases) // 2] for k in bases[0]}
 
     def med(k: str) -> float:
         return sorted(g[k] for g in got)[len(got) // 2]
@@ -320,6 +333,11 @@ def bench_rows(quick: bool = False) -> list[tuple[str, str, str, str]]:
         ("collector ingest until sealed + queryable (events/s)", f"{sealed:,.0f}",
          f"{py:,.0f} (pyarrow zstd write alone)", f"{sealed / py:.2f}x"),
         (f"collector peak RSS during ingest ({total:,} events)", f"{rss:,.0f} MB", "-", "-"),
+        ("bytes per stored event after compaction (one sorted file per day)",
+         f"{got[-1]['compacted_bytes_per_event']:.1f}",
+         f"{base['jsonl_gzip_bytes']:.1f} (JSONL+gzip)",
+         f"{got[-1]['compacted_bytes_per_event'] / base['jsonl_gzip_bytes']:.2f}x"),
+        (f"compaction of the {total:,} events (auditlake compact, s)", f"{got[-1]['compact_s']:.1f}", "-", "-"),
         ("bytes per stored event (zstd Parquet, all columns + chain)", f"{bpe:.1f}",
          f"{base['jsonl_gzip_bytes']:.1f} (JSONL+gzip); {base['pyarrow_bytes']:.1f} (pyarrow zstd, wire columns only)",
          f"{bpe / base['jsonl_gzip_bytes']:.2f}x"),

@@ -333,22 +333,19 @@ class Compactor:
 
 def cmd_compact(args: argparse.Namespace) -> int:
     """`auditlake compact`: compact closed days (or ``--day``) with no collector running."""
-    from auditlake.collector.config import CollectorConfig  # noqa: PLC0415
-    from auditlake.collector.errors import ConfigError  # noqa: PLC0415
-    from auditlake.collector.server import Collector  # noqa: PLC0415
+    from auditlake.collector.server import Collector, try_lock  # noqa: PLC0415
 
     data = DataDir.resolve(args.data)
-    try:
-        collector = Collector(data, CollectorConfig(http_listen=""))
-    except ConfigError as exc:
-        if "another collector is running" not in str(exc):
-            raise
+    lock = try_lock(data)
+    if lock is None:
         print(
             f"a collector is running on {data.root}: compaction runs inside it "
             "(at start and every compact_interval_s, default hourly); nothing done here",
             flush=True,
         )
         return 3
+    lock.close()  # the Collector below takes it again, with recovery
+    collector = Collector.offline(data)
     try:
         compactor = collector.compactor
         policy = CompactionPolicy(

@@ -17,7 +17,7 @@ from typing import Any, TextIO
 import grpc
 
 from auditlake.collector.compact import CompactionResult, Compactor
-from auditlake.collector.config import CollectorConfig
+from auditlake.collector.config import CollectorConfig, collector_config, load_toml
 from auditlake.collector.datadir import DataDir
 from auditlake.collector.errors import ConfigError
 from auditlake.collector.keys import IngestKeyStore, SigningKey
@@ -115,9 +115,17 @@ class Collector:
                 log.exception("taking the inbox failed")
 
     @classmethod
+    def offline(cls, data: DataDir) -> Collector:
+        """A collector that does not serve, for commands run while no
+        collector holds ``data`` (its checkpoint mirror and limits come from
+        DIR/auditlake.toml and AUDITLAKE_* as for `auditlake serve`); call
+        stop() when done."""
+        return cls(data, collector_config(load_toml(data.config_file), http_listen=""))
+
+    @classmethod
     def ingest_offline(cls, data: DataDir) -> int:
         """With no collector running: take the inbox, seal, stop."""
-        collector = cls(data, CollectorConfig(http_listen=""))
+        collector = cls.offline(data)
         try:
             return collector.drain_inbox()
         finally:

@@ -125,7 +125,7 @@ class IntegrityMonitor:
                 status = {"ok": False, "source": "error", "summary": f"verification could not run: {exc}",
                           "problems": [str(exc)]}
             status.update(state="done", time=_iso_now(), seconds=round(time.time() - started, 2),
-                          heads=self._heads())
+                          heads=self.heads())
             self.status = status
             return status
 
@@ -151,7 +151,8 @@ class IntegrityMonitor:
             "problem_count": len(problems),
         }
 
-    def _heads(self) -> list[dict[str, Any]]:
+    def heads(self) -> list[dict[str, Any]]:
+        """The newest signed checkpoint of each writer, read now."""
         from auditlake.collector.checkpoint import read_checkpoints  # noqa: PLC0415
 
         try:

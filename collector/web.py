@@ -311,7 +311,8 @@ def routes_app(server: AdminServer) -> Starlette:
 
     @ui
     async def integrity_page(request: Request, who: Principal) -> Response:
-        return page("integrity.html", request, who)
+        heads = await run_in_threadpool(server.integrity.heads)
+        return page("integrity.html", request, who, heads=heads)
 
     @ui
     async def integrity_verify(request: Request, who: Principal) -> Response:

@@ -414,6 +414,22 @@ def _list_tier(tier: Tier, prefix: str) -> list[_DiskFile]:
     return out
 
 
+def _may_hold_nulls(meta: pq.FileMetaData) -> bool:
+    """False when the Parquet statistics prove no hashed column holds a NULL."""
+    names = set(CANONICAL_FIELDS)
+    for g in range(meta.num_row_groups):
+        group = meta.row_group(g)
+        for c in range(group.num_columns):
+            col = group.column(c)
+            if col.path_in_schema not in names:
+                continue
+            stats = col.statistics
+            if stats is None or not stats.has_null_count or stats.null_count > 0:
+                return True
+    present = {meta.schema.column(i).name for i in range(meta.num_columns)}
+    return not names <= present  # a missing column reads as NULL
+
+
 class _LakeChanged(Exception):
     """A file vanished while being verified (compaction or retention ran): start over."""
 
@@ -718,6 +734,7 @@ class _Verifier:
         done = 0
         last = time.monotonic()
         self.unreadable: set[str] = set()
+        self.maybe_null: set[str] = set()
         for f in todo:
             try:
                 buf = _digest(f)
@@ -730,6 +747,8 @@ class _Verifier:
                 self.problem("unreadable_file", f"{f.key} cannot be read as Parquet: {exc}",
                              file=f.key)
                 continue
+            if _may_hold_nulls(meta):
+                self.maybe_null.add(f.key)
             if buf is not None:
                 self.buffers[f.key] = buf
             done += f.size
@@ -1035,92 +1054,95 @@ class _Verifier:
         parts = []
         if keys:
             parts.append(
-                f"SELECT writer_id, seq, chain_hash, _file, {canonical_sql()} AS canon, "
-                f"{null_check_sql()} AS anynull FROM ({self._scan_sql(con, keys, '*', raw=True)})")
+                f"SELECT writer_id, seq, chain_hash, {canonical_sql()} AS canon "
+                f"FROM ({self._scan_sql(con, keys, '*', raw=True)})")
         if others:
             con.execute("CREATE OR REPLACE TEMP TABLE context_files (f VARCHAR)")
             con.executemany("INSERT INTO context_files VALUES (?)", [(k,) for k in others])
-            parts.append("SELECT writer_id, seq, chain_hash, NULL AS _file, NULL::BLOB AS canon, "
-                         "NULL::BOOLEAN AS anynull FROM idx WHERE _file IN (SELECT f FROM context_files)")
+            parts.append("SELECT writer_id, seq, chain_hash, NULL::BLOB AS canon "
+                         "FROM idx WHERE _file IN (SELECT f FROM context_files)")
         self.link_prev: dict[tuple[str, int], str] = {}
-        failing: list[tuple[str, int, str, str, str | None]] = []
+        # (writer, seq, previous hash) of every event whose link fails.
+        failing: list[tuple[str, int, str | None]] = self._null_events(con, keys)
         done = 0
         if not parts:
             self.report.events_hashed = 0
             return
+        # Only what the loop needs goes through the sort: the file of a failing
+        # event and its stored hex hash are looked up afterwards.
         query = (
-            "SELECT writer_id, seq, chain_hash, _file, canon, anynull, "
+            "SELECT writer_id, seq, canon, "
             "CASE WHEN strlen(chain_hash) = 64 THEN try(unhex(chain_hash)) END AS h FROM ("
             + " UNION ALL ".join(parts) + ") ORDER BY writer_id, seq")
         reader = con.sql(query).to_arrow_reader(100_000)
-        key_of = {f.full: k for k, f in self.disk.items()}
         carry: tuple[str | None, int, bytes | None] = (None, 0, None)  # last writer, seq, hash
         group_prev: bytes | None = None  # the previous hash for the current seq (duplicates)
         last_report = time.monotonic()
         sha256 = hashlib.sha256
         for batch in reader:
             n = batch.num_rows
-            canon = batch.column(4)
+            canon = batch.column(2)
             if canon.type != pa.large_binary():
                 canon = canon.cast(pa.large_binary())
             seqs = batch.column(1)
-            hashes = batch.column(6).to_pylist()
+            hashes = batch.column(3).to_pylist()
             w0 = batch.column(0)[0].as_py()
             s0 = seqs[0].as_py()
             regular = (
                 canon.null_count == 0 and hashes.count(None) == 0
-                and not pc.any(batch.column(5)).as_py()
                 and pc.all(pc.equal(batch.column(0), w0)).as_py()
                 and seqs[n - 1].as_py() - s0 == n - 1
                 and pc.all(pc.equal(pc.subtract(seqs.slice(1), seqs.slice(0, n - 1)), 1)).as_py()
                 if n > 1 else False)
             if regular:
-                # The common case: one writer, consecutive seqs, every field present.
+                # The common case: one writer, consecutive seqs.
                 last_w, last_s, last_h = carry
                 prev = last_h if (last_w == w0 and last_s == s0 - 1) else (
                     bytes.fromhex(starts[(w0, s0)]) if (w0, s0) in starts else None)
                 offsets = memoryview(canon.buffers()[1]).cast("q")[
                     canon.offset:canon.offset + n + 1].tolist()
                 data = memoryview(canon.buffers()[2])
-                bad = []
                 for i, h in enumerate(hashes):
                     if prev is not None and sha256(prev + data[offsets[i]:offsets[i + 1]]).digest() != h:
-                        bad.append((i, prev))
+                        failing.append((w0, s0 + i, prev.hex()))
                     prev = h
-                for i, p in bad:
-                    seq = s0 + i
-                    file = key_of[batch.column(3)[i].as_py()]
-                    computed = sha256(p + data[offsets[i]:offsets[i + 1]]).hexdigest()
-                    failing.append((file, seq, w0, batch.column(2)[i].as_py(), computed))
-                    self.link_prev[(w0, seq)] = p.hex()
                 done += n
                 carry = (w0, s0 + n - 1, hashes[-1])
                 group_prev = hashes[-2] if n > 1 else carry[2]
             else:
-                done_before = done
                 carry, group_prev, done = self._hash_rows(
-                    batch, canon, hashes, starts, key_of, carry, group_prev, failing, done)
-                done = max(done, done_before)
+                    batch, canon, hashes, starts, carry, group_prev, failing, done)
             if time.monotonic() - last_report > 1:
                 self.progress("hash", done, total)
                 last_report = time.monotonic()
         self.progress("hash", done, total)
         self.report.events_hashed = done
         if failing:
+            for w, s_, p in failing:
+                if p is not None:
+                    self.link_prev.setdefault((w, s_), p)
             self._explain(con, failing)
+
+    def _null_events(self, con: duckdb.DuckDBPyConnection, keys: list[str]) -> list[tuple[str, int, str | None]]:
+        """Events with a NULL field (the encoding would silently skip it), in
+        the files whose Parquet statistics admit NULLs."""
+        suspects = [k for k in keys if k in self.maybe_null]
+        if not suspects:
+            return []
+        return [(w, int(s_), p) for w, s_, p in con.execute(
+            f"SELECT r.writer_id, r.seq, p.chain_hash FROM ({self._scan_sql(con, suspects, '*')}) r "
+            "LEFT JOIN idx p ON p.writer_id = r.writer_id AND p.seq = r.seq - 1 "
+            f"WHERE {null_check_sql('r.')}").fetchall()]
 
     def _hash_rows(
         self, batch: pa.RecordBatch, canon: pa.Array, hashes: list[bytes | None],
-        starts: dict[tuple[str, int], str], key_of: dict[str, str],
+        starts: dict[tuple[str, int], str],
         carry: tuple[str | None, int, bytes | None], group_prev: bytes | None,
-        failing: list[tuple[str, int, str, str, str | None]], done: int,
+        failing: list[tuple[str, int, str | None]], done: int,
     ) -> tuple[tuple[str | None, int, bytes | None], bytes | None, int]:
-        """Row by row: gaps, duplicates, context rows, NULL fields, odd hashes."""
+        """Row by row: gaps, duplicates, context rows, malformed hashes."""
         writers = batch.column(0).to_pylist()
         seqs = batch.column(1).to_pylist()
-        stored = batch.column(2).to_pylist()
-        files = batch.column(3).to_pylist()
-        nulls = batch.column(5).to_pylist()
         valid = canon.is_valid().to_pylist()
         offsets = memoryview(canon.buffers()[1]).cast("q")[
             canon.offset:canon.offset + len(canon) + 1].tolist()
@@ -1139,22 +1161,19 @@ class _Verifier:
             done += 1
             if group_prev is None:
                 continue  # after a gap: reported as missing events
-            computed = hashlib.sha256(group_prev + data[offsets[i]:offsets[i + 1]]).digest()
-            if computed != h or nulls[i]:
-                failing.append((key_of[files[i]], seq, writer, stored[i],
-                                None if nulls[i] else computed.hex()))
-                self.link_prev[(writer, seq)] = group_prev.hex()
+            if hashlib.sha256(group_prev + data[offsets[i]:offsets[i + 1]]).digest() != h:
+                failing.append((writer, seq, group_prev.hex()))
         return (last_w, last_s, last_h), group_prev, done
 
     def _explain(self, con: duckdb.DuckDBPyConnection,
-                 failing: list[tuple[str, int, str, str, str | None]]) -> None:
+                 failing_keys: list[tuple[str, int, str | None]]) -> None:
         """Turn failed links into named problems: which event, which column when
         that can be told, an edited hash, or events swapped in the chain."""
-        failing.sort(key=lambda r: (r[2], r[1], r[0]))
-        detail, rest = failing[:_DETAIL_LIMIT], failing[_DETAIL_LIMIT:]
-        fail_at = {(w, s) for _, s, w, _, _ in failing}
-        # Full rows of the failing events and their successors, with their canonical bytes.
-        wanted = sorted({(w, s + d) for _, s, w, _, _ in detail for d in (-1, 0, 1)})
+        keys = sorted({(w, s) for w, s, _ in failing_keys})
+        detail_keys, rest = keys[:_DETAIL_LIMIT], keys[_DETAIL_LIMIT:]
+        fail_at = set(keys)
+        # Full rows of the failing events and their neighbours, with their canonical bytes.
+        wanted = sorted({(w, s + d) for w, s in detail_keys for d in (-1, 0, 1)})
         con.execute("CREATE OR REPLACE TEMP TABLE wanted (writer_id VARCHAR, seq BIGINT)")
         con.executemany("INSERT INTO wanted VALUES (?, ?)", wanted)
         files = sorted({r[0] for r in con.execute(
@@ -1169,6 +1188,18 @@ class _Verifier:
             for values in cur.fetchall():
                 row = dict(zip(names, values, strict=True))
                 rows[(row["writer_id"], row["seq"], row["_file"])] = row
+        by_seq: dict[tuple[str, int], list[dict[str, Any]]] = defaultdict(list)
+        for (w, s, _), row in rows.items():
+            by_seq[(w, s)].append(row)
+        # Which stored copy of each failing (writer, seq) fails, and what it hashes to.
+        detail: list[tuple[str, int, str, str, str | None]] = []
+        for w, s in detail_keys:
+            p = self.link_prev.get((w, s))
+            for row in by_seq.get((w, s), []):
+                has_null = any(row.get(c) is None for c in CANONICAL_FIELDS)
+                computed = chain_link(p, row["_canon"]) if p and not has_null else None
+                if has_null or (computed is not None and computed != row["chain_hash"]):
+                    detail.append((row["_file"], s, w, str(row["chain_hash"]), computed))
         prev = self.link_prev
         by_seq: dict[tuple[str, int], list[dict[str, Any]]] = defaultdict(list)
         for (w, s, _), row in rows.items():
@@ -1256,12 +1287,11 @@ class _Verifier:
                        "kept anywhere else")
             self.problem("changed_event", msg, file=file, seq=seq, column=column, writer_id=writer)
         if rest:
-            first = rest[0]
+            w, s = rest[0]
             self.problem(
                 "changed_event",
                 f"{len(rest)} further events do not hash to their stored chain_hash (first: "
-                f"{first[0]} writer {first[2]} seq {first[1]}); not examined one by one",
-                file=first[0], seq=first[1], writer_id=first[2])
+                f"writer {w} seq {s}); not examined one by one", seq=s, writer_id=w)
 
     def _find_position(
         self, row: dict[str, Any], writer: str, seq: int, fail_at: set[tuple[str, int]],

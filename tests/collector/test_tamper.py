@@ -31,6 +31,14 @@ SEALS = 4
 PER_SEAL = 100
 
 
+def wait_for_checkpoints(data: Path, n: int, timeout: float = 30.0) -> None:
+    """Until the collector has signed ``n`` checkpoints (one per seal here)."""
+    deadline = time.monotonic() + timeout
+    while len(list((data / "checkpoints").glob("*/*.json"))) < n:
+        assert time.monotonic() < deadline, f"no checkpoint {n} after {timeout} s"
+        time.sleep(0.05)
+
+
 @pytest.fixture(scope="module")
 def pristine(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     """A lake made by `auditlake serve`: 400 events over 4 past days, 4 seals,
@@ -52,7 +60,7 @@ def pristine(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
                 for i in range(PER_SEAL)
             ]
             assert client.export(events, key).accepted == PER_SEAL
-            collector.wait_for_count((s + 1) * PER_SEAL)
+            wait_for_checkpoints(root / "data", s + 1)
         client.close()
     finally:
         assert collector.stop() == 0

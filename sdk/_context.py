@@ -1,6 +1,8 @@
 """The actor scope: who is acting, for which tenant, from where.
 
-One ``ContextVar`` holds an immutable :class:`Actor`; ``record()`` reads it
+One ``ContextVar`` holds an immutable :class:`Actor` (or, inside the ASGI
+middleware, an equally immutable request actor that formats its address,
+agent and request id only when an event needs them); ``record()`` reads it
 once on the caller's thread, so the export thread never needs the request.
 asyncio tasks inherit the scope of the code that created them; threads do
 only when started with a copied context (Python 3.11's ``threading.Thread``
@@ -13,7 +15,7 @@ import contextvars
 import threading
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, Protocol
 
 
 class Actor(NamedTuple):
@@ -29,17 +31,51 @@ class Actor(NamedTuple):
     metadata: Mapping[str, Any] | None = None
 
 
+class ActorFields(Protocol):
+    """What the SDK reads from a scope: an :class:`Actor`, or a request's
+    actor whose address, agent and request id are worked out on first use."""
+
+    @property
+    def user_id(self) -> str | None: ...
+    @property
+    def tenant_id(self) -> str | None: ...
+    @property
+    def ip_address(self) -> str | None: ...
+    @property
+    def user_agent(self) -> str | None: ...
+    @property
+    def request_id(self) -> str | None: ...
+    @property
+    def metadata(self) -> Mapping[str, Any] | None: ...
+
+
 EMPTY_ACTOR = Actor()
-ACTOR: contextvars.ContextVar[Actor] = contextvars.ContextVar("auditlake_actor", default=EMPTY_ACTOR)
+ACTOR: contextvars.ContextVar[ActorFields] = contextvars.ContextVar(
+    "auditlake_actor", default=EMPTY_ACTOR
+)
+
+
+def as_actor(scope: ActorFields) -> Actor:
+    """``scope`` as a plain :class:`Actor` (resolving a lazy request actor)."""
+    if type(scope) is Actor:
+        return scope
+    return Actor(
+        scope.user_id,
+        scope.tenant_id,
+        scope.ip_address,
+        scope.user_agent,
+        scope.request_id,
+        scope.metadata,
+    )
 
 
 def current_actor() -> Actor:
     """The actor of the current context (an empty one outside any scope)."""
-    return ACTOR.get()
+    return as_actor(ACTOR.get())
 
 
 def merged_actor(
-    base: Actor,
+    base: ActorFields,
     user_id: str | None = None,
     tenant_id: str | None = None,
     ip_address: str | None = None,

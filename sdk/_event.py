@@ -16,7 +16,7 @@ import random
 from collections.abc import Mapping, Sequence
 from typing import Any, Final
 
-from auditlake.sdk._context import Actor
+from auditlake.sdk._context import ActorFields
 from auditlake.sdk._trace import span_ids_in
 from auditlake.v1 import audit_pb2
 
@@ -82,7 +82,12 @@ def new_request_id(ns: int) -> str:
     several times cheaper to make than a UUID string (it is made for every
     request that arrives without an ``X-Request-ID``).
     """
-    return "%024x" % (ns << 32 | random.getrandbits(32))  # noqa: UP031 - fastest form
+    return format_request_id(ns, random.getrandbits(32))
+
+
+def format_request_id(ns: int, rand32: int) -> str:
+    """The request id for a clock reading and 32 random bits."""
+    return "%024x" % (ns << 32 | rand32)  # noqa: UP031 - fastest form
 
 
 def reseed_ids() -> None:
@@ -145,7 +150,7 @@ def _texts(values: Sequence[object]) -> list[str] | Sequence[object]:
 
 
 def _with_scope(
-    values: Sequence[object], scopes: Sequence[Actor], field: str, default: str = ""
+    values: Sequence[object], scopes: Sequence[ActorFields], field: str, default: str = ""
 ) -> list[str]:
     """The explicit value, else the actor scope's, else ``default``."""
     return [
@@ -178,7 +183,7 @@ def encode_batch(
     """One columnar ExportRequest holding ``events`` in order."""
     # Transpose once (in C), then build each column with a comprehension.
     cols = list(zip(*events, strict=True))
-    scopes: Sequence[Actor] = cols[ACTOR]
+    scopes: Sequence[ActorFields] = cols[ACTOR]
     getrandbits = rng.getrandbits
     request = audit_pb2.ExportRequest(batch_id=batch_id)
     c = request.columns

@@ -87,9 +87,15 @@ def test_matching_route_records_one_event_with_the_request_actor(memory: AuditEv
 
 def test_status_401_403_is_denied_and_request_id_is_generated(memory: AuditEvents) -> None:
     asyncio.run(call(make_app(), "/patients/secret"))
+    asyncio.run(call(make_app(), "/patients/other"))
     event = memory.find(action="read")[0]
     assert (event["outcome"], event["reason"]) == ("denied", "HTTP 403")
     assert len(event["request_id"]) == 24 and int(event["request_id"], 16)
+    # One request, one id: the endpoint's own event and the route event agree,
+    # and the next request gets another.
+    inner = memory.find(action="inner")
+    assert inner[0]["request_id"] == event["request_id"]
+    assert inner[1]["request_id"] == memory.find(action="read")[1]["request_id"] != event["request_id"]
 
 
 def test_streaming_response_is_recorded_after_the_last_chunk(memory: AuditEvents) -> None:

@@ -71,7 +71,8 @@ def connect(data: DataDir, *, extra_globs: Iterable[str] = (), threads: int | No
     return con
 
 
-def _cold_relation(con: duckdb.DuckDBPyConnection, data: DataDir, toml: dict[str, Any] | None) -> str | None:
+def _cold_relation(con: duckdb.DuckDBPyConnection, data: DataDir,
+                   toml: dict[str, Any] | None = None) -> str | None:
     """The cold tier's relation registered on ``con`` (retention's hook), or None."""
     try:
         from auditlake.collector.retention import prepare_connection  # noqa: PLC0415

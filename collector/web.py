@@ -282,7 +282,13 @@ def routes_app(server: AdminServer) -> Starlette:
         params = f.to_params()
         if by != "action":
             params["by"] = [by]
-        return page("search.html", request, who, f=f, rows=result.rows, next_cursor=result.next_cursor,
+        # Older pages pin a relative range ("last 24 h") to its start now, so
+        # the window does not slide while someone pages through it.
+        older = dict(params, cursor=[result.next_cursor]) if result.next_cursor else None
+        if older is not None and f.range not in ("", "custom", "all") and f.start is not None:
+            older.pop("range", None)
+            older.update({"range": ["custom"], "from": [iso(f.start)]})
+        return page("search.html", request, who, f=f, rows=result.rows, older=older,
                     params=params, stats=stats, chart=render_svg(stats), legend=legend(stats),
                     actions=sorted(set(actions) | set(f.actions)), tenants=known, outcomes=sorted(OUTCOMES),
                     ranges=[r for r in RANGES if r != "all"] + ["all"], by=by, cursor=cursor,

@@ -338,3 +338,23 @@ def test_live_lake_verifies_clean_while_the_collector_keeps_sealing(
     for report in reports:
         assert report.ok, report.to_text()
     assert reports[-1].events > 0
+
+
+def test_cold_tier_on_a_non_local_filesystem_is_read_through_pyarrow(
+        writer: SyntheticWriter, tmp_path: Path) -> None:
+    # Object stores (s3://, gs://) are pyarrow filesystems that DuckDB cannot
+    # open itself: the same path as a SubTreeFileSystem over a local folder.
+    moved = move_cold(writer, tmp_path / "cold", "2026-03-01")
+    tier = Tier("cold", pafs.SubTreeFileSystem(str(tmp_path), pafs.LocalFileSystem()), "cold")
+    report = verify_lake(writer.data, cold_tier=tier)
+    assert report.ok, report.to_text()
+    assert report.events == report.events_hashed == 60
+    path = tmp_path / "cold" / moved[0].path[len(COLD_PREFIX):]
+    t = pq.read_table(path)
+    values = t.column("user_id").to_pylist()
+    values[0] = "intruder"
+    i = t.schema.get_field_index("user_id")
+    pq.write_table(t.set_column(i, t.schema.field(i), pa.array(values, pa.string())), path)
+    report = verify_lake(writer.data, cold_tier=tier)
+    assert {p.kind for p in report.problems} == {"changed_file", "changed_event"}
+    assert {p.file for p in report.problems} == {moved[0].path}

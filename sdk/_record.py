@@ -94,10 +94,17 @@ def record(
         processor.wait_durable(waiter, timeout)
 
 
-def record_quietly(action: str, resource_type: str, resource_id: object, **fields: Any) -> None:
+def record_quietly(
+    action: str,
+    resource_type: str,
+    resource_id: object,
+    outcome: str,
+    reason: str,
+    metadata: Mapping[str, Any],
+) -> None:
     """``record()`` for middleware: an unconfigured SDK must not break requests."""
     try:
-        record(action, resource_type, resource_id, **fields)
+        record(action, resource_type, resource_id, outcome=outcome, reason=reason, metadata=metadata)
     except NotConfiguredError:
         global _warned_unconfigured
         if not _warned_unconfigured:

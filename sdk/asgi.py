@@ -223,9 +223,9 @@ class AuditMiddleware:
                 rule.action,
                 rule.resource_type,
                 resource_id,
-                outcome=outcome,
-                reason=reason,
-                metadata={"method": scope["method"], "path": scope["path"], "status": status},
+                outcome,
+                reason,
+                {"method": scope["method"], "path": scope["path"], "status": status},
             )
 
         async def send_and_watch(message: Message) -> None:

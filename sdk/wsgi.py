@@ -160,7 +160,7 @@ class _ScopedBody:
             rule.action,
             rule.resource_type,
             resource_id,
-            outcome=outcome,
-            reason=reason,
-            metadata={"method": method, "path": path, "status": self._status},
+            outcome,
+            reason,
+            {"method": method, "path": path, "status": self._status},
         )

@@ -48,7 +48,12 @@ class Client:
     """An ingest-key holding client of one collector endpoint."""
 
     def __init__(self, endpoint: str, key: str) -> None:
-        self.channel = grpc.insecure_channel(endpoint)
+        # Reconnect fast after a kill -9 (gRPC's default backoff grows to minutes).
+        self.channel = grpc.insecure_channel(endpoint, options=[
+            ("grpc.initial_reconnect_backoff_ms", 100),
+            ("grpc.min_reconnect_backoff_ms", 100),
+            ("grpc.max_reconnect_backoff_ms", 500),
+        ])
         self.stub = audit_pb2_grpc.AuditServiceStub(self.channel)
         self.metadata = [("authorization", "Bearer " + key)]
 

@@ -15,6 +15,8 @@ from pathlib import Path
 import duckdb
 import pytest
 
+from auditlake.collector.datadir import DataDir
+from auditlake.collector.verify import verify_lake
 from tests.collector.durability_client import Client, columns, ingest_key, new_ids
 from tests.conftest import CollectorProcess
 
@@ -72,6 +74,8 @@ def test_acked_events_survive_repeated_kill_9(
     assert not missing, f"{len(missing)} acknowledged events lost, e.g. {missing[:3]}"
     assert not twice, f"{len(twice)} events stored more than once, e.g. {list(twice.items())[:3]}"
     assert set(counts) <= set(acked) | set(unacked)
+    report = verify_lake(DataDir(collector.data))  # chain and checkpoints intact after the crashes
+    assert report.ok, [str(p) for p in report.problems]
     assert collector.log().count("recovering") >= 1  # the WAL was replayed at least once
 
 

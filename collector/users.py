@@ -37,9 +37,17 @@ MIN_PASSWORD = 10
 # argon2id with the library's defaults (RFC 9106 "second recommended"
 # profile: 64 MiB, 3 passes): memory-hard, ~50-100 ms per login here.
 _HASHER = PasswordHasher()
-# Verified against when the user does not exist, so the answer takes as
-# long either way and does not reveal which names exist.
-_DUMMY_HASH = _HASHER.hash("auditlake-no-such-user")
+_dummy_hash: str | None = None
+
+
+def _dummy() -> str:
+    """A hash verified against when the user does not exist, so the answer
+    takes as long either way and does not reveal which names exist (made on
+    first use: hashing costs ~1 s of CPU we do not want at every CLI start)."""
+    global _dummy_hash  # noqa: PLW0603
+    if _dummy_hash is None:
+        _dummy_hash = _HASHER.hash("auditlake-no-such-user")
+    return _dummy_hash
 
 
 @dataclass(frozen=True)
@@ -158,7 +166,7 @@ class UserStore:
         with self._lock:
             self._load()
             raw = self._raw.get(name)
-        stored = str(raw["password"]) if raw else _DUMMY_HASH
+        stored = str(raw["password"]) if raw else _dummy()
         try:
             _HASHER.verify(stored, password)
         except (VerificationError, InvalidHashError):

@@ -211,3 +211,43 @@ def test_superseded_files_are_deleted_after_the_grace_period(tmp_path: Path) -> 
     assert not list(data.events.glob("date=*/*.superseded"))
     assert json.loads(state_path.read_text())["superseded"] == []
     assert os.path.exists(day_files(data)[0])
+
+
+def test_append_checkpoint_interleaves_safely_with_sealing(tmp_path: Path) -> None:
+    """Checkpoints appended from another thread while seals run: one chain
+    of seal numbers, each linking the previous, and the lake verifies."""
+    import threading
+
+    from auditlake.collector.receive import AcceptedBatch
+    from auditlake.collector.server import Collector
+
+    data = DataDir(tmp_path / "data")
+    collector = Collector.offline(data)
+    collector.sealer.policy = type(collector.sealer.policy)(interval_s=0.01)
+    collector.sealer.start()
+    stop = threading.Event()
+    appended = []
+
+    def append() -> None:
+        while not stop.is_set():
+            appended.append(collector.sealer.append_checkpoint("compact", (), (), {"test": True}))
+
+    t = threading.Thread(target=append)
+    t.start()
+    try:
+        for k in range(30):
+            now = int(time.time() * 1_000_000)
+            batch = AcceptedBatch(f"b{k}", now, wire_table(20, now))
+            collector.store(batch).result()
+            time.sleep(0.01)
+    finally:
+        stop.set()
+        t.join()
+        collector.stop()
+    cps = [s.checkpoint for s in read_checkpoints(data.checkpoints)]
+    assert [c.seal for c in cps] == list(range(1, len(cps) + 1))
+    assert all(b.previous == a.digest() for a, b in zip(cps, cps[1:], strict=False))
+    kinds = {c.kind for c in cps}
+    assert kinds == {"seal", "compact"} and len(appended) > 5
+    assert cps[-1].seq == 600  # every event chained once, checkpoints in between or not
+    assert_lake_verifies(data)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import inspect
 import json
 from collections.abc import Mapping
 from typing import Any
@@ -97,7 +98,7 @@ def test_methods_and_async_functions(memory: AuditEvents) -> None:
     assert [(e["action"], e["resource_id"], e["outcome"]) for e in memory.events] == [
         ("read", "p1", "success"), ("read", "p2", "success"), ("delete", "p3", "denied")]
     assert Service.get.__name__ == "get"
-    assert asyncio.iscoroutinefunction(Service.aget)
+    assert inspect.iscoroutinefunction(Service.aget)
 
 
 def test_bad_decorator_arguments_fail_at_decoration_time() -> None:

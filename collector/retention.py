@@ -464,6 +464,28 @@ def cold_dataset(data: DataDir, toml: dict[str, Any]) -> pads.Dataset | None:
     )
 
 
+_DATASETS: dict[tuple[str, int, str], pads.Dataset | None] = {}
+_DATASETS_LOCK = threading.Lock()
+
+
+def register_cold(con: Any, data: DataDir, toml: dict[str, Any] | None = None) -> None:
+    """Register the cold relation on ``con`` — a connection or a *cursor*:
+    DuckDB cursors do not see objects registered on their parent connection,
+    so a component that hands out ``con.cursor()`` calls this on each one.
+    An empty table stands in when no file is cold.  Cached per cold
+    generation, so a call costs a stat and a dict lookup."""
+    cfg = load_toml(data.config_file) if toml is None else toml
+    key = (str(data.root), cold_generation(data), json.dumps(cfg.get("retention", {}), sort_keys=True, default=str))
+    with _DATASETS_LOCK:
+        if key not in _DATASETS:
+            if len(_DATASETS) > 16:
+                _DATASETS.clear()
+            _DATASETS[key] = cold_dataset(data, cfg)
+        dataset = _DATASETS[key]
+    con.register(COLD_RELATION, dataset if dataset is not None
+                 else EVENT_SCHEMA.append(pa.field("date", pa.date32())).empty_table())
+
+
 def prepare_connection(con: Any, data: DataDir, toml: dict[str, Any] | None = None) -> str | None:
     """Register the cold tier on DuckDB connection ``con``; returns the SQL
     relation to ``UNION ALL BY NAME`` into the ``events`` view, or None when

@@ -329,6 +329,27 @@ def _cold_relation(con: duckdb.DuckDBPyConnection, data: DataDir) -> str | None:
     return prepare(con, data, None) if prepare else None
 
 
+def _cold_generation(data: DataDir) -> int:
+    """Retention's cold generation (changes when tier membership changes), or 0."""
+    try:
+        retention = importlib.import_module("auditlake.collector.retention")
+    except ModuleNotFoundError:
+        return 0
+    fn = getattr(retention, "cold_generation", None)
+    return int(fn(data)) if fn is not None else 0
+
+
+def _register_cold(cur: duckdb.DuckDBPyConnection, data: DataDir) -> None:
+    """Retention's cold relation registered on a cursor (retention hook)."""
+    try:
+        retention = importlib.import_module("auditlake.collector.retention")
+    except ModuleNotFoundError:
+        return
+    register = getattr(retention, "register_cold", None)
+    if register is not None:
+        register(cur, data)
+
+
 def _row_dict(columns: Sequence[str], row: Sequence[Any]) -> dict[str, Any]:
     return dict(zip(columns, row, strict=True))
 
@@ -368,20 +389,27 @@ class LakeReader:
         self._con: duckdb.DuckDBPyConnection | None = None
         self._made = 0.0
         self._empty = True
+        self._generation = 0
         self.union_by_name = False
 
     def cursor(self) -> duckdb.DuckDBPyConnection:
         """A cursor on a current connection (the caller closes it)."""
         with self._lock:
             stale = time.monotonic() - self._made > self.refresh_s
-            if self._con is None or stale or (self._empty and self._has_files()):
+            generation = _cold_generation(self.data)  # retention moved or expired files
+            if self._con is None or stale or (self._empty and self._has_files()) or generation != self._generation:
                 old = self._con
                 self._con = self._connect()
+                self._generation = generation
                 self._made = time.monotonic()
                 self._empty = not self._has_files()
                 if old is not None:
                     old.close()
-            return self._con.cursor()
+            cur = self._con.cursor()
+        # Cursors do not see what was registered on the connection: the cold
+        # tier of the `events` view is registered on each (retention hook).
+        _register_cold(cur, self.data)
+        return cur
 
     def _connect(self) -> duckdb.DuckDBPyConnection:
         con = connect(self.data, threads=self.threads)  # hot, and cold when retention set it up
@@ -400,6 +428,7 @@ class LakeReader:
             if cold:
                 view = f"{view} UNION ALL BY NAME {cold}"
             con.execute(f"CREATE OR REPLACE VIEW events AS {view}")
+        print("DEBUG VIEW", view[-200:], flush=True)
         return con
 
     def _has_files(self) -> bool:

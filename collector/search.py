@@ -428,7 +428,6 @@ class LakeReader:
             if cold:
                 view = f"{view} UNION ALL BY NAME {cold}"
             con.execute(f"CREATE OR REPLACE VIEW events AS {view}")
-        print("DEBUG VIEW", view[-200:], flush=True)
         return con
 
     def _has_files(self) -> bool:

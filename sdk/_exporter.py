@@ -44,6 +44,9 @@ class ExportResult:
     retry_after: float | None = None
     accepted: int = 0
     duplicate: bool = False
+    #: The collector stored the batch's valid events and refused the rest
+    #: (``accepted`` of them stored; trailer ``auditlake-accepted``).
+    partial: bool = False
 
 
 class Exporter(Protocol):
@@ -119,9 +122,14 @@ def result_from_error(error: grpc.RpcError) -> ExportResult:
     details = error.details() if hasattr(error, "details") else str(error)
     message = f"{code.name}: {details}" if code is not None else str(details)
     name = code.name if code is not None else ""
-    if code in _REJECTED:
-        return ExportResult(ExportStatus.REJECTED, message, code=name)
     trailing = error.trailing_metadata() if hasattr(error, "trailing_metadata") else None
+    if code in _REJECTED:
+        for key, value in trailing or ():
+            if key == "auditlake-accepted":
+                return ExportResult(
+                    ExportStatus.REJECTED, message, code=name, accepted=int(value), partial=True
+                )
+        return ExportResult(ExportStatus.REJECTED, message, code=name)
     return ExportResult(ExportStatus.RETRY, message, code=name, retry_after=retry_delay(trailing))
 
 

@@ -445,7 +445,14 @@ class BatchProcessor:
                 self.exported += count
             self._resolve(batch_id, None)
             return
-        if result.code == "INVALID_ARGUMENT" and count > 1:
+        if result.partial:
+            # The collector stored the valid events and named the invalid
+            # ones: nothing to resend (resending would store them twice).
+            with self._lock:
+                self.exported += result.accepted
+            count -= result.accepted
+        elif result.code == "INVALID_ARGUMENT" and count > 1:
+            # A collector that refuses a whole batch for one bad event.
             self._bisect(request, result)
             return
         with self._lock:
@@ -472,8 +479,10 @@ class BatchProcessor:
     def _bisect(self, request: audit_pb2.ExportRequest, result: ExportResult) -> None:
         """A batch refused as invalid: send its halves, down to the bad events.
 
-        The collector stores nothing of a batch with one invalid event, so
-        the good events are isolated from the bad ones rather than lost.
+        Only for a collector that stores nothing of a batch with one invalid
+        event (auditlake's stores the valid ones and says how many, see
+        ``ExportResult.partial``): the good events are isolated from the bad
+        ones rather than lost.
         """
         log.warning(
             "auditlake: the collector refused batch %s as invalid (%s); "
@@ -497,7 +506,7 @@ class BatchProcessor:
             if outcome.status is ExportStatus.RETRY:
                 self._store(part, count)
                 self._schedule_retry(outcome)
-            elif outcome.code == "INVALID_ARGUMENT" and count > 1:
+            elif outcome.code == "INVALID_ARGUMENT" and count > 1 and not outcome.partial:
                 pending[:0] = split_request(part)  # depth first keeps the order
             else:
                 self._settle(part, count, outcome)

@@ -27,7 +27,7 @@ import duckdb
 
 from auditlake.collector.datadir import DataDir
 from auditlake.collector.errors import CollectorError
-from auditlake.collector.query import connect, lake_globs
+from auditlake.collector.query import events_view_sql, lake_globs
 from auditlake.collector.schema import COLUMNS, MAX_BYTES, OUTCOMES
 
 UTC = dt.UTC
@@ -412,22 +412,29 @@ class LakeReader:
         return cur
 
     def _connect(self) -> duckdb.DuckDBPyConnection:
-        con = connect(self.data, threads=self.threads)  # hot, and cold when retention set it up
-        # Footers are read once per connection, not once per query.
-        con.execute("SET parquet_metadata_cache = true")
+        # Like query.connect, but hot files are read without union_by_name:
+        # it opens every file's footer on every query and when the view is
+        # made (~0.5 ms a file: 200 ms over a year of day files).  Every file
+        # the collector writes has EVENT_SCHEMA; a lake with mixed schemas
+        # falls back to it (see _fetch_cols).
+        con = duckdb.connect(config={"threads": self.threads} if self.threads else {})
+        con.execute("SET TimeZone = 'UTC'")
+        con.execute("SET parquet_metadata_cache = true")  # footers once per connection
+        # Top-N late materialization (sort on created_at/id, then fetch the
+        # other columns of the winners only) applies up to this many rows;
+        # DuckDB's default, 50, just misses a page of 50 plus its look-ahead row.
+        con.execute(f"SET late_materialization_max_rows = {DEFAULT_LIMIT + 1}")
         hot = lake_globs(self.data)
         if hot and not self.union_by_name:
-            # union_by_name opens every file's footer on every query (~0.5 ms
-            # a file: 150+ ms over a year of day files).  Every file the
-            # collector writes has EVENT_SCHEMA, so hot files are read without
-            # it; a lake with mixed schemas falls back (see _fetch_cols).
             files = "[" + ", ".join("'" + g.replace("'", "''") + "'" for g in hot) + "]"
             view = (f"SELECT * FROM read_parquet({files}, hive_partitioning = true, "
                     "hive_types = {'date': DATE})")
-            cold = _cold_relation(con, self.data)
-            if cold:
-                view = f"{view} UNION ALL BY NAME {cold}"
-            con.execute(f"CREATE OR REPLACE VIEW events AS {view}")
+        else:
+            view = events_view_sql(hot)
+        cold = _cold_relation(con, self.data)  # retention's cold tier, when files are cold
+        if cold:
+            view = f"{view} UNION ALL BY NAME {cold}"
+        con.execute(f"CREATE OR REPLACE VIEW events AS {view}")
         return con
 
     def _has_files(self) -> bool:

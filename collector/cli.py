@@ -15,6 +15,7 @@ import signal
 import sys
 from pathlib import Path
 from types import FrameType
+from typing import Any
 
 from auditlake import __version__
 from auditlake.collector.config import collector_config, load_toml
@@ -127,13 +128,17 @@ def cmd_query(args: argparse.Namespace) -> int:
 
 
 def _cold_globs(args: argparse.Namespace, data: DataDir) -> list[str]:
+    return lake_extra_globs(data, load_toml(config_path(args, data)))
+
+
+def lake_extra_globs(data: DataDir, toml: dict[str, Any]) -> list[str]:
     """Globs of the cold tier, when retention is configured (else none)."""
     try:
         retention = importlib.import_module("auditlake.collector.retention")
     except ModuleNotFoundError:
         return []
     fn = getattr(retention, "cold_globs", None)
-    return list(fn(data, load_toml(config_path(args, data)))) if fn else []
+    return list(fn(data, toml)) if fn else []
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -312,8 +312,8 @@ def bench_rows(quick: bool = False) -> list[tuple[str, str, str, str]]:
     """Rows for `make bench` (medians of the runs)."""
     total = 200_000 if quick else 400_000
     runs = 1 if quick else 3
-    # The machine is shared: measure the baseline next to each run (before
-    # it) and take medians of both.
+    load = os.getloadavg()[0]  # the machine may be shared: say how busy it was
+    # Measure the baseline next to each run (before it) and take medians of both.
     got, bases = [], []
     for i in range(runs):
         bases.append(baselines(100_000))
@@ -328,7 +328,8 @@ def bench_rows(quick: bool = False) -> list[tuple[str, str, str, str]]:
     py = base["pyarrow_rows_per_s"]
     return [
         (f"collector ingest, {CLIENTS} client procs x {STREAMS} streams, {BATCH}-event batches "
-         "(acked: fsync'd WAL; events/s)", f"{acked:,.0f}", f"{py:,.0f} (pyarrow zstd write alone)",
+         f"(acked: fsync'd WAL; events/s; load avg {load:.1f} at start)",
+         f"{acked:,.0f}", f"{py:,.0f} (pyarrow zstd write alone)",
          f"{acked / py:.2f}x"),
         ("collector ingest until sealed + queryable (events/s)", f"{sealed:,.0f}",
          f"{py:,.0f} (pyarrow zstd write alone)", f"{sealed / py:.2f}x"),

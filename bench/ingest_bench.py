@@ -310,13 +310,13 @@ def baselines(n: int) -> dict[str, float]:
 
 def bench_rows(quick: bool = False) -> list[tuple[str, str, str, str]]:
     """Rows for `make bench` (medians of the runs)."""
-    total = 200_000 if quick else 400_000
+    total = 120_000 if quick else 400_000
     runs = 1 if quick else 3
     load = os.getloadavg()[0]  # the machine may be shared: say how busy it was
     # Measure the baseline next to each run (before it) and take medians of both.
     got, bases = [], []
     for i in range(runs):
-        bases.append(baselines(100_000))
+        bases.append(baselines(50_000 if quick else 100_000))
         got.append(run_ingest(total, compact=(i == runs - 1)))
     base = {k: sorted(b[k] for b in bases)[len(bases) // 2] for k in bases[0]}
 

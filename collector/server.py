@@ -23,6 +23,7 @@ from auditlake.collector.errors import ConfigError
 from auditlake.collector.keys import IngestKeyStore, SigningKey
 from auditlake.collector.receive import AcceptedBatch, AuditService, BatchIndex
 from auditlake.collector.seal import Sealer, SealPolicy, canonical_prefix
+from auditlake.collector.tiers import maintenance_lock as tiers_maintenance_lock
 from auditlake.collector.wal import LogPosition, WriteAheadLog
 from auditlake.v1 import audit_pb2_grpc
 
@@ -66,8 +67,9 @@ class Collector:
         # After the sealer's recovery (which rewrites a committed checkpoint).
         self.compactor = Compactor(data, self.sealer)
         self.compactor.recover()
-        #: Held by compaction (and retention) so they never touch the lake at once.
-        self.maintenance_lock = threading.Lock()
+        #: Held by compaction and retention so they never touch the lake at
+        #: once (the process-wide re-entrant lock retention also takes).
+        self.maintenance_lock = tiers_maintenance_lock
         self.grpc_server: grpc.Server | None = None
         self.grpc_port = 0
         self.http: Any = None

@@ -13,10 +13,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from auditlake.collector.keys import SigningKey
-from auditlake.collector.wal import fsync_dir
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+from auditlake.collector.keys import SigningKey
+from auditlake.collector.wal import fsync_dir
 
 CHECKPOINT_VERSION = 1
 

@@ -87,7 +87,8 @@ def cmd_keys_list(args: argparse.Namespace) -> int:
     from auditlake.collector.keys import IngestKeyStore  # noqa: PLC0415
 
     data = DataDir.resolve(args.data)
-    for k in IngestKeyStore(data.keys).keys():
+    # IngestKeyStore.keys() is a method returning IngestKey records, not a dict view.
+    for k in IngestKeyStore(data.keys).keys():  # noqa: SIM118
         print(f"{k.key_id}\t{','.join(sorted(k.tenants))}\t{k.created_at}\t{k.description}")
     return 0
 
@@ -113,6 +114,7 @@ def cmd_keys_public(args: argparse.Namespace) -> int:
 
 def cmd_query(args: argparse.Namespace) -> int:
     import duckdb  # noqa: PLC0415
+
     from auditlake.collector.query import run_query  # noqa: PLC0415
 
     data = DataDir.resolve(args.data)
@@ -153,8 +155,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("serve", help="run the collector (gRPC ingest, sealing, admin UI)")
     add_data_arg(p)
     p.add_argument("--config", metavar="FILE", help="TOML configuration (default DIR/auditlake.toml)")
-    p.add_argument("--grpc-listen", metavar="HOST:PORT", help="gRPC address (default 127.0.0.1:4317; port 0 picks a free one)")
-    p.add_argument("--http-listen", metavar="HOST:PORT", help="admin UI/API address (default 127.0.0.1:8080; '' disables)")
+    p.add_argument(
+        "--grpc-listen", metavar="HOST:PORT", help="gRPC address (default 127.0.0.1:4317; port 0 picks a free one)"
+    )
+    p.add_argument(
+        "--http-listen", metavar="HOST:PORT", help="admin UI/API address (default 127.0.0.1:8080; '' disables)"
+    )
     p.add_argument("--seal-interval", type=float, metavar="SECONDS", help="seconds between seals (default 1)")
     p.add_argument("--checkpoint-mirror", metavar="DIR", help="second folder for signed checkpoints")
     p.add_argument("--ready-file", metavar="FILE", help=argparse.SUPPRESS)

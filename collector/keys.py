@@ -17,12 +17,13 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from auditlake.collector.errors import AuthError, ConfigError
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import (
     Ed25519PrivateKey,
     Ed25519PublicKey,
 )
+
+from auditlake.collector.errors import AuthError, ConfigError
 
 _KEY_PREFIX = "alk_"
 

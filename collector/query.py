@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import duckdb
+
 from auditlake.collector.datadir import DataDir
 from auditlake.collector.schema import EVENT_SCHEMA
 
@@ -100,7 +101,9 @@ def format_result(columns: list[str], rows: list[tuple[Any, ...]], fmt: str) -> 
         w = csv.writer(buf, lineterminator="\r\n")
         w.writerow(columns)
         for r in rows:
-            w.writerow(["" if v is None else _json_default(v) if not isinstance(v, str | int | float) else v for v in r])
+            w.writerow(
+                ["" if v is None else _json_default(v) if not isinstance(v, str | int | float) else v for v in r]
+            )
         return buf.getvalue()
     if fmt != "table":
         raise ValueError(f"unknown format {fmt!r} (table, csv or json)")

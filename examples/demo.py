@@ -11,6 +11,7 @@ and keeps serving until Ctrl-C (or exits with --no-serve).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shutil
@@ -118,7 +119,10 @@ def main() -> int:
                 print("demo: the collector did not start (log above)", file=sys.stderr)
                 return 1
             time.sleep(0.05)
-        print(f"collector: gRPC 127.0.0.1:{grpc_port}" + (f", admin UI http://127.0.0.1:{http_port}" if http_port else ""))
+        print(
+            f"collector: gRPC 127.0.0.1:{grpc_port}"
+            + (f", admin UI http://127.0.0.1:{http_port}" if http_port else "")
+        )
 
         heading("Running the example clinic app (examples/clinic_app.py)")
         env = {**os.environ, "AUDITLAKE_ENDPOINT": f"127.0.0.1:{grpc_port}", "AUDITLAKE_API_KEY": key,
@@ -162,13 +166,14 @@ def main() -> int:
             return 0
         heading("Serving")
         if http_port:
-            print(f"admin UI: http://127.0.0.1:{http_port}" + (f"  (user {ADMIN_USER!r}, password {ADMIN_PASSWORD!r})" if have_users else ""))
+            print(
+                f"admin UI: http://127.0.0.1:{http_port}"
+                + (f"  (user {ADMIN_USER!r}, password {ADMIN_PASSWORD!r})" if have_users else "")
+            )
         print(f"try: .venv/bin/auditlake query --data {data} \"SELECT action, count(*) FROM events GROUP BY ALL\"")
         print("Ctrl-C to stop.", flush=True)
-        try:
+        with contextlib.suppress(KeyboardInterrupt):
             collector.wait()
-        except KeyboardInterrupt:
-            pass
         return 0
     finally:
         if collector.poll() is None:

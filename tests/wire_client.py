@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import grpc
+
 from auditlake.v1 import audit_pb2, audit_pb2_grpc
 
 STRING_FIELDS = (

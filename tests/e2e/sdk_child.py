@@ -7,10 +7,11 @@ import json
 import sys
 import time
 
-from auditlake import sdk
 from opentelemetry import trace
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
+
+from auditlake import sdk
 
 
 def main() -> None:
@@ -29,7 +30,10 @@ def main() -> None:
                 "resource_id": f"inv-{i:05d}",
                 "user_id": f"user-{i % 13}",
                 "tenant_id": ["acme", "globex"][i % 2],
-                "changes": {"total": {"before": i, "after": i + 1}, "note": {"before": None, "after": "ünïcødé, \"quoted\"\n"}},
+                "changes": {
+                    "total": {"before": i, "after": i + 1},
+                    "note": {"before": None, "after": "ünïcødé, \"quoted\"\n"},
+                },
                 "ip_address": f"2001:db8::{i % 200:x}",
                 "user_agent": f"e2e-agent/{i % 3}",
                 "outcome": ["success", "failure", "denied"][i % 3],

@@ -77,7 +77,8 @@ def test_events_dated_on_other_days_land_in_their_own_partitions(collector) -> N
         client.close()
     collector.wait_for_count(9)
     rows = collector.query(
-        "SELECT date, count(*) AS n, bool_and(date = CAST(created_at AS DATE)) AS same FROM events GROUP BY date ORDER BY date"
+        "SELECT date, count(*) AS n, bool_and(date = CAST(created_at AS DATE)) AS same"
+        " FROM events GROUP BY date ORDER BY date"
     )
     assert [r["n"] for r in rows] == [3, 3, 3]
     assert all(r["same"] for r in rows)

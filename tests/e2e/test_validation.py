@@ -87,7 +87,6 @@ def test_missing_batch_id_is_refused(running) -> None:  # noqa: ANN001
 
 def test_event_messages_and_columns_are_both_stored(running) -> None:  # noqa: ANN001
     from auditlake.v1 import audit_pb2
-
     from tests.wire_client import request
 
     collector, client, key = running

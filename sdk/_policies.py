@@ -59,7 +59,7 @@ class RetryPolicy:
 class BatchPolicy:
     """How events are grouped before export and how many may wait in memory."""
 
-    max_batch_size: int = 512
+    max_batch_size: int = 2048
     schedule_delay: float = 0.2
     max_queue_size: int = 50_000
     export_timeout: float = 10.0

@@ -13,7 +13,7 @@ from auditlake.sdk._config import SETTINGS, load_settings
 def test_defaults() -> None:
     settings = load_settings(environ={})
     assert settings.endpoint == "127.0.0.1:4317"
-    assert settings.batch == BatchPolicy(max_batch_size=512, schedule_delay=0.2)
+    assert settings.batch == BatchPolicy(max_batch_size=2048, schedule_delay=0.2)
     assert settings.spool.full == "drop_newest"
     assert settings.durable_timeout == 5.0
 

@@ -14,7 +14,7 @@ import pyarrow.compute as pc
 
 from auditlake.collector.schema import COLUMNS
 
-#: Version tag of the canonical encoding (recorded in checkpoints).
+#: Version of the canonical encoding, as documented in docs/integrity.md.
 CANONICAL_VERSION = 1
 
 #: The fields covered by each event's hash, in this order: every stored column

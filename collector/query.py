@@ -110,8 +110,8 @@ def format_result(columns: list[str], rows: list[tuple[Any, ...]], fmt: str) -> 
     text = [[("" if v is None else _json_default(v) if not isinstance(v, str) else v) for v in r] for r in rows]
     text = [[c if len(c) <= 60 else c[:57] + "..." for c in (str(x) for x in r)] for r in text]
     widths = [len(c) for c in columns]
-    for r in text:
-        widths = [max(w, len(c)) for w, c in zip(widths, r, strict=True)]
+    for cells in text:
+        widths = [max(w, len(c)) for w, c in zip(widths, cells, strict=True)]
     line = "  ".join(c.ljust(w) for c, w in zip(columns, widths, strict=True))
     rule = "  ".join("-" * w for w in widths)
     body = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) for r in text]

@@ -436,7 +436,7 @@ class _LakeChanged(Exception):
 
 def _exists(f: _DiskFile) -> bool:
     try:
-        return f.tier.filesystem.get_file_info(f.full).type == pafs.FileType.File
+        return bool(f.tier.filesystem.get_file_info(f.full).type == pafs.FileType.File)
     except (OSError, pa.ArrowException):
         return False
 
@@ -1201,9 +1201,6 @@ class _Verifier:
                 if has_null or (computed is not None and computed != row["chain_hash"]):
                     detail.append((row["_file"], s, w, str(row["chain_hash"]), computed))
         prev = self.link_prev
-        by_seq: dict[tuple[str, int], list[dict[str, Any]]] = defaultdict(list)
-        for (w, s, _), row in rows.items():
-            by_seq[(w, s)].append(row)
         explained: set[tuple[str, int, str]] = set()
         alt_prevs = {r[3] for r in detail} | {r[4] for r in detail if r[4] is not None}
         alt_prevs = {a for a in alt_prevs if re.fullmatch(r"[0-9a-f]{64}", a)}

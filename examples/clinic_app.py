@@ -92,7 +92,8 @@ def run(rounds: int, seed: int = 7) -> int:
             count += 1
     # One deletion per tenant, by its administrator.
     for tenant, staff in TENANTS.items():
-        with sdk.actor(user_id=staff[-2], tenant_id=tenant, ip_address=IPS[1], user_agent=BROWSER):
+        administrator = next(s for s in staff if s.startswith("admin."))
+        with sdk.actor(user_id=administrator, tenant_id=tenant, ip_address=IPS[1], user_agent=BROWSER):
             store.delete(f"{tenant[:4]}-p005")
             count += 1
     return count

@@ -90,6 +90,9 @@ def main() -> int:
     p.add_argument("--data", default=str(ROOT / "auditlake-demo"), help="demo data directory (recreated)")
     p.add_argument("--rounds", type=int, default=120, help="sessions the example app simulates")
     args = p.parse_args()
+    # SIGTERM (e.g. from `timeout` or a supervisor) unwinds like Ctrl-C, so
+    # the collector is stopped cleanly below instead of being orphaned.
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     data = Path(args.data).resolve()
     if data.exists():
         shutil.rmtree(data)

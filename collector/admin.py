@@ -60,7 +60,8 @@ class AdminConfig:
         if unknown:
             raise ConfigError(f"unknown setting(s) in [admin]: {', '.join(sorted(unknown))}")
         try:
-            return cls(**{k: (int(v) if known[k] == "int" else float(v)) for k, v in table.items()})
+            values: dict[str, Any] = {k: (int(v) if known[k] == "int" else float(v)) for k, v in table.items()}
+            return cls(**values)
         except (TypeError, ValueError) as exc:
             raise ConfigError(f"[admin]: {exc}") from exc
 

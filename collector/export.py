@@ -99,13 +99,13 @@ class CsvEncoder:
         buf = pa.BufferOutputStream()
         pacsv.write_csv(pa.table({c: pa.array([], pa.string()) for c in COLUMNS}), buf,
                         pacsv.WriteOptions(include_header=True, eol="\r\n"))
-        return buf.getvalue().to_pybytes()
+        return bytes(buf.getvalue().to_pybytes())
 
     def encode(self, batch: pa.RecordBatch) -> bytes:
         buf = pa.BufferOutputStream()
         pacsv.write_csv(batch, buf, pacsv.WriteOptions(include_header=False, eol="\r\n",
                                                        quoting_style="all_valid"))
-        return buf.getvalue().to_pybytes()
+        return bytes(buf.getvalue().to_pybytes())
 
 
 class JsonlEncoder:

@@ -104,11 +104,11 @@ def routes_app(server: AdminServer) -> Starlette:
         session = server.sessions.get(request.cookies.get(SESSION_COOKIE))
         if session is None:
             return None
-        user = server.users.get(session.user)
-        if user is None:  # removed since logging in
+        current = server.users.get(session.user)
+        if current is None:  # removed since logging in
             server.sessions.end_user(session.user)
             return None
-        return Principal(user, session)
+        return Principal(current, session)
 
     def page(name: str, request: Request, who: Principal | None, status: int = 200, **ctx: Any) -> HTMLResponse:
         tmpl = env.get_template(name)
@@ -167,16 +167,14 @@ def routes_app(server: AdminServer) -> Starlette:
 
     def filter_of(request: Request, *, ui_mode: bool) -> Filter:
         q = request.query_params
-        get = q.getlist
-        if ui_mode:
-            # The form always sends the range select: a preset wins over stale from/to.
-            rng = (q.get("range") or "").strip()
-            if rng and rng != "custom":
-                def get(name: str) -> list[str]:  # noqa: F811
-                    return [] if name in ("from", "to") else q.getlist(name)
-            elif rng == "custom":
-                def get(name: str) -> list[str]:  # noqa: F811
-                    return [] if name == "range" else q.getlist(name)
+        # The form always sends the range select: a preset wins over stale
+        # from/to, and a custom range ignores the select.
+        rng = (q.get("range") or "").strip() if ui_mode else ""
+        ignored: tuple[str, ...] = ("from", "to") if rng and rng != "custom" else ("range",) if rng == "custom" else ()
+
+        def get(name: str) -> list[str]:
+            return [] if name in ignored else q.getlist(name)
+
         f = parse_filter(get, default_range=UI_DEFAULT_RANGE if ui_mode else "")
         return f
 
@@ -231,10 +229,10 @@ def routes_app(server: AdminServer) -> Starlette:
         value, _ = server.sessions.create(user.name)
         await run_in_threadpool(server.audit, action="login", user=user.name, tenants=None, request=request,
                                 resource_type="admin_session", details={"role": user.role})
-        resp = RedirectResponse(nxt, status_code=303)
-        _set_cookie(request, resp, SESSION_COOKIE, value, max_age=None)
-        resp.delete_cookie(LOGIN_CSRF_COOKIE, path="/")
-        return resp
+        redirect = RedirectResponse(nxt, status_code=303)
+        _set_cookie(request, redirect, SESSION_COOKIE, value, max_age=None)
+        redirect.delete_cookie(LOGIN_CSRF_COOKIE, path="/")
+        return redirect
 
     async def logout(request: Request) -> Response:
         who = principal_or_none(request)

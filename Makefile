@@ -52,4 +52,4 @@ bench: $(STAMP)
 	$(PY) bench/run.py
 
 clean:
-	rm -rf $(VENV) auditlake-data .pytest_cache
+	rm -rf $(VENV) auditlake-demo build .pytest_cache

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -11,6 +12,26 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+
+
+#: The ten attributes of an audit event that auditlake and the baseline both carry.
+ATTRS = 10
+
+
+def sample_event(i: int) -> dict[str, str]:
+    """The i-th benchmark event: ten attributes, realistic sizes."""
+    return {
+        "action": "update" if i % 3 else "read",
+        "resource_type": "patient",
+        "resource_id": f"p-{i % 5000}",
+        "user_id": f"user-{i % 500}",
+        "tenant_id": "acme",
+        "ip_address": f"10.0.{i % 250}.{i % 200}",
+        "user_agent": "Mozilla/5.0 (bench)",
+        "outcome": "success",
+        "changes": json.dumps({"status": {"before": "open", "after": f"closed-{i % 7}"}}),
+        "metadata": json.dumps({"route": "/patients/{id}"}),
+    }
 
 
 def free_port() -> int:

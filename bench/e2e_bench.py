@@ -19,24 +19,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))
 
-from common import free_port, start_collector, stop_process  # noqa: E402
-
-ATTRS = 10  # the ten attributes of an audit event both sides carry
-
-
-def _event(i: int) -> dict[str, str]:
-    return {
-        "action": "update" if i % 3 else "read",
-        "resource_type": "patient",
-        "resource_id": f"p-{i % 5000}",
-        "user_id": f"user-{i % 500}",
-        "tenant_id": "acme",
-        "ip_address": f"10.0.{i % 250}.{i % 200}",
-        "user_agent": "Mozilla/5.0 (bench)",
-        "outcome": "success",
-        "changes": json.dumps({"status": {"before": "open", "after": f"closed-{i % 7}"}}),
-        "metadata": json.dumps({"route": "/patients/{id}"}),
-    }
+from common import free_port, sample_event, start_collector, stop_process  # noqa: E402
 
 
 def _auditlake_child(endpoint: str, key: str, n: int) -> None:
@@ -48,7 +31,7 @@ def _auditlake_child(endpoint: str, key: str, n: int) -> None:
     # default (50,000) would spill most of a 100k burst to the disk spool.
     sdk.configure(endpoint=endpoint, api_key=key, service_name="bench",
                   batch=BatchPolicy(max_queue_size=n + 1))
-    events = [_event(i) for i in range(n)]
+    events = [sample_event(i) for i in range(n)]
     t0 = time.monotonic()
     for e in events:
         sdk.record(**e)
@@ -77,7 +60,7 @@ def _otel_child(port: int, n: int) -> None:
         )
     )
     logger = provider.get_logger("bench")
-    events = [_event(i) for i in range(n)]
+    events = [sample_event(i) for i in range(n)]
     t0 = time.monotonic()
     for e in events:
         logger.emit(body="audit", attributes=e)

@@ -17,29 +17,16 @@ from __future__ import annotations
 
 import asyncio
 import gc
-import json
 import statistics
 import sys
 import time
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
-ATTRS = 10  # the ten attributes both sides carry
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-
-def _event(i: int) -> dict[str, str]:
-    return {
-        "action": "update" if i % 3 else "read",
-        "resource_type": "patient",
-        "resource_id": f"p-{i % 5000}",
-        "user_id": f"user-{i % 500}",
-        "tenant_id": "acme",
-        "ip_address": f"10.0.{i % 250}.{i % 200}",
-        "user_agent": "Mozilla/5.0 (bench)",
-        "outcome": "success",
-        "changes": json.dumps({"status": {"before": "open", "after": f"closed-{i % 7}"}}),
-        "metadata": json.dumps({"route": "/patients/{id}"}),
-    }
+from common import ATTRS, sample_event  # noqa: E402
 
 
 class _Discard:
@@ -77,7 +64,7 @@ def record_latencies(n: int) -> tuple[float, float]:
     sdk.configure(service_name="bench", exporter=_Discard(),
                   batch=BatchPolicy(max_queue_size=n + 1),
                   spool=SpoolPolicy(enabled=False))
-    events = [_event(i) for i in range(n)]
+    events = [sample_event(i) for i in range(n)]
     record: Callable[..., None] = sdk.record
     try:
         return _percentiles(_time_calls(lambda e: record(**e), events))
@@ -111,7 +98,7 @@ def otel_latencies(n: int) -> tuple[float, float]:
                                 schedule_delay_millis=200)
     )
     logger = provider.get_logger("bench")
-    events = [_event(i) for i in range(n)]
+    events = [sample_event(i) for i in range(n)]
     try:
         return _percentiles(_time_calls(lambda e: logger.emit(body="audit", attributes=e), events))
     finally:
@@ -277,7 +264,6 @@ def bench_rows(quick: bool = False) -> list[tuple[str, str, str, str]]:
 
 
 if __name__ == "__main__":
-    sys.path.insert(0, str(__import__("pathlib").Path(__file__).resolve().parent))
     from common import print_table
 
     print_table(bench_rows(quick="--quick" in sys.argv))

@@ -10,13 +10,8 @@ from typing import Any
 
 import grpc
 
+from auditlake.collector.schema import STRING_FIELDS
 from auditlake.v1 import audit_pb2, audit_pb2_grpc
-
-STRING_FIELDS = (
-    "id", "tenant_id", "user_id", "action", "resource_type", "resource_id", "changes",
-    "ip_address", "user_agent", "outcome", "reason", "service", "trace_id", "span_id",
-    "request_id", "metadata",
-)
 
 
 def make_event(i: int = 0, **fields: Any) -> dict[str, Any]:

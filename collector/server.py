@@ -206,10 +206,9 @@ class Collector:
         )
 
     def _start_http(self) -> None:
-        try:
-            from auditlake.collector.admin import AdminServer  # noqa: PLC0415
-        except ImportError:  # the admin UI is not built into this version
-            return
+        # Imported here so a collector without --http-listen never loads the web stack.
+        from auditlake.collector.admin import AdminServer  # noqa: PLC0415
+
         self.http = AdminServer(self)
         self.http.start()
 

@@ -100,10 +100,7 @@ def main() -> int:
     key = cli("keys", "create", "--data", str(data), "--tenant", "acme-health",
               "--tenant", "globex-clinic", "--description", "clinic demo app").stdout.strip()
     print(f"ingest key for tenants acme-health, globex-clinic: {key[:16]}…")
-    have_users = cli("users", "--help", check=False).returncode == 0
-    if have_users:
-        cli("users", "add", "--data", str(data), ADMIN_USER, "--role", "admin",
-            input=ADMIN_PASSWORD + "\n")
+    cli("users", "add", "--data", str(data), ADMIN_USER, "--role", "admin", input=ADMIN_PASSWORD + "\n")
     grpc_port = port_or_next(4317)
     http_port = port_or_next(8080) if not args.no_serve else 0
     ready = data / "demo.ready"
@@ -157,22 +154,18 @@ def main() -> int:
             print(f"$ auditlake query \"{' '.join(sql.split())}\"")
             sys.stdout.write(cli("query", "--data", str(data), sql).stdout)
 
-        if cli("verify", "--help", check=False).returncode == 0:
-            heading("Integrity: auditlake verify")
-            v = cli("verify", "--data", str(data), check=False)
-            sys.stdout.write(v.stdout)
-            if v.returncode != 0:
-                sys.stderr.write(v.stderr)
-                return 1
+        heading("Integrity: auditlake verify")
+        v = cli("verify", "--data", str(data), check=False)
+        sys.stdout.write(v.stdout)
+        if v.returncode != 0:
+            sys.stderr.write(v.stderr)
+            return 1
 
         if args.no_serve:
             return 0
         heading("Serving")
         if http_port:
-            print(
-                f"admin UI: http://127.0.0.1:{http_port}"
-                + (f"  (user {ADMIN_USER!r}, password {ADMIN_PASSWORD!r})" if have_users else "")
-            )
+            print(f"admin UI: http://127.0.0.1:{http_port}  (user {ADMIN_USER!r}, password {ADMIN_PASSWORD!r})")
         print(f"try: .venv/bin/auditlake query --data {data} \"SELECT action, count(*) FROM events GROUP BY ALL\"")
         print("Ctrl-C to stop.", flush=True)
         with contextlib.suppress(KeyboardInterrupt):

@@ -26,6 +26,7 @@ def test_demo_runs_end_to_end_and_answers_the_compliance_questions(tmp_path) -> 
         assert question in text
     assert "203.0.113.66" in text  # the failed-login source the app uses
     assert "permission_grant" in text
+    assert "== Integrity: auditlake verify" in text and "signed head" in text
 
 
 def test_query_formats_and_bad_sql(collector) -> None:  # noqa: ANN001

@@ -15,7 +15,6 @@ import signal
 import sys
 from pathlib import Path
 from types import FrameType
-from typing import Any
 
 from auditlake import __version__
 from auditlake.collector.config import collector_config, load_toml
@@ -120,27 +119,13 @@ def cmd_query(args: argparse.Namespace) -> int:
     data = DataDir.resolve(args.data)
     sql = args.sql if args.sql != "-" else sys.stdin.read()
     try:
-        out = run_query(data, sql, args.format, extra_globs=_cold_globs(args, data),
-                        toml=load_toml(config_path(args, data)))
+        # The cold tier joins the view through retention's hook in query.connect.
+        out = run_query(data, sql, args.format, toml=load_toml(config_path(args, data)))
     except duckdb.Error as exc:
         print(f"auditlake query: {exc}", file=sys.stderr)
         return 2
     sys.stdout.write(out)
     return 0
-
-
-def _cold_globs(args: argparse.Namespace, data: DataDir) -> list[str]:
-    return lake_extra_globs(data, load_toml(config_path(args, data)))
-
-
-def lake_extra_globs(data: DataDir, toml: dict[str, Any]) -> list[str]:
-    """Globs of the cold tier, when retention is configured (else none)."""
-    try:
-        retention = importlib.import_module("auditlake.collector.retention")
-    except ModuleNotFoundError:
-        return []
-    fn = getattr(retention, "cold_globs", None)
-    return list(fn(data, toml)) if fn else []
 
 
 def build_parser() -> argparse.ArgumentParser:

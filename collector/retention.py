@@ -417,15 +417,6 @@ def _day_of_rel(rel: str) -> dt.date:
 # -- the query side --------------------------------------------------------------
 
 
-def cold_globs(data: DataDir, toml: dict[str, Any]) -> list[str]:
-    """Globs to add to ``read_parquet`` for the cold tier: always [] because
-    the cold tier joins the ``events`` view through ``prepare_connection``
-    (an Arrow dataset whose date partitions DuckDB prunes without opening a
-    cold file; ``read_parquet`` over a list of cold files would stat every one
-    of them on every query).  Kept for callers of the earlier contract."""
-    return []
-
-
 def cold_generation(data: DataDir) -> int:
     """Changes whenever the set of files the ``events`` view reads changes
     because of retention (a move committed, hot copies removed, an expiry):

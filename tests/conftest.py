@@ -137,14 +137,13 @@ class CollectorProcess:
         `auditlake query --format json` prints them (run in this process:
         a CLI subprocess per poll made the suite slow; the CLI itself is
         tested in tests/e2e/test_demo_and_cli.py)."""
-        from auditlake.collector.cli import lake_extra_globs
         from auditlake.collector.config import load_toml
         from auditlake.collector.datadir import DataDir
         from auditlake.collector.query import run_query
 
         data = DataDir.resolve(self.data)
         toml = load_toml(data.config_file)
-        out = run_query(data, sql, "json", extra_globs=lake_extra_globs(data, toml), toml=toml)
+        out = run_query(data, sql, "json", toml=toml)
         return [json.loads(line) for line in out.splitlines() if line.strip()]
 
     def query_cli(self, sql: str) -> list[dict[str, Any]]:

@@ -40,13 +40,14 @@ test: $(STAMP) browser
 # mypy resolves auditlake.sdk / auditlake.collector through a tree of
 # symlinks, since the installed package maps them from sdk/ and collector/.
 lint: $(STAMP)
-	$(VENV)/bin/ruff check sdk collector tests bench examples
+	$(VENV)/bin/ruff check sdk collector proto/auditlake/packing.py tests bench examples
 	rm -rf build/typecheck && mkdir -p build/typecheck/auditlake
 	ln -s ../../../proto/auditlake/__init__.py build/typecheck/auditlake/__init__.py
 	ln -s ../../../proto/auditlake/v1 build/typecheck/auditlake/v1
+	ln -s ../../../proto/auditlake/packing.py build/typecheck/auditlake/packing.py
 	ln -s ../../../sdk build/typecheck/auditlake/sdk
 	ln -s ../../../collector build/typecheck/auditlake/collector
-	cd build/typecheck && ../../$(VENV)/bin/mypy --config-file ../../pyproject.toml -p auditlake.sdk -p auditlake.collector
+	cd build/typecheck && ../../$(VENV)/bin/mypy --config-file ../../pyproject.toml -p auditlake.packing -p auditlake.sdk -p auditlake.collector
 
 bench: $(STAMP)
 	$(PY) bench/run.py

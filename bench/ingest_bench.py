@@ -49,7 +49,7 @@ def _uuid7(ms: int, rnd: random.Random) -> str:
 
 
 def make_events(n: int, seed: int) -> dict[str, list]:
-    """``n`` synthetic audit events as columns (the wire's EventColumns fields)."""
+    """``n`` synthetic audit events as columns (the wire's column names)."""
     rnd = random.Random(seed)
     now_ms = int(time.time() * 1000)
     cols: dict[str, list] = {k: [] for k in (
@@ -88,13 +88,15 @@ def _client(endpoint: str, key: str, n: int, seed: int) -> None:
 
     import grpc
 
+    from auditlake.packing import pack_columns
     from auditlake.v1 import audit_pb2
 
     cols = make_events(n, seed)
     payloads = []
     for start in range(0, n, BATCH):
         part = {k: v[start:start + BATCH] for k, v in cols.items()}
-        req = audit_pb2.ExportRequest(batch_id=str(uuid.uuid4()), columns=audit_pb2.EventColumns(**part))
+        # packed columns, the SDK's wire form (auditlake.packing)
+        req = audit_pb2.ExportRequest(batch_id=str(uuid.uuid4()), packed=pack_columns(part))
         payloads.append((req.SerializeToString(), len(part["id"])))
     del cols
     channel = grpc.insecure_channel(endpoint, options=[("grpc.max_send_message_length", 64 << 20)])

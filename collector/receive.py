@@ -11,11 +11,12 @@ import os
 import struct
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 
 import grpc
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.json as pa_json
@@ -68,10 +69,79 @@ class Rejection:
         return f"event {self.index}{ident}: field '{self.field}' {self.message}"
 
 
-def decode_request(request: audit_pb2.ExportRequest) -> pa.Table:
-    """The request's events (messages then columns) as one Arrow table of
-    WIRE_SCHEMA.  Raises ValueError when the columns differ in length."""
+#: Byte lengths as PackedStrings carries them, and created_at_us values.
+_LE_U32 = np.dtype("<u4")
+_LE_I64 = np.dtype("<i8")
+
+
+def _packed_strings(column: audit_pb2.PackedStrings, name: str, count: int) -> tuple[pa.Array, list[int]]:
+    """One packed column as an Arrow string array, built from its two
+    buffers without a Python object per value, and the rows whose bytes are
+    not UTF-8 (they hold "" in the array, for the caller to reject)."""
+    raw = column.lengths
+    if len(raw) != 4 * count:
+        raise ValueError(
+            f"packed.{name}.lengths holds {len(raw)} bytes; count={count} needs {4 * count} "
+            "(one little-endian uint32 per event)"
+        )
+    data = column.data
+    lengths = np.frombuffer(raw, _LE_U32)
+    offsets = np.zeros(count + 1, np.int64)
+    np.cumsum(lengths, out=offsets[1:])
+    if int(offsets[-1]) != len(data):
+        raise ValueError(
+            f"packed.{name}: the lengths add up to {int(offsets[-1])} bytes but data holds {len(data)}"
+        )
+    if len(data) > np.iinfo(np.int32).max:
+        raise ValueError(f"packed.{name}: more than 2 GiB of data in one batch")
+    array = pa.StringArray.from_buffers(count, pa.py_buffer(offsets.astype(np.int32)), pa.py_buffer(data))
+    try:
+        array.validate(full=True)  # UTF-8, in C++
+    except pa.ArrowInvalid:
+        values = pa.Array.from_buffers(pa.binary(), count, array.buffers()[:3]).to_pylist()
+        bad, text = [], []
+        for i, value in enumerate(values):
+            try:
+                text.append(value.decode())
+            except UnicodeDecodeError:
+                bad.append(i)
+                text.append("")
+        return pa.array(text, pa.string()), bad
+    return array, []
+
+
+def _decode_packed(packed: audit_pb2.PackedColumns) -> tuple[pa.Table, list[tuple[int, str]]]:
+    count = packed.count
+    arrays = []
+    invalid: list[tuple[int, str]] = []
+    for name in STRING_FIELDS:
+        array, bad = _packed_strings(getattr(packed, name), name, count)
+        arrays.append(array)
+        invalid += [(i, name) for i in bad]
+    raw = packed.created_at_us
+    if len(raw) != 8 * count:
+        raise ValueError(
+            f"packed.created_at_us holds {len(raw)} bytes; count={count} needs {8 * count} "
+            "(one little-endian int64 per event)"
+        )
+    arrays.append(pa.array(np.frombuffer(raw, _LE_I64), pa.int64()).cast(WIRE_SCHEMA[-1].type))
+    return pa.Table.from_arrays(arrays, schema=WIRE_SCHEMA), sorted(invalid)
+
+
+def decode_request(request: audit_pb2.ExportRequest) -> tuple[pa.Table, list[tuple[int, str]]]:
+    """The request's events (messages, then columns, then packed columns) as
+    one Arrow table of WIRE_SCHEMA, and the (row, field) of each value that
+    is not UTF-8 (packed columns only; such a value reads as "").  Raises
+    ValueError when the columns do not hold one value per event."""
     tables = []
+    invalid: list[tuple[int, str]] = []
+    if len(request.events):
+        events = request.events
+        arrays = [pa.array([getattr(e, name) for e in events], pa.string()) for name in STRING_FIELDS]
+        arrays.append(
+            pa.array([e.created_at_us for e in events], pa.int64()).cast(WIRE_SCHEMA[-1].type)
+        )
+        tables.append(pa.Table.from_arrays(arrays, schema=WIRE_SCHEMA))
     cols = request.columns
     n = len(cols.id)
     if n or request.HasField("columns"):
@@ -93,16 +163,14 @@ def decode_request(request: audit_pb2.ExportRequest) -> pa.Table:
             )
         arrays.append(pa.array(list(cols.created_at_us), pa.int64()).cast(WIRE_SCHEMA[-1].type))
         tables.append(pa.Table.from_arrays(arrays, schema=WIRE_SCHEMA))
-    if len(request.events):
-        events = request.events
-        arrays = [pa.array([getattr(e, name) for e in events], pa.string()) for name in STRING_FIELDS]
-        arrays.append(
-            pa.array([e.created_at_us for e in events], pa.int64()).cast(WIRE_SCHEMA[-1].type)
-        )
-        tables.insert(0, pa.Table.from_arrays(arrays, schema=WIRE_SCHEMA))
+    if request.HasField("packed"):
+        before = sum(t.num_rows for t in tables)
+        table, bad = _decode_packed(request.packed)
+        tables.append(table)
+        invalid += [(before + i, name) for i, name in bad]
     if not tables:
-        return WIRE_SCHEMA.empty_table()
-    return tables[0] if len(tables) == 1 else pa.concat_tables(tables)
+        return WIRE_SCHEMA.empty_table(), []
+    return (tables[0] if len(tables) == 1 else pa.concat_tables(tables)), invalid
 
 
 def _first(mask: pa.Array | pa.ChunkedArray) -> int | None:
@@ -129,41 +197,132 @@ def normalize(table: pa.Table) -> pa.Table:
     return table
 
 
-def validate(table: pa.Table, now_us: int, limits: Limits) -> list[Rejection]:
-    """Every validation problem of a normalized batch, at most one per event."""
+def _string_array(col: pa.Array | pa.ChunkedArray) -> pa.Array:
+    if isinstance(col, pa.ChunkedArray):
+        col = col.combine_chunks()
+    if col.type != pa.string():
+        col = col.cast(pa.string())
+    return col
+
+
+def _byte_lengths(col: pa.Array) -> np.ndarray:
+    """Each value's length in bytes, from the offsets (nulls count as 0)."""
+    if col.null_count:
+        return np.asarray(pc.fill_null(pc.binary_length(col), 0).to_numpy(zero_copy_only=False))
+    offsets = np.frombuffer(col.buffers()[1], np.int32)[col.offset : col.offset + len(col) + 1]
+    return np.diff(offsets)
+
+
+def _chars(col: pa.Array) -> np.ndarray:
+    """The bytes of every value, back to back (no nulls)."""
+    n = len(col)
+    offsets = np.frombuffer(col.buffers()[1], np.int32)[col.offset : col.offset + n + 1]
+    data = col.buffers()[2]
+    if data is None or n == 0:
+        return np.zeros(0, np.uint8)
+    return np.frombuffer(data, np.uint8)[offsets[0] : offsets[-1]]
+
+
+_HEX_LOWER = np.zeros(256, bool)
+_HEX_LOWER[np.frombuffer(b"0123456789abcdef", np.uint8)] = True
+_HEX_ANY = _HEX_LOWER.copy()
+_HEX_ANY[np.frombuffer(b"ABCDEF", np.uint8)] = True
+_UUID_HEX_AT = np.array([i not in (8, 13, 18, 23) for i in range(36)])
+
+
+def _all_uuids(col: pa.Array, lengths: np.ndarray) -> bool:
+    """True when every value is an 8-4-4-4-12 hex UUID (checked on the raw
+    bytes with numpy); False means "not sure", check with the regex."""
+    if col.null_count or not (lengths == 36).all():
+        return False
+    chars = _chars(col).reshape(-1, 36)
+    return bool(_HEX_ANY[chars[:, _UUID_HEX_AT]].all() and (chars[:, ~_UUID_HEX_AT] == ord("-")).all())
+
+
+def _all_hex(col: pa.Array, lengths: np.ndarray, width: int) -> bool:
+    """True when every value is empty or ``width`` lowercase hex digits."""
+    if col.null_count or not ((lengths == 0) | (lengths == width)).all():
+        return False
+    return bool(_HEX_LOWER[_chars(col)].all())
+
+
+def _non_object_values(col: pa.Array) -> list[str]:
+    """The distinct values of ``col`` that are not one JSON object.  Each
+    distinct value is parsed once: real traffic repeats its metadata and
+    many of its changes."""
+    distinct = pc.unique(col)
+    distinct = distinct.filter(pc.not_equal(distinct, "{}"))
+    if len(distinct) == 0 or _all_json_objects(distinct):
+        return []
+    bad = []
+    for value in distinct.to_pylist():
+        try:
+            ok = isinstance(json.loads(value), dict)
+        except (TypeError, ValueError):
+            ok = False
+        if not ok:
+            bad.append(value)
+    return bad
+
+
+def validate(
+    table: pa.Table,
+    now_us: int,
+    limits: Limits,
+    not_utf8: Sequence[tuple[int, str]] = (),
+) -> list[Rejection]:
+    """Every validation problem of a normalized batch, at most one per event.
+
+    ``not_utf8`` lists the (row, field) values decode_request found not to
+    be UTF-8.  The common case (every event valid) is checked with numpy on
+    the raw column buffers; the precise per-event messages come from slower
+    checks run only when something is wrong.
+    """
     problems: dict[int, Rejection] = {}
     ids = table.column("id")
 
-    def reject(mask: pa.Array | pa.ChunkedArray, field: str, message: str) -> None:
-        for i in _all_true(mask):
+    def reject_rows(rows: Iterable[int], field: str, message: str) -> None:
+        for i in rows:
+            i = int(i)
             if i not in problems:
                 problems[i] = Rejection(i, ids[i].as_py()[:64], field, message)
 
+    def reject(mask: pa.Array | pa.ChunkedArray, field: str, message: str) -> None:
+        reject_rows(_all_true(mask), field, message)
+
+    for i, name in not_utf8:
+        reject_rows([i], name, "is not valid UTF-8")
+    columns = {name: _string_array(table.column(name)) for name in STRING_FIELDS}
+    lengths = {name: _byte_lengths(col) for name, col in columns.items()}
     for name in REQUIRED_FIELDS:
-        reject(pc.equal(pc.binary_length(table.column(name)), 0), name, "is required")
+        empty = lengths[name] == 0
+        if empty.any():
+            reject_rows(np.flatnonzero(empty), name, "is required")
     for name in STRING_FIELDS:
         limit = MAX_BYTES[name]
+        over = lengths[name] > limit
+        if over.any():
+            reject_rows(np.flatnonzero(over), name, f"is longer than {limit} bytes")
+    id_col = columns["id"]
+    if not _all_uuids(id_col, lengths["id"]):
         reject(
-            pc.greater(pc.binary_length(table.column(name)), limit),
-            name,
-            f"is longer than {limit} bytes",
+            pc.and_(
+                pc.greater(pc.binary_length(id_col), 0),
+                pc.invert(pc.match_substring_regex(id_col, _UUID_RE)),
+            ),
+            "id",
+            "is not a UUID (expected 8-4-4-4-12 hex digits, e.g. a UUIDv7)",
         )
     reject(
-        pc.and_(
-            pc.greater(pc.binary_length(ids), 0),
-            pc.invert(pc.match_substring_regex(ids, _UUID_RE)),
-        ),
-        "id",
-        "is not a UUID (expected 8-4-4-4-12 hex digits, e.g. a UUIDv7)",
-    )
-    reject(
-        pc.invert(pc.is_in(table.column("outcome"), pa.array(sorted(OUTCOMES)))),
+        pc.invert(pc.is_in(columns["outcome"], pa.array(sorted(OUTCOMES)))),
         "outcome",
         f"must be one of {', '.join(sorted(OUTCOMES))}",
     )
     for name, regex in _HEX_RE.items():
+        if _all_hex(columns[name], lengths[name], MAX_BYTES[name]):
+            continue
         reject(
-            pc.invert(pc.match_substring_regex(table.column(name), regex)),
+            pc.invert(pc.match_substring_regex(columns[name], regex)),
             name,
             "must be lowercase hex of the W3C trace-context length, or empty",
         )
@@ -175,19 +334,9 @@ def validate(table: pa.Table, now_us: int, limits: Limits) -> list[Rejection]:
         f"is more than {limits.max_future_us // 3_600_000_000} h ahead of the collector clock",
     )
     for name in ("changes", "metadata"):
-        col = table.column(name)
-        plain = pc.equal(col, "{}")
-        if pc.all(plain).as_py() or _all_json_objects(col):
-            continue
-        for i, value in enumerate(col.to_pylist()):
-            if value == "{}" or i in problems:
-                continue
-            try:
-                ok = isinstance(json.loads(value), dict)
-            except ValueError:
-                ok = False
-            if not ok:
-                problems[i] = Rejection(i, ids[i].as_py()[:64], name, "must be a JSON object")
+        bad = _non_object_values(columns[name])
+        if bad:
+            reject(pc.is_in(columns[name], pa.array(bad, pa.string())), name, "must be a JSON object")
     return [problems[i] for i in sorted(problems)]
 
 
@@ -387,8 +536,8 @@ class AuditService(audit_pb2_grpc.AuditServiceServicer):
             )
         try:
             with self._cpu:
-                table = decode_request(request)
-        except ValueError as exc:
+                table, not_utf8 = decode_request(request)
+        except (ValueError, pa.ArrowException) as exc:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
         if table.num_rows > self._limits.max_batch_events:
             context.abort(
@@ -429,7 +578,7 @@ class AuditService(audit_pb2_grpc.AuditServiceServicer):
             with self._cpu:
                 now_us = int(self._clock() * 1_000_000)
                 table = normalize(table)
-                rejections = validate(table, now_us, self._limits)
+                rejections = validate(table, now_us, self._limits, not_utf8)
                 if rejections:
                     rejected = pa.array([r.index for r in rejections], pa.int64())
                     keep = pc.invert(pc.is_in(pa.array(range(table.num_rows), pa.int64()), rejected))

@@ -14,8 +14,9 @@ import itertools
 import json
 import random
 from collections.abc import Mapping, Sequence
-from typing import Any, Final
+from typing import Any, Final, cast
 
+from auditlake.packing import pack_columns, pack_int64, set_strings, unpack_columns
 from auditlake.sdk._context import ActorFields
 from auditlake.sdk._trace import span_ids_in
 from auditlake.v1 import audit_pb2
@@ -141,12 +142,12 @@ def _flat_json(value: Mapping[Any, Any]) -> str:
     return "{" + ",".join(parts) + "}"
 
 
-def _texts(values: Sequence[object]) -> list[str] | Sequence[object]:
+def _texts(values: Sequence[object]) -> Sequence[str]:
     """The column as it can go on the wire: strings, "" for None."""
     for value in values:
         if type(value) is not str:
             return [_text(v) for v in values]
-    return values
+    return cast("Sequence[str]", values)
 
 
 def _with_scope(
@@ -180,46 +181,46 @@ def encode_batch(
     rng: random.Random,
     default_tenant: str = "",
 ) -> audit_pb2.ExportRequest:
-    """One columnar ExportRequest holding ``events`` in order."""
+    """One ExportRequest holding ``events`` in order, as packed columns
+    (auditlake.packing: Arrow's layout, so the collector decodes it without
+    a Python object per value)."""
     # Transpose once (in C), then build each column with a comprehension.
     cols = list(zip(*events, strict=True))
     scopes: Sequence[ActorFields] = cols[ACTOR]
     getrandbits = rng.getrandbits
+    n = len(events)
     request = audit_pb2.ExportRequest(batch_id=batch_id)
-    c = request.columns
-    c.id.extend(
-        [
-            format_uuid7(ns // 1_000_000, seq, getrandbits(32))
-            for ns, seq in zip(cols[NS], cols[SEQ], strict=True)
-        ]
+    c = request.packed
+    c.count = n
+    set_strings(
+        c.id,
+        [format_uuid7(ns // 1_000_000, seq, getrandbits(32)) for ns, seq in zip(cols[NS], cols[SEQ], strict=True)],
     )
-    c.tenant_id.extend(_with_scope(cols[TENANT_ID], scopes, "tenant_id", default_tenant))
-    c.user_id.extend(_with_scope(cols[USER_ID], scopes, "user_id"))
-    c.action.extend(_texts(cols[ACTION]))
-    c.resource_type.extend(_texts(cols[RESOURCE_TYPE]))
-    c.resource_id.extend(_texts(cols[RESOURCE_ID]))
-    c.changes.extend([v if type(v) is str else to_json_object(v) for v in cols[CHANGES]])
-    c.ip_address.extend(_with_scope(cols[IP_ADDRESS], scopes, "ip_address"))
-    c.user_agent.extend(_with_scope(cols[USER_AGENT], scopes, "user_agent"))
-    c.created_at_us.extend([ns // 1000 for ns in cols[NS]])
-    c.outcome.extend(cols[OUTCOME])
-    c.reason.extend(_texts(cols[REASON]))
-    c.service.extend([service] * len(events))
+    set_strings(c.tenant_id, _with_scope(cols[TENANT_ID], scopes, "tenant_id", default_tenant))
+    set_strings(c.user_id, _with_scope(cols[USER_ID], scopes, "user_id"))
+    set_strings(c.action, _texts(cols[ACTION]))
+    set_strings(c.resource_type, _texts(cols[RESOURCE_TYPE]))
+    set_strings(c.resource_id, _texts(cols[RESOURCE_ID]))
+    set_strings(c.changes, [v if type(v) is str else to_json_object(v) for v in cols[CHANGES]])
+    set_strings(c.ip_address, _with_scope(cols[IP_ADDRESS], scopes, "ip_address"))
+    set_strings(c.user_agent, _with_scope(cols[USER_AGENT], scopes, "user_agent"))
+    c.created_at_us = pack_int64([ns // 1000 for ns in cols[NS]])
+    set_strings(c.outcome, _texts(cols[OUTCOME]))
+    set_strings(c.reason, _texts(cols[REASON]))
+    set_strings(c.service, [service] * n)
     contexts = cols[CONTEXT]
     if not any(contexts):
-        blank = [""] * len(events)
-        c.trace_id.extend(blank)
-        c.span_id.extend(blank)
+        blank = [""] * n
+        set_strings(c.trace_id, blank)
+        set_strings(c.span_id, blank)
     else:
         pairs = [span_ids_in(context) for context in contexts]
-        c.trace_id.extend([pair[0] for pair in pairs])
-        c.span_id.extend([pair[1] for pair in pairs])
-    c.request_id.extend(_with_scope(cols[REQUEST_ID], scopes, "request_id"))
-    c.metadata.extend(
-        [
-            _metadata(meta, scope.metadata)
-            for meta, scope in zip(cols[METADATA], scopes, strict=True)
-        ]
+        set_strings(c.trace_id, [pair[0] for pair in pairs])
+        set_strings(c.span_id, [pair[1] for pair in pairs])
+    set_strings(c.request_id, _with_scope(cols[REQUEST_ID], scopes, "request_id"))
+    set_strings(
+        c.metadata,
+        [_metadata(meta, scope.metadata) for meta, scope in zip(cols[METADATA], scopes, strict=True)],
     )
     return request
 
@@ -259,24 +260,30 @@ COLUMN_NAMES: Final = (
 def split_request(
     request: audit_pb2.ExportRequest,
 ) -> tuple[audit_pb2.ExportRequest, audit_pb2.ExportRequest]:
-    """The two halves of a columnar request, with ids derived from its batch id.
+    """The two halves of a request's events, with ids derived from its batch id.
 
     Derived ids are deterministic, so a half that is retried or spooled is
     still stored once.
     """
-    count = len(request.columns.id)
-    middle = count // 2
+    rows = decode_columns(request)
+    middle = len(rows) // 2
     halves = []
-    for part, (start, stop) in enumerate(((0, middle), (middle, count))):
+    for part, chunk in enumerate((rows[:middle], rows[middle:])):
         half = audit_pb2.ExportRequest(batch_id=f"{request.batch_id}.{part}")
-        for name in COLUMN_NAMES:
-            getattr(half.columns, name).extend(getattr(request.columns, name)[start:stop])
+        half.packed.CopyFrom(pack_columns({name: [r[name] for r in chunk] for name in COLUMN_NAMES}))
         halves.append(half)
     return halves[0], halves[1]
 
 
 def decode_columns(request: audit_pb2.ExportRequest) -> list[dict[str, Any]]:
-    """The events of a columnar request as dicts (tests, the in-memory exporter)."""
+    """The events of a request, in all its forms (events, columns, packed),
+    as dicts (tests, the in-memory exporter, splitting a batch)."""
+    rows = [{name: getattr(e, name) for name in COLUMN_NAMES} for e in request.events]
     columns = request.columns
     lists = [list(getattr(columns, name)) for name in COLUMN_NAMES]
-    return [dict(zip(COLUMN_NAMES, row, strict=True)) for row in zip(*lists, strict=True)]
+    rows += [dict(zip(COLUMN_NAMES, row, strict=True)) for row in zip(*lists, strict=True)]
+    if request.packed.count:
+        packed = unpack_columns(request.packed)
+        lists = [packed[name] for name in COLUMN_NAMES]
+        rows += [dict(zip(COLUMN_NAMES, row, strict=True)) for row in zip(*lists, strict=True)]
+    return rows

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from auditlake.packing import event_count
 from auditlake.sdk._event import (
     WAITER,
     CapturedEvent,
@@ -209,7 +210,7 @@ class BatchProcessor:
         for chunk in _chunks(leftover, self.batch_size):
             request = self._encode(chunk)
             if request is not None:
-                self._store(request, len(request.columns.id), last_resort=True)
+                self._store(request, event_count(request), last_resort=True)
         while self._held:
             request, count = self._held.popleft()
             self._store(request, count, last_resort=True)
@@ -266,7 +267,7 @@ class BatchProcessor:
             for chunk in _chunks(events, self.batch_size):
                 request = self._encode(chunk)
                 if request is not None:
-                    self._store(request, len(request.columns.id))
+                    self._store(request, event_count(request))
             self.queue.append(event)
             self.wake.set()
 
@@ -351,7 +352,7 @@ class BatchProcessor:
         request = self._encode(events)
         if request is None:
             return
-        count = len(request.columns.id)
+        count = event_count(request)
         if self._has_backlog():
             self._store(request, count)
             return
@@ -496,7 +497,7 @@ class BatchProcessor:
         pending = list(split_request(request))
         while pending:
             part = pending.pop(0)
-            count = len(part.columns.id)
+            count = event_count(part)
             outcome = self._export_with_retry(part, count)
             if outcome.status is ExportStatus.OK:
                 with self._lock:
@@ -609,7 +610,7 @@ class BatchProcessor:
             claimed = self._spool.claim_head() if self._spool is not None else None
             if claimed is not None:
                 name, request = claimed
-                count = len(request.columns.id) + len(request.events)
+                count = event_count(request)
                 result = self._export_once(request)
                 if result.status is ExportStatus.RETRY:
                     self._spool.release(name)  # type: ignore[union-attr]

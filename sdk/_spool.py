@@ -19,6 +19,7 @@ from pathlib import Path
 
 from google.protobuf.message import DecodeError
 
+from auditlake.packing import first_created_at_us
 from auditlake.v1 import audit_pb2
 
 log = logging.getLogger("auditlake.sdk")
@@ -100,7 +101,7 @@ class DiskSpool:
     def write(self, request: audit_pb2.ExportRequest) -> None:
         """Store one batch durably; raise SpoolFull when it does not fit."""
         data = request.SerializeToString()
-        first = request.columns.created_at_us[0] if request.columns.created_at_us else 0
+        first = first_created_at_us(request)
         name = f"{first:017d}-{request.batch_id}{SUFFIX}"
         with self._lock:
             if self._bytes + len(data) > self.max_bytes:

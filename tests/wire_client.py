@@ -11,6 +11,7 @@ from typing import Any
 import grpc
 
 from auditlake.collector.schema import STRING_FIELDS
+from auditlake.packing import pack_columns
 from auditlake.v1 import audit_pb2, audit_pb2_grpc
 
 
@@ -39,8 +40,15 @@ def make_event(i: int = 0, **fields: Any) -> dict[str, Any]:
     return event
 
 
-def request(events: Sequence[dict[str, Any]], batch_id: str | None = None) -> audit_pb2.ExportRequest:
-    """Events as a columnar ExportRequest."""
+def request(
+    events: Sequence[dict[str, Any]], batch_id: str | None = None, form: str = "columns"
+) -> audit_pb2.ExportRequest:
+    """Events as a columnar ExportRequest: repeated fields (``form="columns"``)
+    or packed columns (``form="packed"``, the SDK's form)."""
+    if form == "packed":
+        names = (*STRING_FIELDS, "created_at_us")
+        packed = pack_columns({name: [e[name] for e in events] for name in names})
+        return audit_pb2.ExportRequest(batch_id=batch_id or str(uuid.uuid4()), packed=packed)
     cols = audit_pb2.EventColumns()
     for name in STRING_FIELDS:
         getattr(cols, name).extend([e[name] for e in events])
@@ -56,9 +64,10 @@ class WireClient:
         self.stub = audit_pb2_grpc.AuditServiceStub(self.channel)
 
     def export(self, events: Sequence[dict[str, Any]], key: str | None,
-               batch_id: str | None = None, timeout: float = 30) -> audit_pb2.ExportResponse:
+               batch_id: str | None = None, timeout: float = 30,
+               form: str = "columns") -> audit_pb2.ExportResponse:
         metadata = [("authorization", f"Bearer {key}")] if key is not None else []
-        return self.stub.Export(request(events, batch_id), metadata=metadata, timeout=timeout)
+        return self.stub.Export(request(events, batch_id, form), metadata=metadata, timeout=timeout)
 
     def close(self) -> None:
         self.channel.close()

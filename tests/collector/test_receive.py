@@ -3,6 +3,7 @@ JSON-object validation, and freshness (acked -> queryable within 2 s)."""
 
 from __future__ import annotations
 
+import re
 import threading
 import time
 import uuid
@@ -12,6 +13,8 @@ import duckdb
 import grpc
 import pyarrow as pa
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from auditlake.collector.datadir import DataDir
 from auditlake.collector.query import connect
@@ -87,9 +90,9 @@ def test_concurrent_retries_of_one_batch_wait_for_the_first(
 
 
 def test_changes_and_metadata_must_be_json_objects() -> None:
-    ids = [str(uuid.uuid4()) for _ in range(7)]
+    ids = [str(uuid.uuid4()) for _ in range(8)]
     changes = ['{"a": {"before": 1, "after": 2}}', "[1, 2]", '"text"', "{not json", '{"a":1}{"b":2}',
-               '{"multi":\n "line"}', ""]
+               '{"multi":\n "line"}', "", "[1, 2]"]
     n = len(ids)
     table = pa.table({
         "id": ids, "tenant_id": ["t"] * n, "user_id": [""] * n, "action": ["read"] * n,
@@ -101,7 +104,7 @@ def test_changes_and_metadata_must_be_json_objects() -> None:
     })
     problems = validate(normalize(table), int(time.time() * 1e6), Limits())
     assert [(p.index, p.field) for p in problems] == [(1, "changes"), (2, "changes"), (3, "changes"),
-                                                      (4, "changes")]
+                                                      (4, "changes"), (7, "changes")]
 
 
 def test_event_id_window_forgets_the_oldest_and_never_drops_other_ids() -> None:
@@ -154,3 +157,51 @@ def test_batch_id_must_be_printable(collector_factory: Callable[..., CollectorPr
         client.export("bad\nid", columns(new_ids(1)))
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     client.close()
+
+
+def _wire_events(draw_text: list[str], n: int) -> list[dict[str, object]]:
+    from auditlake.collector.schema import STRING_FIELDS
+
+    return [
+        {**{name: draw_text[(i * 7 + j) % len(draw_text)] for j, name in enumerate(STRING_FIELDS)},
+         "created_at_us": 1_700_000_000_000_000 + i}
+        for i in range(n)
+    ]
+
+
+@settings(max_examples=60, deadline=None)
+@given(texts=st.lists(st.text(st.characters(exclude_categories=("Cs",)), max_size=40), min_size=1, max_size=12),
+       n=st.integers(0, 30))
+def test_packed_columns_decode_to_the_same_table_as_repeated_fields(texts: list[str], n: int) -> None:
+    from auditlake.collector.receive import decode_request
+    from tests.wire_client import request
+
+    events = _wire_events(texts, n)
+    packed, bad = decode_request(request(events, "b", form="packed"))
+    plain, _ = decode_request(request(events, "b", form="columns"))
+    assert bad == []
+    assert packed.equals(plain)
+
+
+_UUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
+
+
+@settings(max_examples=80, deadline=None)
+@given(ids=st.lists(st.one_of(
+    st.uuids().map(str),
+    st.uuids().map(lambda u: str(u).upper()),
+    st.uuids().map(str).flatmap(lambda u: st.integers(0, 35).flatmap(
+        lambda i: st.sampled_from("-gG0 xé").map(lambda c: u[:i] + c + u[i + 1:]))),
+    st.text(max_size=40),
+), min_size=1, max_size=20), trace=st.sampled_from(["", "0" * 32, "a" * 32, "A" * 32, "0" * 31, "g" * 32]))
+def test_fast_id_and_trace_checks_agree_with_the_regex(ids: list[str], trace: str) -> None:
+    from auditlake.collector.receive import decode_request
+    from tests.wire_client import make_event, request
+
+    events = [make_event(i, id=v, trace_id=trace) for i, v in enumerate(ids)]
+    table, _ = decode_request(request(events, "b", form="packed"))
+    problems = validate(normalize(table), int(time.time() * 1e6), Limits())
+    trace_ok = re.fullmatch(r"([0-9a-f]{32})?", trace) is not None
+    want = {i: "id" if not _UUID.fullmatch(v) else "trace_id"
+            for i, v in enumerate(ids) if not _UUID.fullmatch(v) or not trace_ok}
+    assert {p.index: p.field for p in problems} == want

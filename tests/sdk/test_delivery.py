@@ -18,6 +18,7 @@ from hypothesis import strategies as st
 
 from auditlake import sdk
 from auditlake.sdk import BatchPolicy, ExportResult, ExportStatus, RetryPolicy, SpoolPolicy
+from auditlake.sdk._event import decode_columns
 from auditlake.sdk._exporter import retry_delay
 from auditlake.sdk.testing import InMemoryExporter
 from auditlake.v1 import audit_pb2
@@ -55,6 +56,10 @@ def start(collector: Collector, spool_dir: Path | None, **policies: object) -> N
             "spool", SpoolPolicy(directory=spool_dir, enabled=spool_dir is not None)
         ),
     )
+
+
+def resource_ids(request: audit_pb2.ExportRequest) -> list[str]:
+    return [e["resource_id"] for e in decode_columns(request)]
 
 
 def spool_files(directory: Path) -> list[Path]:
@@ -296,7 +301,7 @@ def test_shutdown_keeps_the_batch_of_a_call_that_never_returns(tmp_path: Path) -
     hang.set()
     (spooled,) = spool_files(tmp_path)
     request = audit_pb2.ExportRequest.FromString(spooled.read_bytes())
-    assert list(request.columns.resource_id) == [str(i) for i in range(5)]
+    assert resource_ids(request) == [str(i) for i in range(5)]
 
 
 def test_events_left_at_interpreter_exit_are_spooled(tmp_path: Path) -> None:
@@ -316,7 +321,7 @@ def test_events_left_at_interpreter_exit_are_spooled(tmp_path: Path) -> None:
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
     ids = []
     for path in spool_files(tmp_path):
-        ids += list(audit_pb2.ExportRequest.FromString(path.read_bytes()).columns.resource_id)
+        ids += resource_ids(audit_pb2.ExportRequest.FromString(path.read_bytes()))
     assert ids == [str(i) for i in range(10)]
 
 
@@ -344,7 +349,7 @@ def test_an_invalid_event_is_isolated_and_the_rest_of_its_batch_stored(tmp_path:
 
     def strict(request: audit_pb2.ExportRequest) -> ExportResult:
         collector.attempted.append(request.batch_id)
-        if "bad" in request.columns.resource_id:
+        if "bad" in resource_ids(request):
             return ExportResult(ExportStatus.REJECTED, "INVALID_ARGUMENT: event ... resource_id",
                                 code="INVALID_ARGUMENT")
         return ExportResult(ExportStatus.OK)

@@ -37,6 +37,8 @@ import os
 import threading
 import time
 from collections.abc import Iterable
+from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import wait as futures_wait
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -51,6 +53,7 @@ from auditlake.collector.datadir import DataDir
 from auditlake.collector.integrity import CANONICAL_FIELDS, GENESIS
 from auditlake.collector.keys import SigningKey
 from auditlake.collector.lake import (
+    StagedFile,
     partition_dir,
     publish,
     remove_stale_temps,
@@ -180,8 +183,11 @@ class RecentEventIds:
         dup: np.ndarray = rows[self.duplicate_mask(hi, lo, key)]
         return dup
 
-    def duplicate_mask(self, hi: np.ndarray, lo: np.ndarray, key: np.ndarray) -> np.ndarray:
-        """For keys from uuid_keys: which repeat an earlier one or a remembered id."""
+    def duplicate_mask(
+        self, hi: np.ndarray, lo: np.ndarray, key: np.ndarray, prior: _IdKeys | None = None
+    ) -> np.ndarray:
+        """For keys from uuid_keys: which repeat an earlier one, a remembered
+        id, or one of ``prior`` (keys of ids about to be remembered)."""
         dup = np.zeros(len(key), bool)
         if self.capacity == 0 or len(key) == 0:
             return dup
@@ -191,6 +197,10 @@ class RecentEventIds:
         dup[order[1:][same]] = True
         with self._lock:
             gens = list(self._gens)
+        if prior is not None and len(prior[2]):
+            phi, plo, pkey = prior
+            porder = np.argsort(pkey, kind="stable")
+            gens.append((pkey[porder], phi[porder], plo[porder]))
         for gk, ghi, glo in gens:
             pos = np.searchsorted(gk, key)
             np.minimum(pos, len(gk) - 1, out=pos)
@@ -215,6 +225,10 @@ class RecentEventIds:
             total = sum(len(g[0]) for g in self._gens)
             while len(self._gens) > 1 and total - len(self._gens[0][0]) >= self.capacity:
                 total -= len(self._gens.pop(0)[0])
+
+
+#: (hi, lo, key) of event ids, as uuid_keys returns them.
+_IdKeys = tuple[np.ndarray, np.ndarray, np.ndarray]
 
 
 # -- the chain, split so most of the work happens before the seal -----------------
@@ -294,6 +308,26 @@ def chain_rows(previous: bytes, prefix: pa.Array, table: pa.Table) -> list[bytes
 _PREFIX_COLUMN = "_canonical_prefix"
 
 
+@dataclass
+class _Prepared:
+    """A seal hashed but not yet committed: its batches, its rows chained
+    after the previous prepared seal (or the committed head), and the chain
+    head after it."""
+
+    items: list[tuple[AcceptedBatch, LogPosition]]
+    seal_no: int
+    table: pa.Table
+    seq: int
+    chain_hash: str
+    ids: _IdKeys | None
+    chain_s: float
+
+    @property
+    def next_seal(self) -> int:
+        """The seal number of the seal after this one (an empty seal takes none)."""
+        return self.seal_no + 1 if self.table.num_rows else self.seal_no
+
+
 class Sealer:
     """Owns the chain of one writer; runs on its own thread."""
 
@@ -320,11 +354,16 @@ class Sealer:
         self._chain_lock = threading.RLock()
         self._pending: list[tuple[AcceptedBatch, LogPosition]] = []
         self._pending_rows = 0
+        #: Of those, the rows taken by a seal not yet committed.
+        self._inflight_rows = 0
         self._stop = False
         self._thread: threading.Thread | None = None
         self.wal: WriteAheadLog | None = None
         self.recent_ids = RecentEventIds(self.policy.dedupe_window_events)
-        self._sealing_ids: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
+        #: Writes each seal's files while the next seal is hashed (started on first use).
+        self._stager: ThreadPoolExecutor | None = None
+        #: append_checkpoint calls waiting for the chain lock.
+        self._checkpoints_waiting = 0
         self.sealed_events = 0
         self.duplicate_events = 0
         self.last_seal_time = 0.0
@@ -479,7 +518,12 @@ class Sealer:
             self._lock.notify()
         if self._thread:
             self._thread.join()
-        self.seal_pending()
+        try:
+            self.seal_pending()
+        finally:
+            if self._stager is not None:
+                self._stager.shutdown()
+                self._stager = None
 
     def _run(self) -> None:
         while True:
@@ -501,32 +545,116 @@ class Sealer:
         seal (bounding memory); returns the number of events sealed."""
         total = 0
         while True:
-            n = self._seal_some()
+            n = self._seal_round()
             if n < 0:
                 return total
             total += n
 
-    def _seal_some(self) -> int:
-        """One seal of the oldest queued batches; -1 when nothing was queued."""
+    def _seal_round(self) -> int:
+        """Seal the queued batches, one seal after another, overlapping each
+        seal's Parquet writing (on the stager thread, outside the GIL) with
+        the next seal's dedupe and hashing (here).  Seals still commit one at
+        a time, in order.  Returns -1 when nothing was queued.
+
+        The chain lock is held throughout, so a compaction or retention
+        checkpoint (append_checkpoint) asks the round to end early and
+        waits for it."""
+        inflight: list[_Prepared] = []
+        future: Future[list[StagedFile]] | None = None
         with self._chain_lock:
-            with self._lock:
-                # pending_rows keeps counting these until they are sealed
-                take, rows = 0, 0
-                while take < len(self._pending) and (take == 0 or rows < self.policy.max_rows):
-                    rows += self._pending[take][0].table.num_rows
-                    take += 1
-                items, self._pending = self._pending[:take], self._pending[take:]
-            if not items:
-                return -1
             try:
-                n = self._seal([b for b, _ in items], items[-1][1])
+                current = self._prepare(self.state.seal + 1, self.state.seq, self.state.chain_hash, None)
+                if current is None:
+                    return -1
+                inflight.append(current)
+                future = self._stage(current)
+                total = 0
+                while True:
+                    nxt = None
+                    if not self._checkpoints_waiting:  # else end the round: a checkpoint waits
+                        # Only a backlog is worth a seal now; a trickle waits
+                        # for the seal interval, so files stay large.
+                        nxt = self._prepare(current.next_seal, current.seq, current.chain_hash, current.ids,
+                                            min_rows=self.policy.max_rows // 2)
+                    if nxt is not None:
+                        inflight.append(nxt)
+                    total += self._commit(current, future.result())
+                    inflight.pop(0)
+                    if nxt is None:
+                        return total
+                    current, future = nxt, self._stage(nxt)
             except BaseException:
-                with self._lock:  # put them back, in order, for the next attempt
-                    self._pending = items + self._pending
+                if future is not None:  # let it finish: a retry writes the same temporary files
+                    futures_wait([future])
+                # Put every batch not yet committed back, in order, for the
+                # next attempt (rebuilt from the committed chain head).
+                self._untake([item for p in inflight for item in p.items])
                 raise
-            with self._lock:
-                self._pending_rows -= sum(b.table.num_rows for b, _ in items)
-            return n
+
+    def _take_pending(self, min_rows: int) -> list[tuple[AcceptedBatch, LogPosition]]:
+        """The oldest queued batches, up to ``max_rows`` events (at least one
+        batch); none unless ``min_rows`` events are queued."""
+        with self._lock:
+            # pending_rows keeps counting these until they are sealed
+            queued = self._pending_rows - self._inflight_rows
+            if queued < min_rows or not self._pending:
+                return []
+            take, rows = 0, 0
+            while take < len(self._pending) and (take == 0 or rows < self.policy.max_rows):
+                rows += self._pending[take][0].table.num_rows
+                take += 1
+            items, self._pending = self._pending[:take], self._pending[take:]
+            self._inflight_rows += rows
+        return items
+
+    def _prepare(
+        self, seal_no: int, seq: int, chain_hash: str, prior_ids: _IdKeys | None, min_rows: int = 1
+    ) -> _Prepared | None:
+        """Take the oldest queued batches (up to ``max_rows`` events; none
+        unless ``min_rows`` wait) and chain them after (``seq``,
+        ``chain_hash``), dropping ids seen before (``prior_ids``: those of a
+        prepared seal not yet committed)."""
+        items = self._take_pending(min_rows)
+        if not items:
+            return None
+        try:
+            t0 = time.monotonic()
+            table, ids = self._stored_table([b for b, _ in items], seq, chain_hash, prior_ids)
+            n = table.num_rows
+            return _Prepared(
+                items=items,
+                seal_no=seal_no,
+                table=table,
+                seq=seq + n,
+                chain_hash=table.column("chain_hash")[n - 1].as_py() if n else chain_hash,
+                ids=ids,
+                chain_s=time.monotonic() - t0,
+            )
+        except BaseException:
+            self._untake(items)
+            raise
+
+    def _untake(self, items: list[tuple[AcceptedBatch, LogPosition]]) -> None:
+        """Put taken batches back at the head of the queue, in order."""
+        with self._lock:
+            self._pending = items + self._pending
+            self._inflight_rows -= sum(b.table.num_rows for b, _ in items)
+
+    def _stage(self, prepared: _Prepared) -> Future[list[StagedFile]]:
+        """Write the prepared seal's files (temporary names, fsynced) on the stager thread."""
+        table, seal_no = prepared.table, prepared.seal_no
+
+        def stage() -> list[StagedFile]:
+            staged = []
+            if table.num_rows:
+                for day, rows in sorted(split_by_day(table).items()):
+                    name = f"part-{self.writer_id}-{seal_no:010d}.parquet"
+                    staged.append(stage_file(rows, partition_dir(self.data.events, day) / name))
+            return staged
+
+        if self._stager is None:
+            self._stager = ThreadPoolExecutor(1, thread_name_prefix="auditlake-stager")
+        return self._stager.submit(stage)
 
     def append_checkpoint(
         self,
@@ -542,7 +670,14 @@ class Sealer:
         The caller publishes ``files`` before and deletes ``removed`` after."""
         if kind == "seal":
             raise ValueError("seal checkpoints are written by the sealer itself")
-        with self._chain_lock:
+        with self._lock:
+            self._checkpoints_waiting += 1  # a running seal round ends early
+        try:
+            self._chain_lock.acquire()
+        finally:
+            with self._lock:
+                self._checkpoints_waiting -= 1
+        try:
             checkpoint = ChainCheckpoint(
                 writer_id=self.writer_id,
                 seal=self.state.seal + 1,
@@ -564,36 +699,34 @@ class Sealer:
             self._save_state()
             write_checkpoint(checkpoint, self.key, self.checkpoint_dirs)
             return checkpoint
+        finally:
+            self._chain_lock.release()
 
-    def _drop_duplicate_ids(self, table: pa.Table) -> pa.Table:
-        """``table`` without rows whose id is in the recent window or repeats;
-        the kept ids wait in ``_sealing_ids`` to join the window once committed."""
+    def _drop_duplicate_ids(self, table: pa.Table, prior: _IdKeys | None) -> tuple[pa.Table, _IdKeys | None]:
+        """``table`` without rows whose id is in the recent window, in
+        ``prior`` (a prepared seal's ids) or repeats; and the kept ids, to
+        join the window once the seal is committed."""
         if self.recent_ids.capacity == 0:
-            return table
+            return table, None
         rows, hi, lo, key = uuid_keys(table.column("id"))
-        dup = self.recent_ids.duplicate_mask(hi, lo, key)
+        dup = self.recent_ids.duplicate_mask(hi, lo, key, prior)
         if not dup.any():
-            self._sealing_ids = (hi, lo, key)
-            return table
+            return table, (hi, lo, key)
         kept = ~dup
-        self._sealing_ids = (hi[kept], lo[kept], key[kept])
         keep = np.ones(table.num_rows, bool)
         keep[rows[dup]] = False
         self.duplicate_events += int(dup.sum())
         log.info("dropped %d events whose id was stored before", int(dup.sum()))
-        return table.filter(pa.array(keep))
+        return table.filter(pa.array(keep)), (hi[kept], lo[kept], key[kept])
 
-    def _seal(self, batches: list[AcceptedBatch], position: LogPosition) -> int:
+    def _commit(self, prepared: _Prepared, staged: list[StagedFile]) -> int:
+        """Commit a prepared seal whose files are staged: the seal record is
+        the commit point; then publish, sign the checkpoint, drop the WAL."""
         t0 = time.monotonic()
-        table = self._stored_table(batches)
-        t1 = time.monotonic()
+        batches = [b for b, _ in prepared.items]
+        position = prepared.items[-1][1]
+        table = prepared.table
         n: int = table.num_rows
-        seal_no = self.state.seal + 1
-        staged = []
-        if n:
-            for day, rows in sorted(split_by_day(table).items()):
-                name = f"part-{self.writer_id}-{seal_no:010d}.parquet"
-                staged.append(stage_file(rows, partition_dir(self.data.events, day) / name))
         # The batch ids first: if we crash after this, the WAL replays the
         # batches (their ids are then known, which is harmless).
         self._log_batches(batches)
@@ -604,13 +737,15 @@ class Sealer:
             self._save_state()
             if self.wal is not None:
                 self.wal.drop_through(position)
+            self._sealed(prepared)
             return 0
-        last_hash = table.column("chain_hash")[n - 1].as_py()
+        if (prepared.seal_no, prepared.seq - n) != (self.state.seal + 1, self.state.seq):
+            raise RuntimeError("internal error: a prepared seal does not follow the committed chain head")
         checkpoint = ChainCheckpoint(
             writer_id=self.writer_id,
-            seal=seal_no,
-            seq=self.state.seq + n,
-            chain_hash=last_hash,
+            seal=prepared.seal_no,
+            seq=prepared.seq,
+            chain_hash=prepared.chain_hash,
             time=dt.datetime.now(dt.UTC).isoformat(timespec="microseconds"),
             files=tuple(
                 FileEntry(
@@ -626,9 +761,9 @@ class Sealer:
             previous=self.state.checkpoint_digest,
         )
         self.state = SealState(
-            seal=seal_no,
+            seal=prepared.seal_no,
             seq=checkpoint.seq,
-            chain_hash=last_hash,
+            chain_hash=prepared.chain_hash,
             wal_segment=position.segment,
             wal_offset=position.offset,
             checkpoint_digest=checkpoint.digest(),
@@ -638,9 +773,8 @@ class Sealer:
             },
         )
         self._save_state()  # the commit point of the seal
-        if self._sealing_ids is not None:
-            self.recent_ids.remember_keys(*self._sealing_ids)
-            self._sealing_ids = None
+        if prepared.ids is not None:
+            self.recent_ids.remember_keys(*prepared.ids)
         for s in staged:
             publish(s.tmp, s.final)
         write_checkpoint(checkpoint, self.key, self.checkpoint_dirs)
@@ -648,18 +782,28 @@ class Sealer:
             self.wal.drop_through(position)
         self.sealed_events += n
         self.last_seal_time = time.time()
+        self._sealed(prepared)
         del table, staged
         pa.default_memory_pool().release_unused()  # keep RSS near what is in use
         took = time.monotonic() - t0
-        (log.info if took > 2 * self.policy.interval_s else log.debug)(
-            "sealed %d events from %d batches in %.2f s (chain %.2f s, files %.2f s)",
-            n, len(batches), took, t1 - t0, took - (t1 - t0),
+        (log.info if prepared.chain_s + took > 2 * self.policy.interval_s else log.debug)(
+            "sealed %d events from %d batches (chain %.2f s, commit %.2f s)",
+            n, len(batches), prepared.chain_s, took,
         )
         return n
 
-    def _stored_table(self, batches: list[AcceptedBatch]) -> pa.Table:
-        """The batches as stored rows: collector columns added, duplicates
-        of recent event ids dropped, chained."""
+    def _sealed(self, prepared: _Prepared) -> None:
+        rows = sum(b.table.num_rows for b, _ in prepared.items)
+        with self._lock:
+            self._pending_rows -= rows
+            self._inflight_rows -= rows
+
+    def _stored_table(
+        self, batches: list[AcceptedBatch], seq: int, chain_hash: str, prior_ids: _IdKeys | None
+    ) -> tuple[pa.Table, _IdKeys | None]:
+        """The batches as stored rows, chained after (``seq``, ``chain_hash``):
+        collector columns added, duplicates of recent event ids dropped; and
+        the ids kept."""
         parts = []
         for b in batches:
             t = b.table
@@ -682,13 +826,13 @@ class Sealer:
                 .append_column(_PREFIX_COLUMN, prefix)
             )
         if not parts:
-            return EVENT_SCHEMA.empty_table()
+            return EVENT_SCHEMA.empty_table(), None
         table = pa.concat_tables(parts) if len(parts) > 1 else parts[0]
-        table = self._drop_duplicate_ids(table)
+        table, ids = self._drop_duplicate_ids(table, prior_ids)
         n = table.num_rows
         if n == 0:
-            return EVENT_SCHEMA.empty_table()
-        first = self.state.seq + 1
+            return EVENT_SCHEMA.empty_table(), ids
+        first = seq + 1
         table = (
             table.append_column("writer_id", pa.repeat(pa.scalar(self.writer_id), n))
             .append_column("seq", pa.array(np.arange(first, first + n, dtype=np.int64)))
@@ -697,9 +841,10 @@ class Sealer:
         prefix = table.column(_PREFIX_COLUMN)
         # one chunk: the canonical join and the sort run faster on contiguous columns
         table = table.select(EVENT_SCHEMA.names).cast(EVENT_SCHEMA).combine_chunks()
-        hashes = chain_rows(bytes.fromhex(self.state.chain_hash), prefix, table)
-        return table.set_column(
+        hashes = chain_rows(bytes.fromhex(chain_hash), prefix, table)
+        table = table.set_column(
             table.schema.get_field_index("chain_hash"),
             EVENT_SCHEMA.field("chain_hash"),
             pa.array(map(bytes.hex, hashes), pa.string(), size=n),
         )
+        return table, ids

@@ -238,7 +238,9 @@ def run_ingest(total: int, profile: bool = False, compact: bool = False) -> dict
                 c.kill()
                 c.wait()
         stop_process(proc)
+    stored_jsonl = _stored_jsonl_gzip_bytes(data)
     out = {
+        "stored_jsonl_gzip_bytes": stored_jsonl,
         "events": acked,
         "acked_per_s": acked / (end - start),
         "sealed_per_s": acked / (sealed_end - start),
@@ -261,6 +263,28 @@ def run_ingest(total: int, profile: bool = False, compact: bool = False) -> dict
         print(_profile_summary(tmp / "profile.txt"), file=sys.stderr)
     shutil.rmtree(tmp, ignore_errors=True)
     return out
+
+
+def _stored_jsonl_gzip_bytes(data: Path, rows: int = 100_000) -> float:
+    """Bytes per event of JSON lines + gzip holding the same stored rows as
+    the lake (every column, chain hash included; timestamps as integers):
+    the like-for-like baseline for the lake's bytes per event."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    tables, n = [], 0
+    for p in sorted((data / "lake" / "events").glob("date=*/*.parquet")):
+        t = pq.read_table(p)
+        tables.append(t)
+        n += t.num_rows
+        if n >= rows:
+            break
+    table = pa.concat_tables(tables).slice(0, rows)
+    for name in ("created_at", "received_at"):
+        i = table.schema.get_field_index(name)
+        table = table.set_column(i, name, table.column(name).cast(pa.int64()))
+    jsonl = "".join(json.dumps(r) + "\n" for r in table.to_pylist()).encode()
+    return len(gzip.compress(jsonl, 6)) / table.num_rows
 
 
 def _profile_summary(path: Path, top: int = 25) -> str:
@@ -342,8 +366,10 @@ def bench_rows(quick: bool = False) -> list[tuple[str, str, str, str]]:
          f"{got[-1]['compacted_bytes_per_event'] / base['jsonl_gzip_bytes']:.2f}x"),
         (f"compaction of the {total:,} events (auditlake compact, s)", f"{got[-1]['compact_s']:.1f}", "-", "-"),
         ("bytes per stored event (zstd Parquet, all columns + chain)", f"{bpe:.1f}",
-         f"{base['jsonl_gzip_bytes']:.1f} (JSONL+gzip); {base['pyarrow_bytes']:.1f} (pyarrow zstd, wire columns only)",
-         f"{bpe / base['jsonl_gzip_bytes']:.2f}x"),
+         f"{med('stored_jsonl_gzip_bytes'):.1f} (JSONL+gzip of the same stored rows, chain included); "
+         f"{base['jsonl_gzip_bytes']:.1f} (JSONL+gzip, wire columns only); "
+         f"{base['pyarrow_bytes']:.1f} (pyarrow zstd, wire columns only)",
+         f"{bpe / med('stored_jsonl_gzip_bytes'):.2f}x"),
     ]
 
 

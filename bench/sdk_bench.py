@@ -111,7 +111,7 @@ def audited_overhead(n: int) -> tuple[float, float]:
     from auditlake import sdk
     from auditlake.sdk import BatchPolicy, SpoolPolicy
 
-    sdk.configure(service_name="bench", exporter=_Discard(),
+    sdk.configure(service_name="bench", exporter=_Discard(), tenant_id="acme",
                   batch=BatchPolicy(max_queue_size=5 * n + 1), spool=SpoolPolicy(enabled=False))
 
     def plain(document_id: str) -> None:

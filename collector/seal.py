@@ -2,7 +2,10 @@
 
 Each seal assigns sequence numbers and chain hashes, writes one file per
 day touched, records its progress atomically, publishes the files, signs a
-checkpoint, and only then lets the WAL drop what it covered.  Recovery after
+checkpoint, and only then lets the WAL drop what it covered.  Under a backlog,
+seals overlap: a stager thread writes one seal's files while the sealer
+hashes the next (see Sealer._seal_round); they still commit one at a time,
+in WAL order, so the crash points below hold for each seal.  Recovery after
 a crash finishes or repeats the last seal so that every acknowledged event
 is in the lake exactly once.
 

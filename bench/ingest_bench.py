@@ -4,10 +4,11 @@ write-ahead log, hash chain, zstd Parquet), the collector's peak RSS, and
 bytes per stored event — next to pyarrow alone writing the same rows to zstd
 Parquet and JSON lines + gzip of the same events, measured in the same run.
 
-    .venv/bin/python bench/ingest_bench.py [--quick] [--profile]
+    .venv/bin/python bench/ingest_bench.py [--quick] [--profile | --columns]
 
 ``--profile`` runs py-spy on the collector (if installed) and prints its
-top functions.
+top functions.  ``--columns`` prints the lake's compressed bytes per event of
+each column, and what the chain hash would cost stored other ways.
 """
 
 from __future__ import annotations
@@ -166,7 +167,8 @@ def _count(data: Path) -> int:
     return n
 
 
-def run_ingest(total: int, profile: bool = False, compact: bool = False) -> dict[str, float]:
+def run_ingest(total: int, profile: bool = False, compact: bool = False,
+               columns: bool = False) -> dict[str, float]:
     """One run: CLIENTS processes, ``total`` events; returns the figures."""
     tmp = Path(tempfile.mkdtemp(prefix="auditlake-ingest-"))
     data = tmp / "data"
@@ -239,6 +241,8 @@ def run_ingest(total: int, profile: bool = False, compact: bool = False) -> dict
                 c.wait()
         stop_process(proc)
     stored_jsonl = _stored_jsonl_gzip_bytes(data)
+    if columns:
+        print(_column_breakdown(data, acked), file=sys.stderr)
     out = {
         "stored_jsonl_gzip_bytes": stored_jsonl,
         "events": acked,
@@ -285,6 +289,58 @@ def _stored_jsonl_gzip_bytes(data: Path, rows: int = 100_000) -> float:
         table = table.set_column(i, name, table.column(name).cast(pa.int64()))
     jsonl = "".join(json.dumps(r) + "\n" for r in table.to_pylist()).encode()
     return len(gzip.compress(jsonl, 6)) / table.num_rows
+
+
+def _column_breakdown(data: Path, events: int) -> str:
+    """Compressed bytes per event of each stored column (Parquet column-chunk
+    sizes over the whole lake), and what the chain hash column would cost
+    stored otherwise (the same files rewritten with lake.PARQUET_OPTIONS):
+    raw 32 bytes instead of 64 hex digits, and a 16-byte (32 hex) prefix.
+    Figures for a storage decision; nothing here changes the format."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    from auditlake.collector.lake import PARQUET_OPTIONS
+
+    files = sorted((data / "lake" / "events").glob("date=*/*.parquet"))
+    per: dict[str, int] = {}
+    footer = 0
+    for p in files:
+        md = pq.ParquetFile(p).metadata
+        chunks = 0
+        for rg in range(md.num_row_groups):
+            for c in range(md.num_columns):
+                col = md.row_group(rg).column(c)
+                per[col.path_in_schema] = per.get(col.path_in_schema, 0) + col.total_compressed_size
+                chunks += col.total_compressed_size
+        footer += p.stat().st_size - chunks
+    lines = [f"{'column':<14} bytes/event   ({events:,} events, {len(files)} files)"]
+    for name, size in sorted(per.items(), key=lambda kv: -kv[1]):
+        lines.append(f"{name:<14} {size / events:8.2f}")
+    lines.append(f"{'(footers)':<14} {footer / events:8.2f}")
+    lines.append(f"{'total':<14} {_lake_bytes(data) / events:8.2f}")
+
+    def rewritten(transform) -> float:
+        total = 0
+        for p in files:
+            t = pq.read_table(p)
+            i = t.schema.get_field_index("chain_hash")
+            t = t.set_column(i, "chain_hash", transform(t.column("chain_hash")))
+            sink = pa.BufferOutputStream()
+            pq.write_table(t, sink, **PARQUET_OPTIONS)
+            total += sink.getvalue().size
+        return total / events
+
+    def raw(col: pa.ChunkedArray) -> pa.Array:
+        return pa.array([bytes.fromhex(h) for h in col.to_pylist()], pa.binary(32))
+
+    lines.append(f"what if chain_hash were raw 32 bytes: {rewritten(raw):.2f} bytes/event")
+    lines.append("what if chain_hash were a 16-byte prefix (32 hex): "
+                 f"{rewritten(lambda c: pc.utf8_slice_codeunits(c, 0, 32)):.2f} bytes/event")
+    lines.append(f"what if no chain_hash column: {rewritten(lambda c: pc.utf8_slice_codeunits(c, 0, 0)):.2f} "
+                 "bytes/event")
+    return "\n".join(lines)
 
 
 def _profile_summary(path: Path, top: int = 25) -> str:
@@ -378,6 +434,9 @@ def main() -> None:
         _client(sys.argv[2], sys.argv[3], int(sys.argv[4]), int(sys.argv[5]))
         return
     quick = "--quick" in sys.argv
+    if "--columns" in sys.argv:  # per-column bytes of the sealed lake, to stderr
+        print(json.dumps(run_ingest(200_000 if quick else 400_000, columns=True)))
+        return
     if "--profile" in sys.argv:
         print(json.dumps(run_ingest(200_000 if quick else 1_000_000, profile=True)))
         return

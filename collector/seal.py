@@ -367,6 +367,9 @@ class Sealer:
         self._stager: ThreadPoolExecutor | None = None
         #: append_checkpoint calls waiting for the chain lock.
         self._checkpoints_waiting = 0
+        #: Events of a seal committed (state/seal.json) but not yet
+        #: published, signed and dropped from the WAL; None when none is.
+        self._unfinished: int | None = None
         self.sealed_events = 0
         self.duplicate_events = 0
         self.last_seal_time = 0.0
@@ -439,17 +442,8 @@ class Sealer:
         """Finish the last seal if a crash interrupted it, then queue every
         WAL batch after the sealed position.  Returns the replayed batches."""
         self.wal = wal
-        last = self.state.last
-        keep: set[Path] = set()
-        if last:
-            for f in last["files"]:
-                tmp, final = Path(f["tmp"]), Path(f["final"])
-                if not final.exists() and not tmp.exists():
-                    log.error("sealed file %s is missing after a crash", final)
-                publish(tmp, final)
-            cp = ChainCheckpoint.from_body(last["checkpoint"])
-            write_checkpoint(cp, self.key, self.checkpoint_dirs)
-        removed = remove_stale_temps(self.data.events, keep)
+        self._finish_last()
+        removed = remove_stale_temps(self.data.events, set())
         if removed:
             log.info("removed %d temporary files left by an interrupted seal", removed)
         self._rebuild_recent_ids()
@@ -565,6 +559,7 @@ class Sealer:
         inflight: list[_Prepared] = []
         future: Future[list[StagedFile]] | None = None
         with self._chain_lock:
+            self._finish_committed()  # a seal committed before an error is finished first
             try:
                 current = self._prepare(self.state.seal + 1, self.state.seq, self.state.chain_hash, None)
                 if current is None:
@@ -582,7 +577,8 @@ class Sealer:
                     if nxt is not None:
                         inflight.append(nxt)
                     total += self._commit(current, future.result())
-                    inflight.pop(0)
+                    inflight.pop(0)  # committed: never queued again, whatever happens next
+                    self._finish_committed()
                     if nxt is None:
                         return total
                     current, future = nxt, self._stage(nxt)
@@ -681,6 +677,7 @@ class Sealer:
             with self._lock:
                 self._checkpoints_waiting -= 1
         try:
+            self._finish_committed()  # its checkpoint comes before this one
             checkpoint = ChainCheckpoint(
                 writer_id=self.writer_id,
                 seal=self.state.seal + 1,
@@ -738,9 +735,8 @@ class Sealer:
             # position moves on (no checkpoint: the chain did not change).
             self.state = replace(self.state, wal_segment=position.segment, wal_offset=position.offset)
             self._save_state()
-            if self.wal is not None:
-                self.wal.drop_through(position)
             self._sealed(prepared)
+            self._unfinished = 0  # only the WAL to drop
             return 0
         if (prepared.seal_no, prepared.seq - n) != (self.state.seal + 1, self.state.seq):
             raise RuntimeError("internal error: a prepared seal does not follow the committed chain head")
@@ -776,15 +772,12 @@ class Sealer:
             },
         )
         self._save_state()  # the commit point of the seal
+        # From here on the seal is committed: its batches leave the queue
+        # now, and what remains (publish, checkpoint, WAL) is
+        # _finish_committed, which repeats until it succeeds, like recovery.
+        self._unfinished = n
         if prepared.ids is not None:
             self.recent_ids.remember_keys(*prepared.ids)
-        for s in staged:
-            publish(s.tmp, s.final)
-        write_checkpoint(checkpoint, self.key, self.checkpoint_dirs)
-        if self.wal is not None:
-            self.wal.drop_through(position)
-        self.sealed_events += n
-        self.last_seal_time = time.time()
         self._sealed(prepared)
         del table, staged
         pa.default_memory_pool().release_unused()  # keep RSS near what is in use
@@ -794,6 +787,35 @@ class Sealer:
             n, len(batches), prepared.chain_s, took,
         )
         return n
+
+    def _finish_committed(self) -> None:
+        """Finish the committed seal, if it is not finished: publish its
+        files, write its signed checkpoint, drop the WAL it covers.  Each
+        step is idempotent, so after an error (a full disk, an unreachable
+        checkpoint mirror) the next round simply repeats it; the same steps
+        finish an interrupted seal on start (recover)."""
+        if self._unfinished is None:
+            return
+        if self._unfinished:
+            self._finish_last()
+        if self.wal is not None:
+            self.wal.drop_through(self.state.position)
+        if self._unfinished:
+            self.sealed_events += self._unfinished
+            self.last_seal_time = time.time()
+        self._unfinished = None
+
+    def _finish_last(self) -> None:
+        """Publish the last seal's files and write its checkpoint (idempotent)."""
+        last = self.state.last
+        if not last:
+            return
+        for f in last["files"]:
+            tmp, final = Path(f["tmp"]), Path(f["final"])
+            if not final.exists() and not tmp.exists():
+                log.error("sealed file %s is missing after a crash", final)
+            publish(tmp, final)
+        write_checkpoint(ChainCheckpoint.from_body(last["checkpoint"]), self.key, self.checkpoint_dirs)
 
     def _sealed(self, prepared: _Prepared) -> None:
         rows = sum(b.table.num_rows for b, _ in prepared.items)

@@ -1,7 +1,8 @@
 """The sealer's pipeline, in process on real files: a backlog is sealed as
 consecutive seals (one seal's Parquet written while the next is hashed), and
 a seal that fails part-way puts every uncommitted batch back, in order, so
-the retry stores each event exactly once and the chain verifies."""
+the retry stores each event exactly once and the chain verifies; a seal that
+fails after its commit point is finished by the next round, never repeated."""
 
 from __future__ import annotations
 
@@ -23,11 +24,14 @@ from tests.wire_client import make_event, request
 BATCH = 250
 
 
-def _sealer(root: Path, max_rows: int = 1000) -> Sealer:
+def _sealer(root: Path, max_rows: int = 1000, dedupe_window: int = 2_000_000,
+            mirrors: tuple[Path, ...] = ()) -> Sealer:
     data = DataDir(root)
     for p in (data.events, data.state, data.checkpoints, data.keys):
         p.mkdir(parents=True, exist_ok=True)
-    return Sealer(data, data.wal, SigningKey.load_or_create(data.keys), policy=SealPolicy(max_rows=max_rows))
+    return Sealer(data, data.wal, SigningKey.load_or_create(data.keys),
+                  policy=SealPolicy(max_rows=max_rows, dedupe_window_events=dedupe_window),
+                  checkpoint_mirrors=mirrors)
 
 
 def _queue(sealer: Sealer, batches: int, ids_from: list[str] | None = None, start: int = 0) -> list[str]:
@@ -87,6 +91,32 @@ def test_a_seal_that_fails_while_the_next_is_hashed_loses_and_repeats_nothing(tm
     assert [seq for seq, _ in rows] == list(range(1, len(ids) + 1))
     assert [i for _, i in rows] == ids  # exactly once, in arrival order
     report = verify_lake(sealer.data)
+    assert report.ok, [str(p) for p in report.problems]
+
+
+def test_a_seal_that_fails_after_its_commit_point_is_finished_not_repeated(tmp_path: Path) -> None:
+    # The event-id window is off, so only the sealer's own bookkeeping can
+    # keep a committed seal from being stored a second time.
+    mirror = tmp_path / "mirror"
+    sealer = _sealer(tmp_path / "data", dedupe_window=0, mirrors=(mirror,))
+    ids = _queue(sealer, 14)  # four seals of at most 1,000 events
+    # A real failure after the commit point: the checkpoint mirror path is a
+    # file, so the first seal's checkpoint reaches the primary folder only.
+    mirror.write_text("not a directory")
+    with pytest.raises(OSError):
+        sealer.seal_pending()
+    assert sealer.state.seal == 1 and sealer.state.seq == 1000  # committed
+    assert sealer.pending_rows == len(ids) - 1000  # and out of the queue
+    assert [i for _, i in _lake_ids_by_seq(sealer.data)] == ids[:1000]  # published
+    mirror.unlink()
+    assert sealer.seal_pending() == len(ids) - 1000  # finishes seal 1, then seals the rest
+    rows = _lake_ids_by_seq(sealer.data)
+    assert [seq for seq, _ in rows] == list(range(1, len(ids) + 1))
+    assert [i for _, i in rows] == ids  # exactly once
+    mirrored = sorted(p.name for p in (mirror / sealer.writer_id).glob("*.json"))
+    assert mirrored == sorted(p.name for p in (sealer.data.checkpoints / sealer.writer_id).glob("*.json"))
+    assert len(mirrored) == 4
+    report = verify_lake(sealer.data, mirrors=(mirror,))
     assert report.ok, [str(p) for p in report.problems]
 
 

@@ -334,7 +334,7 @@ class ExportRun:
             cur.close()
         # fsync beside the hash: both release the GIL, and each costs about
         # as much as the other on a large export
-        with open(path, "rb") as f, ThreadPoolExecutor(1, thread_name_prefix="export-fsync") as pool:
+        with open(path, "rb+") as f, ThreadPoolExecutor(1, thread_name_prefix="export-fsync") as pool:
             synced = pool.submit(os.fsync, f.fileno())
             for block in iter(lambda: f.read(1 << 20), b""):
                 self._emit(block)

@@ -4,11 +4,12 @@ write-ahead log, hash chain, zstd Parquet), the collector's peak RSS, and
 bytes per stored event — next to pyarrow alone writing the same rows to zstd
 Parquet and JSON lines + gzip of the same events, measured in the same run.
 
-    .venv/bin/python bench/ingest_bench.py [--quick] [--profile | --columns]
+    .venv/bin/python bench/ingest_bench.py [--quick] [--profile | --columns [--requests]]
 
 ``--profile`` runs py-spy on the collector (if installed) and prints its
 top functions.  ``--columns`` prints the lake's compressed bytes per event of
-each column, and what the chain hash would cost stored other ways.
+each column, and what the chain hash would cost stored other ways
+(``--requests``: on request-shaped rows, see SHAPES).
 """
 
 from __future__ import annotations
@@ -49,40 +50,64 @@ def _uuid7(ms: int, rnd: random.Random) -> str:
     return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
 
-def make_events(n: int, seed: int) -> dict[str, list]:
+#: Row shapes.  "independent": every event carries its own random trace,
+#: span and request ids and a random address (the worst case for size).
+#: "requests": events come from requests of 1-3 events (2 on average) that
+#: share the request's trace id, request id, user and address; each user
+#: works from one address (one request in ten from another); each event
+#: still has its own id and span id.
+SHAPES = ("independent", "requests")
+
+
+def make_events(n: int, seed: int, shape: str = "independent") -> dict[str, list]:
     """``n`` synthetic audit events as columns (the wire's column names)."""
+    if shape not in SHAPES:
+        raise ValueError(f"unknown shape {shape!r} ({', '.join(SHAPES)})")
     rnd = random.Random(seed)
     now_ms = int(time.time() * 1000)
     cols: dict[str, list] = {k: [] for k in (
         "id", "tenant_id", "user_id", "action", "resource_type", "resource_id", "changes",
         "ip_address", "user_agent", "created_at_us", "outcome", "reason", "service",
         "trace_id", "span_id", "request_id", "metadata")}
+    left = 0  # events still to come from the current request ("requests")
+    tenant = user = ip = trace = request_id = ""
     for i in range(n):
         ms = now_ms + i // 50
         action = _ACTIONS[rnd.randrange(len(_ACTIONS))]
+        if shape == "independent":
+            tenant, user = f"tenant-{rnd.randrange(20)}", rnd.randrange(2000)
+            ip = f"10.{rnd.randrange(4)}.{rnd.randrange(256)}.{rnd.randrange(256)}"
+            trace, request_id = f"{rnd.getrandbits(128):032x}", f"req-{rnd.getrandbits(40):010x}"
+        elif left == 0:
+            left = rnd.randrange(1, 4)
+            tenant, user = f"tenant-{rnd.randrange(20)}", rnd.randrange(2000)
+            ip = (f"10.{user % 4}.{user // 4 % 256}.{user * 7 % 256}" if rnd.random() < 0.9
+                  else f"10.{rnd.randrange(4)}.{rnd.randrange(256)}.{rnd.randrange(256)}")
+            trace, request_id = f"{rnd.getrandbits(128):032x}", f"req-{rnd.getrandbits(40):010x}"
+        left = max(left - 1, 0)
         cols["id"].append(_uuid7(ms, rnd))
-        cols["tenant_id"].append(f"tenant-{rnd.randrange(20)}")
-        cols["user_id"].append(f"user-{rnd.randrange(2000)}")
+        cols["tenant_id"].append(tenant)
+        cols["user_id"].append(f"user-{user}")
         cols["action"].append(action)
         cols["resource_type"].append(_TYPES[rnd.randrange(len(_TYPES))])
         cols["resource_id"].append(f"r-{rnd.randrange(100000)}")
         cols["changes"].append(
             json.dumps({"status": {"before": "open", "after": f"closed-{rnd.randrange(9)}"}})
             if action == "update" else "")
-        cols["ip_address"].append(f"10.{rnd.randrange(4)}.{rnd.randrange(256)}.{rnd.randrange(256)}")
+        cols["ip_address"].append(ip)
         cols["user_agent"].append("Mozilla/5.0 (X11; Linux x86_64) bench/1.0")
         cols["created_at_us"].append(ms * 1000 + rnd.randrange(1000))
         cols["outcome"].append("success" if rnd.random() < 0.95 else "denied")
         cols["reason"].append("")
         cols["service"].append("billing")
-        cols["trace_id"].append(f"{rnd.getrandbits(128):032x}")
+        cols["trace_id"].append(trace)
         cols["span_id"].append(f"{rnd.getrandbits(64):016x}")
-        cols["request_id"].append(f"req-{rnd.getrandbits(40):010x}")
+        cols["request_id"].append(request_id)
         cols["metadata"].append(json.dumps({"route": "/api/v1/items/{id}"}))
     return cols
 
 
-def _client(endpoint: str, key: str, n: int, seed: int) -> None:
+def _client(endpoint: str, key: str, n: int, seed: int, shape: str) -> None:
     """In a fresh process: pre-serialize the batches, wait for 'go' on stdin,
     send them over STREAMS concurrent calls, print timings as JSON."""
     import threading
@@ -92,7 +117,7 @@ def _client(endpoint: str, key: str, n: int, seed: int) -> None:
     from auditlake.packing import pack_columns
     from auditlake.v1 import audit_pb2
 
-    cols = make_events(n, seed)
+    cols = make_events(n, seed, shape)
     payloads = []
     for start in range(0, n, BATCH):
         part = {k: v[start:start + BATCH] for k, v in cols.items()}
@@ -168,8 +193,8 @@ def _count(data: Path) -> int:
 
 
 def run_ingest(total: int, profile: bool = False, compact: bool = False,
-               columns: bool = False) -> dict[str, float]:
-    """One run: CLIENTS processes, ``total`` events; returns the figures."""
+               columns: bool = False, shape: str = "independent") -> dict[str, float]:
+    """One run: CLIENTS processes, ``total`` events of ``shape``; returns the figures."""
     tmp = Path(tempfile.mkdtemp(prefix="auditlake-ingest-"))
     data = tmp / "data"
     data.mkdir()
@@ -199,7 +224,7 @@ def run_ingest(total: int, profile: bool = False, compact: bool = False,
         per = total // CLIENTS
         for i in range(CLIENTS):
             clients.append(subprocess.Popen(
-                [sys.executable, __file__, "--client", endpoint, key, str(per), str(i)],
+                [sys.executable, __file__, "--client", endpoint, key, str(per), str(i), shape],
                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True))
         for c in clients:
             assert c.stdout is not None and c.stdout.readline().strip() == "ready"
@@ -367,12 +392,12 @@ def _profile_summary(path: Path, top: int = 25) -> str:
     return "\n".join(lines)
 
 
-def baselines(n: int) -> dict[str, float]:
+def baselines(n: int, shape: str = "independent") -> dict[str, float]:
     """pyarrow alone: the same rows to zstd Parquet (rows/s, bytes/row); JSONL+gzip bytes/row."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    cols = make_events(n, 99)
+    cols = make_events(n, 99, shape)
     table = pa.table({**{k: pa.array(v, pa.string()) for k, v in cols.items() if k != "created_at_us"},
                       "created_at": pa.array(cols["created_at_us"], pa.int64()).cast(pa.timestamp("us", "UTC"))})
     times = []
@@ -401,6 +426,9 @@ def bench_rows(quick: bool = False) -> list[tuple[str, str, str, str]]:
         bases.append(baselines(50_000 if quick else 100_000))
         got.append(run_ingest(total, compact=(i == runs - 1)))
     base = {k: sorted(b[k] for b in bases)[len(bases) // 2] for k in bases[0]}
+    # Size only (one run): the same pipeline on request-shaped rows.
+    req_base = baselines(50_000 if quick else 100_000, "requests")
+    req = run_ingest(total, shape="requests")
 
     def med(k: str) -> float:
         return sorted(g[k] for g in got)[len(got) // 2]
@@ -421,21 +449,29 @@ def bench_rows(quick: bool = False) -> list[tuple[str, str, str, str]]:
          f"{base['jsonl_gzip_bytes']:.1f} (JSONL+gzip)",
          f"{got[-1]['compacted_bytes_per_event'] / base['jsonl_gzip_bytes']:.2f}x"),
         (f"compaction of the {total:,} events (auditlake compact, s)", f"{got[-1]['compact_s']:.1f}", "-", "-"),
-        ("bytes per stored event (zstd Parquet, all columns + chain)", f"{bpe:.1f}",
+        ("bytes per stored event (zstd Parquet, all columns + chain; independent rows: every event "
+         "its own random trace, span and request id, the worst case)", f"{bpe:.1f}",
          f"{med('stored_jsonl_gzip_bytes'):.1f} (JSONL+gzip of the same stored rows, chain included); "
          f"{base['jsonl_gzip_bytes']:.1f} (JSONL+gzip, wire columns only); "
          f"{base['pyarrow_bytes']:.1f} (pyarrow zstd, wire columns only)",
          f"{bpe / med('stored_jsonl_gzip_bytes'):.2f}x"),
+        ("bytes per stored event, request-shaped rows (1-3 events per request share its trace id, "
+         "request id and address; own id and span id)", f"{req['bytes_per_event']:.1f}",
+         f"{req['stored_jsonl_gzip_bytes']:.1f} (JSONL+gzip of the same stored rows, chain included); "
+         f"{req_base['jsonl_gzip_bytes']:.1f} (JSONL+gzip, wire columns only); "
+         f"{req_base['pyarrow_bytes']:.1f} (pyarrow zstd, wire columns only)",
+         f"{req['bytes_per_event'] / req['stored_jsonl_gzip_bytes']:.2f}x"),
     ]
 
 
 def main() -> None:
     if len(sys.argv) > 1 and sys.argv[1] == "--client":
-        _client(sys.argv[2], sys.argv[3], int(sys.argv[4]), int(sys.argv[5]))
+        _client(sys.argv[2], sys.argv[3], int(sys.argv[4]), int(sys.argv[5]), sys.argv[6])
         return
     quick = "--quick" in sys.argv
+    shape = "requests" if "--requests" in sys.argv else "independent"
     if "--columns" in sys.argv:  # per-column bytes of the sealed lake, to stderr
-        print(json.dumps(run_ingest(200_000 if quick else 400_000, columns=True)))
+        print(json.dumps(run_ingest(200_000 if quick else 400_000, columns=True, shape=shape)))
         return
     if "--profile" in sys.argv:
         print(json.dumps(run_ingest(200_000 if quick else 1_000_000, profile=True)))

@@ -367,8 +367,9 @@ class Sealer:
         self._stager: ThreadPoolExecutor | None = None
         #: append_checkpoint calls waiting for the chain lock.
         self._checkpoints_waiting = 0
-        #: Events of a seal committed (state/seal.json) but not yet
-        #: published, signed and dropped from the WAL; None when none is.
+        #: Events of the seal (or other checkpoint: 0) committed in
+        #: state/seal.json but not yet published, signed and dropped from
+        #: the WAL, because an error interrupted it; None when none is.
         self._unfinished: int | None = None
         self.sealed_events = 0
         self.duplicate_events = 0
@@ -697,7 +698,9 @@ class Sealer:
                 last={"files": [], "checkpoint": checkpoint.body()},
             )
             self._save_state()
+            self._unfinished = 0  # should writing it fail, the next seal or checkpoint repeats it
             write_checkpoint(checkpoint, self.key, self.checkpoint_dirs)
+            self._unfinished = None
             return checkpoint
         finally:
             self._chain_lock.release()
@@ -736,7 +739,7 @@ class Sealer:
             self.state = replace(self.state, wal_segment=position.segment, wal_offset=position.offset)
             self._save_state()
             self._sealed(prepared)
-            self._unfinished = 0  # only the WAL to drop
+            self._unfinished = 0  # the WAL to drop (the last checkpoint is rewritten: harmless)
             return 0
         if (prepared.seal_no, prepared.seq - n) != (self.state.seal + 1, self.state.seq):
             raise RuntimeError("internal error: a prepared seal does not follow the committed chain head")
@@ -796,8 +799,7 @@ class Sealer:
         finish an interrupted seal on start (recover)."""
         if self._unfinished is None:
             return
-        if self._unfinished:
-            self._finish_last()
+        self._finish_last()
         if self.wal is not None:
             self.wal.drop_through(self.state.position)
         if self._unfinished:

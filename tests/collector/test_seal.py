@@ -120,6 +120,28 @@ def test_a_seal_that_fails_after_its_commit_point_is_finished_not_repeated(tmp_p
     assert report.ok, [str(p) for p in report.problems]
 
 
+def test_a_checkpoint_that_failed_to_write_is_written_before_the_next_seal(tmp_path: Path) -> None:
+    sealer = _sealer(tmp_path)
+    ids = _queue(sealer, 4)
+    sealer.seal_pending()
+    # A real failure: the compact checkpoint's temporary file name is taken
+    # by a directory, so writing checkpoint 2 fails after the state moved on.
+    folder = sealer.data.checkpoints / sealer.writer_id
+    blocker = folder / "0000000002-compact.tmp"
+    blocker.mkdir()
+    with pytest.raises(OSError):
+        sealer.append_checkpoint("compact")
+    assert sealer.state.seal == 2
+    blocker.rmdir()
+    ids += _queue(sealer, 4, start=4)
+    assert sealer.seal_pending() == 1000  # writes checkpoint 2 first, then seal 3
+    assert sorted(p.name for p in folder.glob("*.json")) == [
+        "0000000001-seal.json", "0000000002-compact.json", "0000000003-seal.json"]
+    assert [i for _, i in _lake_ids_by_seq(sealer.data)] == ids
+    report = verify_lake(sealer.data)
+    assert report.ok, [str(p) for p in report.problems]
+
+
 def test_events_repeated_across_two_seals_in_flight_are_stored_once(tmp_path: Path) -> None:
     sealer = _sealer(tmp_path)
     ids = _queue(sealer, 4)  # the first seal (1,000 events)

@@ -113,13 +113,13 @@ def publish(tmp: Path, final: Path) -> None:
         fsync_dir(final.parent)
 
 
-def remove_stale_temps(events_root: Path, keep: set[Path]) -> int:
-    """Delete temporary files left by a crash that no seal record refers to."""
+def remove_stale_temps(events_root: Path) -> int:
+    """Delete temporary files left by a crash (call after the last seal's own
+    files were published: every temporary file left then is stale)."""
     removed = 0
     for p in events_root.glob(f"date=*/*{TMP_SUFFIX}"):
-        if p not in keep:
-            p.unlink()
-            removed += 1
+        p.unlink()
+        removed += 1
     return removed
 
 

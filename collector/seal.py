@@ -367,10 +367,9 @@ class Sealer:
         self._stager: ThreadPoolExecutor | None = None
         #: append_checkpoint calls waiting for the chain lock.
         self._checkpoints_waiting = 0
-        #: Events of the seal (or other checkpoint: 0) committed in
-        #: state/seal.json but not yet published, signed and dropped from
-        #: the WAL, because an error interrupted it; None when none is.
-        self._unfinished: int | None = None
+        #: The last seal or checkpoint is committed in state/seal.json but an
+        #: error kept it from being published, signed or dropped from the WAL.
+        self._unfinished = False
         self.sealed_events = 0
         self.duplicate_events = 0
         self.last_seal_time = 0.0
@@ -444,7 +443,7 @@ class Sealer:
         WAL batch after the sealed position.  Returns the replayed batches."""
         self.wal = wal
         self._finish_last()
-        removed = remove_stale_temps(self.data.events, set())
+        removed = remove_stale_temps(self.data.events)
         if removed:
             log.info("removed %d temporary files left by an interrupted seal", removed)
         self._rebuild_recent_ids()
@@ -698,9 +697,9 @@ class Sealer:
                 last={"files": [], "checkpoint": checkpoint.body()},
             )
             self._save_state()
-            self._unfinished = 0  # should writing it fail, the next seal or checkpoint repeats it
+            self._unfinished = True  # should writing it fail, the next seal or checkpoint repeats it
             write_checkpoint(checkpoint, self.key, self.checkpoint_dirs)
-            self._unfinished = None
+            self._unfinished = False
             return checkpoint
         finally:
             self._chain_lock.release()
@@ -739,7 +738,7 @@ class Sealer:
             self.state = replace(self.state, wal_segment=position.segment, wal_offset=position.offset)
             self._save_state()
             self._sealed(prepared)
-            self._unfinished = 0  # the WAL to drop (the last checkpoint is rewritten: harmless)
+            self._unfinished = True  # the WAL to drop (the last checkpoint is rewritten: harmless)
             return 0
         if (prepared.seal_no, prepared.seq - n) != (self.state.seal + 1, self.state.seq):
             raise RuntimeError("internal error: a prepared seal does not follow the committed chain head")
@@ -778,9 +777,11 @@ class Sealer:
         # From here on the seal is committed: its batches leave the queue
         # now, and what remains (publish, checkpoint, WAL) is
         # _finish_committed, which repeats until it succeeds, like recovery.
-        self._unfinished = n
+        self._unfinished = True
         if prepared.ids is not None:
             self.recent_ids.remember_keys(*prepared.ids)
+        self.sealed_events += n
+        self.last_seal_time = time.time()
         self._sealed(prepared)
         del table, staged
         pa.default_memory_pool().release_unused()  # keep RSS near what is in use
@@ -797,15 +798,12 @@ class Sealer:
         step is idempotent, so after an error (a full disk, an unreachable
         checkpoint mirror) the next round simply repeats it; the same steps
         finish an interrupted seal on start (recover)."""
-        if self._unfinished is None:
+        if not self._unfinished:
             return
         self._finish_last()
         if self.wal is not None:
             self.wal.drop_through(self.state.position)
-        if self._unfinished:
-            self.sealed_events += self._unfinished
-            self.last_seal_time = time.time()
-        self._unfinished = None
+        self._unfinished = False
 
     def _finish_last(self) -> None:
         """Publish the last seal's files and write its checkpoint (idempotent)."""

@@ -1,8 +1,9 @@
 """The sealer's pipeline, in process on real files: a backlog is sealed as
 consecutive seals (one seal's Parquet written while the next is hashed), and
 a seal that fails part-way puts every uncommitted batch back, in order, so
-the retry stores each event exactly once and the chain verifies; a seal that
-fails after its commit point is finished by the next round, never repeated."""
+the retry stores each event exactly once and the chain verifies; a seal or
+checkpoint that fails after its commit point is finished before anything
+else, never repeated."""
 
 from __future__ import annotations
 

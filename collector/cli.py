@@ -9,6 +9,7 @@ gives each a ``func(args) -> int`` default.
 from __future__ import annotations
 
 import argparse
+import faulthandler
 import importlib
 import logging
 import signal
@@ -61,6 +62,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
+    # `kill -USR1 PID` prints every thread's stack to stderr: what a collector
+    # that does not stop (or does not answer) is waiting for.
+    faulthandler.register(signal.SIGUSR1, all_threads=True)
     collector.start()
     http = collector.http.address if collector.http is not None else ""
     print(f"auditlake collector listening: grpc={collector.grpc_address}"

@@ -109,8 +109,14 @@ class CollectorProcess:
             try:
                 self.proc.wait(timeout)
             except subprocess.TimeoutExpired:
+                # Ask for every thread's stack (faulthandler, SIGUSR1) before
+                # killing, and show the log: the test's output says what hung.
+                self.proc.send_signal(signal.SIGUSR1)
+                time.sleep(1.0)
                 self.proc.kill()
                 self.proc.wait()
+                print(f"collector did not stop in {timeout} s; its log:\n{self.log()[-20000:]}",
+                      file=sys.stderr)
         code = self.proc.returncode
         self.proc = None
         return code

@@ -4,6 +4,7 @@ a retried batch after a lost answer is stored once; a torn WAL tail is cut."""
 from __future__ import annotations
 
 import collections
+import signal
 import struct
 import subprocess
 import sys
@@ -144,3 +145,21 @@ def test_corrupt_last_record_is_cut_and_earlier_records_kept(
     assert "cutting a torn tail" in collector.log()
     assert collector.stop() == 0
     assert sorted(lake_id_counts(collector.data)) == sorted(kept)
+
+
+def test_sigusr1_prints_every_threads_stack_and_the_collector_keeps_serving(
+    collector_factory: Callable[..., CollectorProcess],
+) -> None:
+    collector = collector_factory()
+    assert collector.proc is not None
+    collector.proc.send_signal(signal.SIGUSR1)
+    deadline = time.monotonic() + 10
+    while not all(w in collector.log() for w in ("cmd_serve", "seal.py")) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    log = collector.log()
+    # every thread's stack: the main thread waiting in serve, the sealer's loop
+    assert "Current thread" in log and "cmd_serve" in log and "seal.py" in log, log
+    client = Client(collector.endpoint, ingest_key(collector.data, "acme"))
+    assert client.export("after-dump", columns(new_ids(3))).accepted == 3
+    client.close()
+    assert collector.stop() == 0

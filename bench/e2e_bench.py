@@ -72,8 +72,8 @@ def _otel_child(port: int, n: int) -> None:
 
 def run_auditlake(n: int) -> float:
     """Events/s from the first record() until all n are queryable."""
-    from auditlake.collector.datadir import DataDir
-    from auditlake.collector.query import connect
+    from auditlake.collector.lake.query import connect
+    from auditlake.collector.storage.datadir import DataDir
 
     tmp = Path(tempfile.mkdtemp(prefix="al-bench-"))
     try:

@@ -326,7 +326,7 @@ def _column_breakdown(data: Path, events: int) -> str:
     import pyarrow.compute as pc
     import pyarrow.parquet as pq
 
-    from auditlake.collector.lake import PARQUET_OPTIONS
+    from auditlake.collector.lake.files import PARQUET_OPTIONS
 
     files = sorted((data / "lake" / "events").glob("date=*/*.parquet"))
     per: dict[str, int] = {}

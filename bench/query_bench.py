@@ -60,7 +60,7 @@ def _uuid7s(ms: np.ndarray, rng: np.random.Generator) -> list[str]:
 
 def generate(root: Path, total: int, seed: int = 7) -> None:
     """Write ``total`` events over DAYS days under ``root/lake/events``."""
-    from auditlake.collector.lake import PARQUET_OPTIONS  # noqa: PLC0415
+    from auditlake.collector.lake.files import PARQUET_OPTIONS  # noqa: PLC0415
     from auditlake.collector.schema import EVENT_SCHEMA  # noqa: PLC0415
 
     rng = np.random.default_rng(seed)
@@ -157,11 +157,11 @@ def bench_rows(quick: bool = False) -> list[tuple[str, str, str, str]]:
     import httpx  # noqa: PLC0415
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey  # noqa: PLC0415
 
-    from auditlake.collector.datadir import DataDir  # noqa: PLC0415
-    from auditlake.collector.export import export_to_file  # noqa: PLC0415
-    from auditlake.collector.keys import SigningKey  # noqa: PLC0415
-    from auditlake.collector.search import Filter, LakeReader  # noqa: PLC0415
-    from auditlake.collector.users import UserStore  # noqa: PLC0415
+    from auditlake.collector.admin.export import export_to_file  # noqa: PLC0415
+    from auditlake.collector.admin.search import Filter, LakeReader  # noqa: PLC0415
+    from auditlake.collector.admin.users import UserStore  # noqa: PLC0415
+    from auditlake.collector.integrity.signing import SigningKey  # noqa: PLC0415
+    from auditlake.collector.storage.datadir import DataDir  # noqa: PLC0415
 
     root = ensure_lake(quick)
     data = DataDir(root)
@@ -191,7 +191,7 @@ def bench_rows(quick: bool = False) -> list[tuple[str, str, str, str]]:
     t_search_page, t_raw_page = _paired(lambda: reader.page(f, None, limit=50), raw_page, runs)
 
     # The JSON API over HTTP, through a real AdminServer on a free port.
-    from auditlake.collector.admin import AdminServer  # noqa: PLC0415
+    from auditlake.collector.admin.server import AdminServer  # noqa: PLC0415
 
     with tempfile.TemporaryDirectory() as tmp:
         keys = Path(tmp)

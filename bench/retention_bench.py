@@ -36,9 +36,9 @@ def _history(data: Path, days: int, per_day: int) -> int:
     the collector's own path (inbox → WAL → chain → seal); returns the count."""
     import pyarrow as pa
 
-    from auditlake.collector.datadir import DataDir
-    from auditlake.collector.inbox import submit
-    from auditlake.collector.receive import WIRE_SCHEMA, normalize
+    from auditlake.collector.ingest.inbox import submit
+    from auditlake.collector.ingest.receive import WIRE_SCHEMA, normalize
+    from auditlake.collector.storage.datadir import DataDir
 
     d = DataDir(data)
     noon = dt.datetime.combine(dt.datetime.now(dt.UTC).date(), dt.time(0), tzinfo=dt.UTC)
@@ -88,9 +88,10 @@ def _old_files(data: Path) -> list[Path]:
 def _move(data: Path, toml: dict[str, Any]) -> tuple[float, int, int]:
     """(seconds, bytes, events) of one retention run moving the old days."""
     from auditlake.collector.config import CollectorConfig
-    from auditlake.collector.datadir import DataDir
-    from auditlake.collector.retention import load_policy, run_in_collector
+    from auditlake.collector.retention.job import run_in_collector
+    from auditlake.collector.retention.policy import load_policy
     from auditlake.collector.server import Collector
+    from auditlake.collector.storage.datadir import DataDir
 
     policy = load_policy(toml)
     assert policy is not None
@@ -143,8 +144,8 @@ def _plain_copy_s3(files: list[Path], fs: Any, root: str) -> float:
 
 def _last_week_ms(data: Path, toml: dict[str, Any], rounds: int) -> float:
     """Median ms of a last-week query, connecting each time as the CLI/UI does."""
-    from auditlake.collector.datadir import DataDir
-    from auditlake.collector.query import connect
+    from auditlake.collector.lake.query import connect
+    from auditlake.collector.storage.datadir import DataDir
 
     week = (dt.datetime.now(dt.UTC).date() - dt.timedelta(days=HOT_DAYS - 1)).isoformat()
     sql = (f"SELECT action, count(*) FROM events WHERE date >= DATE '{week}' AND tenant_id = 'acme' "

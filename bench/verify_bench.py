@@ -35,11 +35,11 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 from common import print_table  # noqa: E402
 
-from auditlake.collector import inbox  # noqa: E402
-from auditlake.collector.datadir import DataDir  # noqa: E402
-from auditlake.collector.integrity import canonical_sql  # noqa: E402
-from auditlake.collector.receive import WIRE_SCHEMA  # noqa: E402
-from auditlake.collector.verify import verify_lake  # noqa: E402
+from auditlake.collector.ingest import inbox  # noqa: E402
+from auditlake.collector.ingest.receive import WIRE_SCHEMA  # noqa: E402
+from auditlake.collector.integrity.chain import canonical_sql  # noqa: E402
+from auditlake.collector.integrity.verify import verify_lake  # noqa: E402
+from auditlake.collector.storage.datadir import DataDir  # noqa: E402
 
 DAYS = 10
 CHUNK = 250_000

@@ -12,41 +12,26 @@ import argparse
 import faulthandler
 import importlib
 import logging
+import os
 import signal
 import sys
-from pathlib import Path
 from types import FrameType
 
 from auditlake import __version__
-from auditlake.collector.config import collector_config, load_toml
-from auditlake.collector.datadir import DataDir
+from auditlake.collector.config import add_data_arg, collector_config, config_path, data_umask, load_toml
 from auditlake.collector.errors import CollectorError
+from auditlake.collector.storage.datadir import DataDir
 
-#: Stage modules that add subcommands when present.
-STAGE_COMMANDS = ("verify", "admin", "export", "retention", "backfill", "compact")
-
-
-def add_data_arg(p: argparse.ArgumentParser) -> None:
-    """``--data DIR`` (default ``AUDITLAKE_DATA`` or ./auditlake-data)."""
-    p.add_argument(
-        "--data",
-        metavar="DIR",
-        default=None,
-        help="data directory (default: $AUDITLAKE_DATA or ./auditlake-data)",
-    )
-
-
-def config_path(args: argparse.Namespace, data: DataDir) -> Path:
-    """The TOML file: ``--config`` or ``DIR/auditlake.toml``."""
-    given = getattr(args, "config", None)
-    return Path(given) if given else data.config_file
+#: Modules that add subcommands (each defines ``register(subparsers)``).
+STAGE_COMMANDS = ("integrity.verify", "admin.server", "admin.export", "retention.job", "retention.backfill",
+                  "lake.compact")
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
     from auditlake.collector.server import Collector, ready_file_write  # noqa: PLC0415
 
     data = DataDir.resolve(args.data)
-    toml = load_toml(config_path(args, data))
+    toml = load_toml(config_path(args, data.config_file))
     config = collector_config(
         toml,
         grpc_listen=args.grpc_listen,
@@ -77,7 +62,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_keys_create(args: argparse.Namespace) -> int:
-    from auditlake.collector.keys import IngestKeyStore  # noqa: PLC0415
+    from auditlake.collector.ingest.keys import IngestKeyStore  # noqa: PLC0415
 
     data = DataDir.resolve(args.data)
     data.create()
@@ -87,7 +72,7 @@ def cmd_keys_create(args: argparse.Namespace) -> int:
 
 
 def cmd_keys_list(args: argparse.Namespace) -> int:
-    from auditlake.collector.keys import IngestKeyStore  # noqa: PLC0415
+    from auditlake.collector.ingest.keys import IngestKeyStore  # noqa: PLC0415
 
     data = DataDir.resolve(args.data)
     # IngestKeyStore.keys() is a method returning IngestKey records, not a dict view.
@@ -97,7 +82,7 @@ def cmd_keys_list(args: argparse.Namespace) -> int:
 
 
 def cmd_keys_revoke(args: argparse.Namespace) -> int:
-    from auditlake.collector.keys import IngestKeyStore  # noqa: PLC0415
+    from auditlake.collector.ingest.keys import IngestKeyStore  # noqa: PLC0415
 
     data = DataDir.resolve(args.data)
     if not IngestKeyStore(data.keys).revoke(args.key_id):
@@ -107,7 +92,7 @@ def cmd_keys_revoke(args: argparse.Namespace) -> int:
 
 
 def cmd_keys_public(args: argparse.Namespace) -> int:
-    from auditlake.collector.keys import SigningKey  # noqa: PLC0415
+    from auditlake.collector.integrity.signing import SigningKey  # noqa: PLC0415
 
     data = DataDir.resolve(args.data)
     data.create()
@@ -118,13 +103,13 @@ def cmd_keys_public(args: argparse.Namespace) -> int:
 def cmd_query(args: argparse.Namespace) -> int:
     import duckdb  # noqa: PLC0415
 
-    from auditlake.collector.query import run_query  # noqa: PLC0415
+    from auditlake.collector.lake.query import run_query  # noqa: PLC0415
 
     data = DataDir.resolve(args.data)
     sql = args.sql if args.sql != "-" else sys.stdin.read()
     try:
         # The cold tier joins the view through retention's hook in query.connect.
-        out = run_query(data, sql, args.format, toml=load_toml(config_path(args, data)))
+        out = run_query(data, sql, args.format, toml=load_toml(config_path(args, data.config_file)))
     except duckdb.Error as exc:
         print(f"auditlake query: {exc}", file=sys.stderr)
         return 2
@@ -181,15 +166,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_query)
 
     for name in STAGE_COMMANDS:
-        try:
-            module = importlib.import_module(f"auditlake.collector.{name}")
-        except ModuleNotFoundError as exc:
-            if exc.name != f"auditlake.collector.{name}":
-                raise
-            continue
-        register = getattr(module, "register", None)
-        if register is not None:
-            register(sub)
+        importlib.import_module(f"auditlake.collector.{name}").register(sub)
     return parser
 
 
@@ -202,6 +179,8 @@ def main(argv: list[str] | None = None) -> int:
         stream=sys.stderr,
     )
     try:
+        # Whatever the caller's umask: audit data is not for every local user.
+        os.umask(data_umask())
         return int(args.func(args))
     except CollectorError as exc:
         print(f"auditlake: {exc}", file=sys.stderr)

@@ -9,6 +9,7 @@ table through ``load_toml``.
 
 from __future__ import annotations
 
+import argparse
 import os
 import tomllib
 from dataclasses import dataclass, fields, replace
@@ -45,6 +46,13 @@ class CollectorConfig:
     #: A second folder (another disk) for signed checkpoints; "" for none.
     checkpoint_mirror: str = ""
     grpc_workers: int = 16
+    #: Largest gRPC message accepted (bytes); the SDK's batches are far smaller.
+    max_message_bytes: int = 32 * 1024 * 1024
+    #: gRPC calls handled at once; more answer RESOURCE_EXHAUSTED at once, so
+    #: received-but-unhandled messages never exceed this many.
+    max_concurrent_rpcs: int = 64
+    #: Concurrent calls one client connection may open (HTTP/2 streams).
+    max_streams_per_connection: int = 32
 
     def __post_init__(self) -> None:
         for name in ("grpc_listen",):
@@ -61,8 +69,9 @@ class CollectorConfig:
             raise ConfigError("dedupe_batches must be positive and dedupe_window_events >= 0")
         if self.compact_interval_s < 0:
             raise ConfigError("compact_interval_s must be >= 0")
-        if self.grpc_workers <= 0:
-            raise ConfigError("grpc_workers must be positive")
+        for name in ("grpc_workers", "max_message_bytes", "max_concurrent_rpcs", "max_streams_per_connection"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"{name} must be positive")
 
 
 def load_toml(path: Path | None) -> dict[str, Any]:
@@ -106,3 +115,46 @@ def collector_config(toml: dict[str, Any], **overrides: Any) -> CollectorConfig:
         if overrides.get(name) is not None:
             values[name] = _coerce(f"--{name.replace('_', '-')}", overrides[name], kind)
     return replace(cfg, **values)
+
+
+# -- the arguments every command shares ---------------------------------------------
+
+
+def add_data_arg(p: argparse.ArgumentParser) -> None:
+    """``--data DIR`` (default ``AUDITLAKE_DATA`` or ./auditlake-data)."""
+    p.add_argument(
+        "--data",
+        metavar="DIR",
+        default=None,
+        help="data directory (default: $AUDITLAKE_DATA or ./auditlake-data)",
+    )
+
+
+def config_path(args: argparse.Namespace, default: Path) -> Path:
+    """The TOML file: ``--config``, else ``default`` (the data dir's auditlake.toml)."""
+    given = getattr(args, "config", None)
+    return Path(given) if given else default
+
+
+# -- file modes --------------------------------------------------------------------
+
+#: The process umask for everything auditlake writes: the WAL holds event
+#: text uncompressed, so by default only the collector's own user reads the
+#: data directory (dirs 0700, files 0600).  AUDITLAKE_UMASK=027 lets a group
+#: read it (dirs 0750, files 0640).
+DEFAULT_UMASK = 0o077
+
+
+def data_umask() -> int:
+    """The umask from ``AUDITLAKE_UMASK`` (octal), else DEFAULT_UMASK; it
+    always removes every permission for "other"."""
+    raw = os.environ.get("AUDITLAKE_UMASK", "")
+    if not raw:
+        return DEFAULT_UMASK
+    try:
+        value = int(raw, 8)
+    except ValueError as exc:
+        raise ConfigError(f"AUDITLAKE_UMASK must be octal (e.g. 077 or 027), got {raw!r}") from exc
+    if not 0 <= value <= 0o777:
+        raise ConfigError(f"AUDITLAKE_UMASK must be between 000 and 777, got {raw!r}")
+    return value | 0o007

@@ -89,3 +89,9 @@ EVENT_SCHEMA = pa.schema(
 
 #: Every stored column, in file order.
 COLUMNS: tuple[str, ...] = tuple(EVENT_SCHEMA.names)
+
+#: The collector's own tenant: meta-audit events (reads, exports, retention).
+SYSTEM_TENANT = "_auditlake"
+#: ``service`` values of the collector's own events start with this; no
+#: ingest key may send them, so a tenant cannot forge the collector's records.
+RESERVED_SERVICE_PREFIX = "auditlake"

@@ -1,113 +1,47 @@
-"""The running collector: wires receive -> WAL -> seal, and serves gRPC (and,
-when enabled, the admin HTTP server) until stopped.
+"""The running collector: the lake's write path (lake/writer.py) behind the
+gRPC ingest service, plus the inbox, compaction and retention loops and, when
+enabled, the admin HTTP server, until stopped.
 """
 
 from __future__ import annotations
 
-import fcntl
+import ipaddress
 import logging
 import os
-import shutil
 import threading
 import time
 from concurrent import futures
-from pathlib import Path
-from typing import Any, TextIO
+from typing import Any
 
 import grpc
 
-from auditlake.collector.compact import CompactionResult, Compactor
-from auditlake.collector.config import CollectorConfig, collector_config, load_toml
-from auditlake.collector.datadir import DataDir
+from auditlake.collector.config import CollectorConfig
 from auditlake.collector.errors import ConfigError
-from auditlake.collector.keys import IngestKeyStore, SigningKey
-from auditlake.collector.receive import AcceptedBatch, AuditService, BatchIndex
-from auditlake.collector.seal import Sealer, SealPolicy, canonical_prefix
-from auditlake.collector.tiers import maintenance_lock as tiers_maintenance_lock
-from auditlake.collector.wal import LogPosition, WriteAheadLog
-from auditlake.v1 import audit_pb2_grpc
+from auditlake.collector.ingest.inbox import drain
+from auditlake.collector.ingest.keys import IngestKeyStore
+from auditlake.collector.ingest.receive import AuditService
+from auditlake.collector.lake.writer import LakeWriter
+from auditlake.collector.storage.datadir import DataDir
 
 log = logging.getLogger(__name__)
 
 
-class Collector:
-    """One collector instance (one writer) over one data directory."""
+class Collector(LakeWriter):
+    """One collector instance: the lake's write path (one writer over one data
+    directory) serving gRPC ingest and, when enabled, the admin HTTP server."""
 
     def __init__(self, data: DataDir, config: CollectorConfig) -> None:
-        self.data = data
-        self.config = config
-        data.create()
-        lock = try_lock(data)
-        if lock is None:
-            raise ConfigError(
-                f"another collector is running on {data.root}: each collector needs "
-                "its own data directory"
-            )
-        self._lock_file = lock
+        super().__init__(data, config)
         self.keys = IngestKeyStore(data.keys)
-        self.signing_key = SigningKey.load_or_create(data.keys)
-        mirrors = (Path(config.checkpoint_mirror),) if config.checkpoint_mirror else ()
-        self.sealer = Sealer(
-            data,
-            data.wal,
-            self.signing_key,
-            policy=SealPolicy(
-                interval_s=config.seal_interval_s,
-                dedupe_batches=config.dedupe_batches,
-                dedupe_window_events=config.dedupe_window_events,
-            ),
-            checkpoint_mirrors=mirrors,
-        )
-        self.batches = BatchIndex(self.sealer.known_batches(), keep=config.dedupe_batches)
-        self.wal = WriteAheadLog(
-            data.wal, on_durable=self._durable, first_segment=self.sealer.state.wal_segment
-        )
-        for batch in self.sealer.recover(self.wal):
-            self.batches.add(batch.batch_id, batch.table.num_rows)
-        # After the sealer's recovery (which rewrites a committed checkpoint).
-        self.compactor = Compactor(data, self.sealer)
-        self.compactor.recover()
-        #: Held by compaction and retention so they never touch the lake at
-        #: once (the process-wide re-entrant lock retention also takes).
-        self.maintenance_lock = tiers_maintenance_lock
         self.grpc_server: grpc.Server | None = None
         self.grpc_port = 0
         self.http: Any = None
         self._stopped = threading.Event()
         self._stop_requested = threading.Event()
-        self._disk_checked = 0.0
-        self._disk_low = False
-
-    def _durable(self, context: object, position: LogPosition) -> None:
-        assert isinstance(context, AcceptedBatch)
-        self.sealer.add(context, position)
-
-    def store(self, batch: AcceptedBatch) -> Any:
-        """Append an accepted batch to the WAL; the future resolves once fsynced."""
-        # The bulk of the hash input is computed here, on the receiving
-        # thread (Arrow releases the GIL), so the one sealer thread only adds
-        # each row's seq and hashes.
-        batch.canonical_prefix = canonical_prefix(batch.table, batch.received_at_us, self.sealer.writer_id)
-        return self.wal.append(batch.encode(), batch)
 
     def drain_inbox(self) -> int:
         """Ingest batches other commands dropped into DIR/inbox/; returns events taken."""
-        from auditlake.collector.inbox import pending_items  # noqa: PLC0415
-
-        taken = 0
-        for item in pending_items(self.data):
-            batch = item.load()
-            owned, _ = self.batches.claim(batch.batch_id)
-            if owned:
-                try:
-                    self.store(batch).result()
-                except BaseException:
-                    self.batches.finish(batch.batch_id, None)
-                    raise
-                self.batches.finish(batch.batch_id, batch.table.num_rows)
-                taken += batch.table.num_rows
-            item.path.unlink()
-        return taken
+        return drain(self)
 
     def _inbox_loop(self) -> None:
         while not self._stopped.wait(self.config.seal_interval_s):
@@ -115,43 +49,6 @@ class Collector:
                 self.drain_inbox()
             except Exception:  # noqa: BLE001 - the files stay; next tick retries
                 log.exception("taking the inbox failed")
-
-    @classmethod
-    def offline(cls, data: DataDir) -> Collector:
-        """A collector that does not serve, for commands run while no
-        collector holds ``data`` (its checkpoint mirror and limits come from
-        DIR/auditlake.toml and AUDITLAKE_* as for `auditlake serve`); call
-        stop() when done."""
-        return cls(data, collector_config(load_toml(data.config_file), http_listen=""))
-
-    @classmethod
-    def ingest_offline(cls, data: DataDir) -> int:
-        """With no collector running: take the inbox, seal, stop."""
-        collector = cls.offline(data)
-        try:
-            return collector.drain_inbox()
-        finally:
-            collector.stop()
-
-    def overloaded(self) -> tuple[float, str] | None:
-        """(seconds a client should wait before retrying, why), or None when there is room."""
-        if self.sealer.pending_rows > self.config.max_unsealed_events:
-            # a seal or two clears it: retry soon
-            return 0.25, f"over {self.config.max_unsealed_events} unsealed events"
-        if self.wal.unsealed_bytes > self.config.max_wal_bytes:
-            return 0.25, f"write-ahead log over {self.config.max_wal_bytes} bytes"
-        now = time.monotonic()
-        if now - self._disk_checked > 1.0:  # a statvfs per request is wasted work
-            self._disk_checked = now
-            self._disk_low = shutil.disk_usage(self.data.root).free < self.config.min_free_disk_bytes
-        if self._disk_low:
-            return 30.0, f"free disk below {self.config.min_free_disk_bytes} bytes"
-        return None
-
-    def compact_now(self) -> list[CompactionResult]:
-        """Compact closed days now (the maintenance thread calls this hourly)."""
-        with self.maintenance_lock:
-            return self.compactor.run()
 
     def _maintenance_loop(self) -> None:
         interval = self.config.compact_interval_s
@@ -170,21 +67,31 @@ class Collector:
 
     def start(self) -> None:
         """Start sealing and serving."""
+        for what, address in (("gRPC ingest", self.config.grpc_listen), ("admin HTTP", self.config.http_listen)):
+            if address and not _is_loopback(address):
+                log.warning("%s listens on %s without TLS: API keys, passwords and audit events cross the "
+                            "network in clear text; bind 127.0.0.1 behind a TLS-terminating proxy", what, address)
         # Retention hook (collector/retention.py): refuses a bad [retention]
         # policy before anything starts; runs the policy on its schedule.
-        from auditlake.collector.retention import start_scheduler  # noqa: PLC0415
+        from auditlake.collector.retention.job import start_scheduler  # noqa: PLC0415
 
         self._stop_retention = start_scheduler(self)
         self.sealer.start()
+        # What one message and all calls together may cost is bounded before
+        # any work starts: the message size and the number of calls in flight
+        # here, the event count on the wire and the key in AuditService.
         self.grpc_server = grpc.server(
             futures.ThreadPoolExecutor(max_workers=self.config.grpc_workers, thread_name_prefix="auditlake-grpc"),
             options=[
-                ("grpc.max_receive_message_length", 64 * 1024 * 1024),
+                ("grpc.max_receive_message_length", self.config.max_message_bytes),
+                ("grpc.max_concurrent_streams", self.config.max_streams_per_connection),
                 ("grpc.so_reuseport", 0),
             ],
+            maximum_concurrent_rpcs=self.config.max_concurrent_rpcs,
         )
-        service = AuditService(self.keys, self.store, self.batches, overloaded=self.overloaded)
-        audit_pb2_grpc.add_AuditServiceServicer_to_server(service, self.grpc_server)  # type: ignore[no-untyped-call]
+        service = AuditService(self.keys, self.store, self.batches, overloaded=self.overloaded,
+                               seen=self.sealer.recent_ids.duplicate_rows)
+        self.grpc_server.add_generic_rpc_handlers((service.handler(),))
         port = self.grpc_server.add_insecure_port(self.config.grpc_listen)
         if port == 0:
             raise ConfigError(f"cannot listen for gRPC on {self.config.grpc_listen}")
@@ -207,7 +114,7 @@ class Collector:
 
     def _start_http(self) -> None:
         # Imported here so a collector without --http-listen never loads the web stack.
-        from auditlake.collector.admin import AdminServer  # noqa: PLC0415
+        from auditlake.collector.admin.server import AdminServer  # noqa: PLC0415
 
         self.http = AdminServer(self)
         self.http.start()
@@ -230,12 +137,8 @@ class Collector:
         stop_retention = getattr(self, "_stop_retention", None)  # retention hook
         if stop_retention is not None:
             stop_retention()
-        self.wal.close()
-        self.sealer.stop()
         maintenance = getattr(self, "_maintenance", None)
-        if maintenance is not None:
-            maintenance.join()  # a compaction in progress finishes first
-        self._lock_file.close()
+        self.close(before_unlock=maintenance.join if maintenance is not None else None)
 
     def request_stop(self) -> None:
         """Ask wait() to return (safe from a signal handler)."""
@@ -246,16 +149,15 @@ class Collector:
         self._stop_requested.wait()
 
 
-def try_lock(data: DataDir) -> TextIO | None:
-    """Take the data dir's collector lock; None when another process holds it."""
-    data.root.mkdir(parents=True, exist_ok=True)
-    f = open(data.root / ".lock", "w")  # noqa: SIM115 - held while running
+def _is_loopback(address: str) -> bool:
+    """True when HOST:PORT binds only the loopback interface."""
+    host = address.rpartition(":")[0].strip("[]")
+    if host == "localhost":
+        return True
     try:
-        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        f.close()
-        return None
-    return f
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def ready_file_write(path: str, address: str, http: str) -> None:

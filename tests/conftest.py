@@ -144,8 +144,8 @@ class CollectorProcess:
         a CLI subprocess per poll made the suite slow; the CLI itself is
         tested in tests/e2e/test_demo_and_cli.py)."""
         from auditlake.collector.config import load_toml
-        from auditlake.collector.datadir import DataDir
-        from auditlake.collector.query import run_query
+        from auditlake.collector.lake.query import run_query
+        from auditlake.collector.storage.datadir import DataDir
 
         data = DataDir.resolve(self.data)
         toml = load_toml(data.config_file)

@@ -16,7 +16,7 @@ from typing import Any
 import httpx
 import pytest
 
-from auditlake.collector.users import UserStore
+from auditlake.collector.admin.users import UserStore
 from tests.conftest import CollectorProcess
 from tests.wire_client import WireClient, make_event
 
@@ -122,8 +122,8 @@ def lake(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lake]:
 
 def lake_rows(data: Path, sql: str) -> list[dict[str, Any]]:
     """Rows of ``sql`` over ``data``'s lake, read in this process (no CLI start-up)."""
-    from auditlake.collector.datadir import DataDir
-    from auditlake.collector.query import connect
+    from auditlake.collector.lake.query import connect
+    from auditlake.collector.storage.datadir import DataDir
 
     con = connect(DataDir(data))
     try:

@@ -258,7 +258,7 @@ def test_session_cookie_is_httponly_and_samesite_strict(lake: Lake) -> None:
 
 def test_login_is_throttled_after_repeated_failures(collector_factory: Callable[..., CollectorProcess]) -> None:
     c = collector_factory(http=True)
-    from auditlake.collector.users import UserStore
+    from auditlake.collector.admin.users import UserStore
 
     UserStore(c.data / "keys").add("mallory-target", "admin", (), PASSWORD)
     with httpx.Client(base_url=c.http_url) as client:
@@ -360,7 +360,7 @@ def test_users_are_managed_from_the_cli_with_the_password_on_stdin(tmp_path: Pat
     assert listed.startswith("bob\tauditor\tacme,initech\t")
     token = run_cli("users", "token", "bob", data=data).stdout.strip()
     assert token.startswith("alu_")
-    from auditlake.collector.users import UserStore
+    from auditlake.collector.admin.users import UserStore
 
     store = UserStore(data / "keys")
     assert store.check_password("bob", "a long enough password") is not None

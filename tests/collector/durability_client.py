@@ -106,8 +106,8 @@ if __name__ == "__main__":
 def ingest_key(data: Path, *tenants: str) -> str:
     """A new ingest key for ``tenants``, made in this process (the CLI's
     `keys create` costs a Python start-up per call)."""
-    from auditlake.collector.datadir import DataDir
-    from auditlake.collector.keys import IngestKeyStore
+    from auditlake.collector.ingest.keys import IngestKeyStore
+    from auditlake.collector.storage.datadir import DataDir
 
     return IngestKeyStore(DataDir(data).keys).create(list(tenants or ("acme",)))
 

@@ -14,12 +14,12 @@ from typing import Any
 
 import pyarrow as pa
 
-from auditlake.collector.checkpoint import ChainCheckpoint, FileEntry, write_checkpoint
-from auditlake.collector.datadir import DataDir
-from auditlake.collector.integrity import GENESIS, chain_table
-from auditlake.collector.keys import SigningKey
-from auditlake.collector.lake import publish, sort_for_queries, split_by_day, stage_file
+from auditlake.collector.integrity.chain import GENESIS, chain_table
+from auditlake.collector.integrity.checkpoint import ChainCheckpoint, FileEntry, write_checkpoint
+from auditlake.collector.integrity.signing import SigningKey
+from auditlake.collector.lake.files import publish, sort_for_queries, split_by_day, stage_file
 from auditlake.collector.schema import EVENT_SCHEMA
+from auditlake.collector.storage.datadir import DataDir
 
 BASE = dt.datetime(2026, 3, 1, 12, tzinfo=dt.UTC)
 

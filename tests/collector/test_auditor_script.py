@@ -18,10 +18,10 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from auditlake.collector.datadir import DataDir
-from auditlake.collector.integrity import CANONICAL_FIELDS
-from auditlake.collector.lake import PARQUET_OPTIONS
-from auditlake.collector.verify import verify_lake
+from auditlake.collector.integrity.chain import CANONICAL_FIELDS
+from auditlake.collector.integrity.verify import verify_lake
+from auditlake.collector.lake.files import PARQUET_OPTIONS
+from auditlake.collector.storage.datadir import DataDir
 from tests.collector.synthetic_lake import SyntheticWriter, event_rows
 from tests.conftest import CollectorProcess
 from tests.wire_client import WireClient, make_event

@@ -19,14 +19,14 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from auditlake.collector.checkpoint import read_checkpoints
-from auditlake.collector.datadir import DataDir
-from auditlake.collector.inbox import submit
-from auditlake.collector.integrity import GENESIS, chain_table
-from auditlake.collector.lake import sha256_file
-from auditlake.collector.receive import WIRE_SCHEMA
+from auditlake.collector.ingest.inbox import submit
+from auditlake.collector.ingest.receive import WIRE_SCHEMA
+from auditlake.collector.integrity.chain import GENESIS, chain_table
+from auditlake.collector.integrity.checkpoint import read_checkpoints
+from auditlake.collector.integrity.verify import verify_lake
+from auditlake.collector.lake.files import sha256_file
 from auditlake.collector.schema import EVENT_SCHEMA, STRING_FIELDS
-from auditlake.collector.verify import verify_lake
+from auditlake.collector.storage.datadir import DataDir
 from tests.conftest import CollectorProcess, run_cli
 
 DAY_US = 86_400_000_000
@@ -135,9 +135,9 @@ def test_open_days_and_single_files_are_left_alone(tmp_path: Path) -> None:
 
 _CRASH_CHILD = r"""
 import os, signal, sys
-from auditlake.collector import compact, seal
+from auditlake.collector.lake import compact, seal
 from auditlake.collector.config import CollectorConfig
-from auditlake.collector.datadir import DataDir
+from auditlake.collector.storage.datadir import DataDir
 from auditlake.collector.server import Collector
 
 point = sys.argv[2]
@@ -218,7 +218,7 @@ def test_append_checkpoint_interleaves_safely_with_sealing(tmp_path: Path) -> No
     of seal numbers, each linking the previous, and the lake verifies."""
     import threading
 
-    from auditlake.collector.receive import AcceptedBatch
+    from auditlake.collector.lake.batch import AcceptedBatch
     from auditlake.collector.server import Collector
 
     data = DataDir(tmp_path / "data")

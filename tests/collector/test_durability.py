@@ -16,8 +16,8 @@ from pathlib import Path
 import duckdb
 import pytest
 
-from auditlake.collector.datadir import DataDir
-from auditlake.collector.verify import verify_lake
+from auditlake.collector.integrity.verify import verify_lake
+from auditlake.collector.storage.datadir import DataDir
 from tests.collector.durability_client import Client, columns, ingest_key, new_ids
 from tests.conftest import CollectorProcess
 
@@ -85,7 +85,8 @@ def test_retry_after_lost_answer_is_stored_once(
 ) -> None:
     # A long seal interval keeps the batch in the WAL only when we kill.
     collector = collector_factory(seal_interval=30)
-    client = Client(collector.endpoint, ingest_key(collector.data, "acme"))
+    key = ingest_key(collector.data, "acme")
+    client = Client(collector.endpoint, key)
     ids = new_ids(50)
     first = client.export("batch-lost-answer", columns(ids))
     assert first.accepted == 50 and not first.duplicate
@@ -94,11 +95,18 @@ def test_retry_after_lost_answer_is_stored_once(
     assert again.duplicate and again.accepted == 50
     collector.kill()  # acknowledged, fsynced, never sealed
     collector.start()
-    # ... and retries again after the restart.
-    client = Client(collector.endpoint, ingest_key(collector.data, "acme"))
+    # ... and retries again after the restart (batch ids are scoped by the
+    # key that sent them: the same client, the same key).
+    client = Client(collector.endpoint, key)
     after = client.export("batch-lost-answer", columns(ids))
     assert after.duplicate and after.accepted == 50
     client.close()
+    # The same events under another key of the tenant: a new batch, whose
+    # events are all known (tenant, id) pairs, so none is stored again.
+    other = Client(collector.endpoint, ingest_key(collector.data, "acme"))
+    again = other.export("batch-lost-answer", columns(ids))
+    assert not again.duplicate and again.accepted + again.duplicates == 50
+    other.close()
     assert collector.stop() == 0
     counts = lake_id_counts(collector.data)
     assert sorted(counts) == sorted(ids)

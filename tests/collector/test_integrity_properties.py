@@ -21,8 +21,7 @@ import pyarrow.parquet as pq
 from hypothesis import HealthCheck, assume, example, given, settings
 from hypothesis import strategies as st
 
-from auditlake.collector.datadir import DataDir
-from auditlake.collector.integrity import (
+from auditlake.collector.integrity.chain import (
     CANONICAL_FIELDS,
     GENESIS,
     canonical_rows,
@@ -30,8 +29,9 @@ from auditlake.collector.integrity import (
     chain_hashes,
     chain_link,
 )
+from auditlake.collector.integrity.verify import verify_lake
 from auditlake.collector.schema import EVENT_SCHEMA
-from auditlake.collector.verify import verify_lake
+from auditlake.collector.storage.datadir import DataDir
 from tests.collector.synthetic_lake import SyntheticWriter, event_rows
 
 text = st.text(alphabet=st.sampled_from(list(",0123456789aZ é😀\n\\\"'")) | st.characters(blacklist_categories=("Cs",)),

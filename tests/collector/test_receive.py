@@ -16,10 +16,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from auditlake.collector.datadir import DataDir
-from auditlake.collector.query import connect
-from auditlake.collector.receive import Limits, normalize, validate
-from auditlake.collector.seal import RecentEventIds
+from auditlake.collector.ingest.receive import Limits, normalize, validate
+from auditlake.collector.lake.query import connect
+from auditlake.collector.lake.seal import RecentEventIds
+from auditlake.collector.storage.datadir import DataDir
 from tests.collector.durability_client import Client, columns, ingest_key, new_ids, wait_sealed
 from tests.collector.test_durability import lake_id_counts
 from tests.conftest import CollectorProcess
@@ -173,7 +173,7 @@ def _wire_events(draw_text: list[str], n: int) -> list[dict[str, object]]:
 @given(texts=st.lists(st.text(st.characters(exclude_categories=("Cs",)), max_size=40), min_size=1, max_size=12),
        n=st.integers(0, 30))
 def test_packed_columns_decode_to_the_same_table_as_repeated_fields(texts: list[str], n: int) -> None:
-    from auditlake.collector.receive import decode_request
+    from auditlake.collector.ingest.receive import decode_request
     from tests.wire_client import request
 
     events = _wire_events(texts, n)
@@ -195,7 +195,7 @@ _UUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}
     st.text(max_size=40),
 ), min_size=1, max_size=20), trace=st.sampled_from(["", "0" * 32, "a" * 32, "A" * 32, "0" * 31, "g" * 32]))
 def test_fast_id_and_trace_checks_agree_with_the_regex(ids: list[str], trace: str) -> None:
-    from auditlake.collector.receive import decode_request
+    from auditlake.collector.ingest.receive import decode_request
     from tests.wire_client import make_event, request
 
     events = [make_event(i, id=v, trace_id=trace) for i, v in enumerate(ids)]

@@ -14,12 +14,13 @@ from pathlib import Path
 import duckdb
 import pytest
 
-from auditlake.collector.datadir import DataDir
-from auditlake.collector.keys import SigningKey
-from auditlake.collector.receive import AcceptedBatch, decode_request, normalize
-from auditlake.collector.seal import Sealer, SealPolicy, canonical_prefix
-from auditlake.collector.verify import verify_lake
-from auditlake.collector.wal import LogPosition
+from auditlake.collector.ingest.receive import decode_request, normalize
+from auditlake.collector.integrity.signing import SigningKey
+from auditlake.collector.integrity.verify import verify_lake
+from auditlake.collector.lake.batch import AcceptedBatch
+from auditlake.collector.lake.seal import Sealer, SealPolicy, canonical_prefix
+from auditlake.collector.lake.wal import LogPosition
+from auditlake.collector.storage.datadir import DataDir
 from tests.wire_client import make_event, request
 
 BATCH = 250

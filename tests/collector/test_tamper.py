@@ -20,9 +20,9 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 
-from auditlake.collector.integrity import canonical_rows, chain_link
-from auditlake.collector.lake import PARQUET_OPTIONS
-from auditlake.collector.verify import Problem, VerifyReport, verify_lake
+from auditlake.collector.integrity.chain import canonical_rows, chain_link
+from auditlake.collector.integrity.verify import Problem, VerifyReport, verify_lake
+from auditlake.collector.lake.files import PARQUET_OPTIONS
 from tests.conftest import CollectorProcess, run_cli
 from tests.wire_client import WireClient, make_event
 
@@ -361,7 +361,7 @@ def test_deleted_checkpoint_breaks_the_chain(lake: Path) -> None:
 
 
 def test_auditor_key_rejects_checkpoints_signed_by_another_key(lake: Path, tmp_path: Path) -> None:
-    from auditlake.collector.keys import SigningKey
+    from auditlake.collector.integrity.signing import SigningKey
 
     other = SigningKey.load_or_create(tmp_path / "other-keys")
     pem = tmp_path / "auditor.pem"

@@ -18,12 +18,13 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 import pytest
 
-from auditlake.collector.checkpoint import FileEntry
-from auditlake.collector.datadir import DataDir
 from auditlake.collector.errors import ConfigError
-from auditlake.collector.lake import publish, sha256_file, sort_for_queries, stage_file
-from auditlake.collector.tiers import COLD_PREFIX, Tier
-from auditlake.collector.verify import PROBLEM_KINDS, VerifyReport, verify_lake
+from auditlake.collector.integrity.checkpoint import FileEntry
+from auditlake.collector.integrity.verify import PROBLEM_KINDS, VerifyReport, verify_lake
+from auditlake.collector.lake.files import publish, sha256_file, sort_for_queries, stage_file
+from auditlake.collector.storage.datadir import DataDir
+from auditlake.collector.storage.store import LocalStore, ObjectStore
+from auditlake.collector.storage.tiers import COLD_PREFIX, Tier
 from tests.collector.synthetic_lake import SyntheticWriter, event_rows
 from tests.conftest import CollectorProcess, run_cli
 from tests.wire_client import WireClient, make_event
@@ -100,7 +101,7 @@ def expire(w: SyntheticWriter, cold_root: Path, entries: list[FileEntry]) -> Non
 
 
 def cold(root: Path) -> Tier:
-    return Tier("cold", pafs.LocalFileSystem(), str(root))
+    return LocalStore(root, "cold")
 
 
 # -- the contract's kinds, done right ------------------------------------------------
@@ -240,7 +241,7 @@ def test_invalid_value_names_its_column(writer: SyntheticWriter) -> None:
 def test_rewritten_chain_from_an_event_is_a_head_mismatch(writer: SyntheticWriter) -> None:
     # Re-hash everything from seq 41 on with a changed event: every link holds,
     # only the signed head (and the file digests) can tell.
-    from auditlake.collector.integrity import chain_table
+    from auditlake.collector.integrity.chain import chain_table
 
     files = sorted(writer.data.events.glob("date=*/*.parquet"))
     table = pa.concat_tables([pq.read_table(f).append_column(
@@ -345,7 +346,7 @@ def test_cold_tier_on_a_non_local_filesystem_is_read_through_pyarrow(
     # Object stores (s3://, gs://) are pyarrow filesystems that DuckDB cannot
     # open itself: the same path as a SubTreeFileSystem over a local folder.
     moved = move_cold(writer, tmp_path / "cold", "2026-03-01")
-    tier = Tier("cold", pafs.SubTreeFileSystem(str(tmp_path), pafs.LocalFileSystem()), "cold")
+    tier = ObjectStore(pafs.SubTreeFileSystem(str(tmp_path), pafs.LocalFileSystem()), "cold", "cold")
     report = verify_lake(writer.data, cold_tier=tier)
     assert report.ok, report.to_text()
     assert report.events == report.events_hashed == 60

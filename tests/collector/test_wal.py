@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from auditlake.collector.wal import LogPosition, WriteAheadLog, read_segment
+from auditlake.collector.lake.wal import LogPosition, WriteAheadLog, read_segment
 
 
 def test_concurrent_appends_are_durable_in_order_and_share_fsyncs(tmp_path: Path) -> None:

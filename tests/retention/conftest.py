@@ -78,8 +78,8 @@ def write_policy(data: Path, *, holds: tuple[dict[str, Any], ...] = (), **settin
 
 def counts_by_date(data: Path) -> dict[str, int]:
     """Tenant events (not the system tenant's) per date, through the `events` view."""
-    from auditlake.collector.datadir import DataDir
-    from auditlake.collector.query import connect
+    from auditlake.collector.lake.query import connect
+    from auditlake.collector.storage.datadir import DataDir
 
     con = connect(DataDir(data))
     try:
@@ -95,8 +95,8 @@ def counts_by_date(data: Path) -> dict[str, int]:
 
 
 def system_events(data: Path, action: str) -> list[dict[str, Any]]:
-    from auditlake.collector.datadir import DataDir
-    from auditlake.collector.query import connect
+    from auditlake.collector.lake.query import connect
+    from auditlake.collector.storage.datadir import DataDir
 
     con = connect(DataDir(data))
     try:
@@ -109,7 +109,7 @@ def system_events(data: Path, action: str) -> list[dict[str, Any]]:
 
 
 def assert_verify_clean(data: Path) -> Any:
-    from auditlake.collector.verify import verify_lake
+    from auditlake.collector.integrity.verify import verify_lake
 
     report = verify_lake(data)
     assert report.ok, report.to_text()

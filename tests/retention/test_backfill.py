@@ -12,8 +12,8 @@ from tests.retention.conftest import assert_verify_clean, system_events
 
 
 def _query(data: Path, sql: str) -> list[tuple[object, ...]]:
-    from auditlake.collector.datadir import DataDir
-    from auditlake.collector.query import connect
+    from auditlake.collector.lake.query import connect
+    from auditlake.collector.storage.datadir import DataDir
 
     con = connect(DataDir(data))
     try:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from auditlake.collector.retention import FAIL_ENV, FAIL_POINTS
+from auditlake.collector.retention.interrupts import FAIL_ENV, FAIL_POINTS
 from tests.retention.conftest import (
     assert_verify_clean,
     counts_by_date,

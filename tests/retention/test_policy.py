@@ -11,7 +11,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from auditlake.collector.errors import ConfigError
-from auditlake.collector.retention import LegalHold, _seq_ranges, load_policy
+from auditlake.collector.retention.expire import _seq_ranges
+from auditlake.collector.retention.policy import LegalHold, load_policy
 
 
 def test_no_retention_table_means_no_policy() -> None:

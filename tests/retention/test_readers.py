@@ -12,9 +12,9 @@ from tests.retention.conftest import hot_dates, run_retention, today, write_poli
 
 
 def test_admin_search_and_export_see_cold_partitions(small_history, tmp_path: Path) -> None:
-    from auditlake.collector.datadir import DataDir
-    from auditlake.collector.query import connect
-    from auditlake.collector.search import Filter, LakeReader
+    from auditlake.collector.admin.search import Filter, LakeReader
+    from auditlake.collector.lake.query import connect
+    from auditlake.collector.storage.datadir import DataDir
 
     data, expected = small_history
     write_policy(data, hot_days=30, cold=(tmp_path / "cold").as_uri())

@@ -143,9 +143,11 @@ class ExportRequest(_message.Message):
     def __init__(self, batch_id: _Optional[str] = ..., events: _Optional[_Iterable[_Union[AuditEvent, _Mapping]]] = ..., columns: _Optional[_Union[EventColumns, _Mapping]] = ..., packed: _Optional[_Union[PackedColumns, _Mapping]] = ...) -> None: ...
 
 class ExportResponse(_message.Message):
-    __slots__ = ("accepted", "duplicate")
+    __slots__ = ("accepted", "duplicate", "duplicates")
     ACCEPTED_FIELD_NUMBER: _ClassVar[int]
     DUPLICATE_FIELD_NUMBER: _ClassVar[int]
+    DUPLICATES_FIELD_NUMBER: _ClassVar[int]
     accepted: int
     duplicate: bool
-    def __init__(self, accepted: _Optional[int] = ..., duplicate: _Optional[bool] = ...) -> None: ...
+    duplicates: int
+    def __init__(self, accepted: _Optional[int] = ..., duplicate: _Optional[bool] = ..., duplicates: _Optional[int] = ...) -> None: ...

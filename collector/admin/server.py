@@ -1,0 +1,516 @@
+"""Admin: the collector's HTTP server: the search UI, the JSON API and
+exports, behind user logins, served by uvicorn in a background thread.
+
+Routes (HTML unless under /api/): ``/login``, ``/logout`` (POST), ``/`` search,
+``/events/{id}`` detail, ``/export`` download, ``/integrity``, ``/account``
+(API tokens), ``/users`` (admins); ``/api/v1/events``, ``/api/v1/events/{id}``,
+``/api/v1/stats``, ``/api/v1/export``, ``/api/v1/exports/{eid}[/manifest]``,
+``/api/v1/integrity``, ``/api/v1/openapi.json``.  docs/admin.md describes them.
+
+Every read (search page, detail, API call, export) is recorded as an event
+(readaudit.py) with the reader's name, the filter and the rows returned.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import ipaddress
+import logging
+import queue
+import secrets
+import socket
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+from auditlake.collector.admin.deadline import deadline_protocol
+from auditlake.collector.admin.export_runs import ExportRegistry
+from auditlake.collector.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+
+
+@dataclass(frozen=True)
+class AdminConfig:
+    """Settings of the admin server (TOML table ``[admin]``)."""
+
+    #: Minutes between background integrity verifications (0: only at start and on demand).
+    verify_interval_minutes: float = 60.0
+    #: A session ends after this many idle minutes, and after ``session_max_hours`` in any case.
+    session_idle_minutes: float = 30.0
+    session_max_hours: float = 12.0
+    #: Failed logins (per user name, and per client address) before delays start.
+    login_free_failures: int = 5
+    #: DuckDB threads for queries (0: DuckDB's default, all cores).
+    query_threads: int = 0
+    #: Seconds a client has to send a whole request (head and body); a
+    #: connection still sending after that is closed (Slowloris).
+    request_timeout_s: float = 20.0
+    #: Connections and requests in progress at once; more are answered 503.
+    max_connections: int = 256
+    #: Addresses of reverse proxies whose X-Forwarded-For / X-Forwarded-Proto
+    #: are believed (for the client address in login throttling and read
+    #: audit events, and the cookie's Secure flag).  Empty: none, the TCP
+    #: peer is the client.
+    trusted_proxies: tuple[str, ...] = ()
+    #: Exports running at once, per user and in all; more answer 429.
+    max_exports_per_user: int = 2
+    max_exports: int = 4
+    #: Signed export manifests kept in DIR/exports/ (the newest).
+    keep_export_manifests: int = 10_000
+    #: DuckDB memory for admin queries and exports (MiB); ingest never waits for it.
+    query_memory_mb: int = 1024
+    #: Seconds an admin query may run before it is interrupted (exports excepted).
+    query_timeout_s: float = 30.0
+
+    def __post_init__(self) -> None:
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, int | float) and value < 0:
+                raise ConfigError(f"[admin].{f.name} must not be negative")
+        for name in ("request_timeout_s", "max_connections", "max_exports_per_user", "max_exports",
+                     "keep_export_manifests", "query_memory_mb", "query_timeout_s"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"[admin].{name} must be positive")
+        for proxy in self.trusted_proxies:
+            try:
+                ipaddress.ip_network(proxy, strict=False)
+            except ValueError as exc:
+                raise ConfigError(f"[admin].trusted_proxies: {proxy!r} is not an address or network") from exc
+
+    @classmethod
+    def from_toml(cls, toml: dict[str, Any]) -> AdminConfig:
+        table = toml.get("admin", {})
+        known = {f.name: f.type for f in fields(cls)}
+        unknown = set(table) - set(known)
+        if unknown:
+            raise ConfigError(f"unknown setting(s) in [admin]: {', '.join(sorted(unknown))}")
+        try:
+            values: dict[str, Any] = {}
+            for k, v in table.items():
+                if known[k] == "int":
+                    values[k] = int(v)
+                elif known[k] == "float":
+                    values[k] = float(v)
+                elif isinstance(v, list) and all(isinstance(x, str) for x in v):
+                    values[k] = tuple(v)
+                else:
+                    raise ConfigError(f"[admin].{k} must be a list of strings, got {v!r}")
+            return cls(**values)
+        except (TypeError, ValueError) as exc:
+            raise ConfigError(f"[admin]: {exc}") from exc
+
+
+# -- integrity status --------------------------------------------------------------
+
+
+class _Abandoned(Exception):
+    """Raised from verify_lake's progress callback to stop a run early."""
+
+
+class IntegrityMonitor:
+    """Runs verify.verify_lake in a background thread (at start, every
+    interval, and on demand) and keeps the last result for the UI."""
+
+    def __init__(self, data: Any, interval_s: float) -> None:
+        self.data = data
+        self.interval_s = interval_s
+        self.status: dict[str, Any] = {"state": "pending", "ok": None, "time": None}
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._running = threading.Lock()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._loop, name="auditlake-integrity", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._wake.set()
+
+    def join(self, timeout: float) -> None:
+        """Wait for the thread (a running verification stops at its next step)."""
+        self.stop()
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    def request(self) -> None:
+        """Verify now (in the background)."""
+        self._wake.set()
+
+    def _loop(self) -> None:
+        if self._stop.wait(1.0):  # let the collector finish starting first
+            return
+        while not self._stop.is_set():
+            self.run_once()
+            self._wake.wait(self.interval_s if self.interval_s > 0 else None)
+            self._wake.clear()
+
+    def run_once(self) -> dict[str, Any]:
+        """Verify once; returns (and keeps) the status."""
+        with self._running:
+            self.status = {**self.status, "state": "running"}
+            started = time.time()
+            try:
+                status = self._verify()
+            except _Abandoned:
+                status = {"ok": None, "source": "stopped", "summary": "verification stopped", "problems": []}
+            except Exception as exc:  # noqa: BLE001 - shown to admins, never fatal
+                log.exception("integrity verification failed to run")
+                status = {"ok": False, "source": "error", "summary": f"verification could not run: {exc}",
+                          "problems": [str(exc)]}
+            status.update(state="done", time=_iso_now(), seconds=round(time.time() - started, 2),
+                          heads=self.heads())
+            self.status = status
+            return status
+
+    def _verify(self) -> dict[str, Any]:
+        try:
+            from auditlake.collector.integrity.verify import verify_lake  # noqa: PLC0415
+        except ImportError:
+            return {"ok": None, "source": "checkpoints",
+                    "summary": "full verification is not available in this build; showing signed chain heads",
+                    "problems": []}
+        def progress(phase: str, done: int, total: int) -> None:
+            if self._stop.is_set():  # the collector is stopping: abandon this run
+                raise _Abandoned()
+
+        report = verify_lake(self.data, progress=progress)
+        problems = [str(p) for p in getattr(report, "problems", [])]
+        return {
+            "ok": bool(report.ok),
+            "source": "verify",
+            "summary": f"{getattr(report, 'events', 0):,} events, {getattr(report, 'files', 0):,} files, "
+                       f"{getattr(report, 'checkpoints', 0):,} checkpoints verified",
+            "problems": problems[:100],
+            "problem_count": len(problems),
+        }
+
+    def heads(self) -> list[dict[str, Any]]:
+        """The newest signed checkpoint of each writer, read now."""
+        from auditlake.collector.integrity.checkpoint import read_checkpoints  # noqa: PLC0415
+
+        try:
+            newest: dict[str, Any] = {}
+            for s in read_checkpoints(self.data.checkpoints):
+                newest[s.checkpoint.writer_id] = s.checkpoint
+            return [{"writer_id": c.writer_id, "seal": c.seal, "seq": c.seq, "chain_hash": c.chain_hash,
+                     "time": c.time, "kind": c.kind} for _, c in sorted(newest.items())]
+        except (OSError, ValueError) as exc:
+            return [{"error": str(exc)}]
+
+
+def _iso_now() -> str:
+    from auditlake.collector.admin.search import iso  # noqa: PLC0415
+
+    return iso(dt.datetime.now(dt.UTC).replace(microsecond=0))
+
+
+# -- meta-audit writer ------------------------------------------------------------
+
+
+class AuditWriter:
+    """Builds, validates and stores meta-audit events off the request path,
+    several per WAL record when reads come in bursts."""
+
+    def __init__(self, store: Callable[[Any], Any],
+                 tenant_known: Callable[[str], bool] = lambda tenant: True) -> None:
+        self._store = store
+        self._tenant_known = tenant_known
+        self._queue: queue.Queue[dict[str, Any] | None] = queue.Queue()
+        self._thread: threading.Thread | None = None
+        self.written = 0
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="auditlake-read-audit", daemon=True)
+        self._thread.start()
+
+    def put(self, event: dict[str, Any]) -> None:
+        """Queue one event (the keyword arguments of readaudit.meta_event)."""
+        self._queue.put(event)
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Write what is queued, then stop."""
+        if self._thread is None:
+            return
+        self._queue.put(None)
+        self._thread.join(timeout)
+
+    def flush(self, timeout: float = 10.0) -> bool:
+        """Wait until every queued event has been handed to the collector."""
+        deadline = time.monotonic() + timeout
+        while self._queue.unfinished_tasks and time.monotonic() < deadline:
+            time.sleep(0.01)
+        return not self._queue.unfinished_tasks
+
+    def _run(self) -> None:
+        import pyarrow as pa  # noqa: PLC0415
+
+        from auditlake.collector.admin.readaudit import meta_event  # noqa: PLC0415
+        from auditlake.collector.lake.batch import AcceptedBatch  # noqa: PLC0415
+
+        stopping = False
+        while not stopping:
+            items = [self._queue.get()]
+            while len(items) < 500:
+                try:
+                    items.append(self._queue.get_nowait())
+                except queue.Empty:
+                    break
+            events = [i for i in items if i is not None]
+            stopping = len(events) != len(items)
+            try:
+                if events:
+                    tables = [meta_event(**_in_known_tenant(e, self._tenant_known)) for e in events]
+                    table = tables[0] if len(tables) == 1 else pa.concat_tables(tables)
+                    self._store(AcceptedBatch(f"admin-{secrets.token_hex(12)}",
+                                              int(time.time() * 1_000_000), table))
+                    self.written += len(events)
+            except Exception:  # noqa: BLE001 - the collector is stopping; log, keep going
+                log.exception("could not record %d meta-audit event(s)", len(events))
+            finally:
+                for _ in items:
+                    self._queue.task_done()
+
+
+def _in_known_tenant(event: dict[str, Any], known: Callable[[str], bool]) -> dict[str, Any]:
+    """The event, moved to the system tenant when the tenant a reader named
+    does not exist (a reader must not create tenants by naming them); the
+    name it was given stays in the details."""
+    tenant = event.get("tenant")
+    if tenant is None or known(tenant):
+        return event
+    return {**event, "tenant": None, "details": {**(event.get("details") or {}), "named_tenant": tenant}}
+
+
+# -- the server --------------------------------------------------------------------
+
+
+class _ReadOnlyHost:
+    """What AdminServer needs from a Collector, for serving a lake without
+    one (benchmarks, tools): meta-audit events are built and dropped."""
+
+    def __init__(self, data: Any, listen: str, signing_key: Any) -> None:
+        from auditlake.collector.config import CollectorConfig  # noqa: PLC0415
+
+        self.data = data
+        self.config = CollectorConfig(http_listen=listen)
+        self.signing_key = signing_key
+        self.dropped = 0
+
+    def store(self, batch: Any) -> None:
+        self.dropped += 1
+
+
+class AdminServer:
+    """The admin UI and API of one collector.  ``start()`` serves in a
+    background thread; ``address`` is the bound ``host:port``."""
+
+    def __init__(self, collector: Any, *, users_dir: Path | None = None, toml: dict[str, Any] | None = None) -> None:
+        from auditlake.collector.admin.search import LakeReader  # noqa: PLC0415
+        from auditlake.collector.admin.users import (
+            LoginThrottle,
+            SessionStore,
+            ThrottlePolicy,
+            UserStore,
+        )  # noqa: PLC0415
+
+        self.collector = collector
+        self.data = collector.data
+        if toml is None:
+            toml = getattr(collector, "config_toml", None)
+            if toml is None:
+                from auditlake.collector.config import load_toml  # noqa: PLC0415
+
+                toml = load_toml(self.data.config_file)
+        self.config = AdminConfig.from_toml(toml)
+        self.listen = collector.config.http_listen
+        self.users = UserStore(users_dir or self.data.keys)
+        self.sessions = SessionStore(idle_s=self.config.session_idle_minutes * 60,
+                                     absolute_s=self.config.session_max_hours * 3600)
+        self.throttle = LoginThrottle(ThrottlePolicy(free_failures=self.config.login_free_failures))
+        self.reader = LakeReader(self.data, threads=self.config.query_threads or None,
+                                 memory_limit_mb=self.config.query_memory_mb,
+                                 timeout_s=self.config.query_timeout_s)
+        self.integrity = IntegrityMonitor(self.data, self.config.verify_interval_minutes * 60)
+        self.audit_writer = AuditWriter(collector.store, self.tenant_exists)
+        self._tenants_seen: dict[str, float] = {}
+        self.exports = ExportRegistry(self.data.root / "exports", max_per_user=self.config.max_exports_per_user,
+                                      max_total=self.config.max_exports,
+                                      keep_manifests=self.config.keep_export_manifests)
+        self._cache: dict[tuple[Any, ...], tuple[float, Any]] = {}
+        self.verify_in_background = True
+        self._server: Any = None
+        self._thread: threading.Thread | None = None
+        self._socket: socket.socket | None = None
+        self.address = ""
+        self.app = build_app(self)
+
+    @classmethod
+    def for_reading(cls, data: Any, *, listen: str = "127.0.0.1:0", users_dir: Path | None = None) -> AdminServer:
+        """A server over ``data`` without a running collector (read-only;
+        exports signed with a throwaway key, meta-audit events dropped)."""
+        from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey  # noqa: PLC0415
+
+        from auditlake.collector.integrity.signing import SigningKey  # noqa: PLC0415
+
+        host = _ReadOnlyHost(data, listen, SigningKey(Ed25519PrivateKey.generate()))
+        server = cls(host, users_dir=users_dir, toml={"admin": {"verify_interval_minutes": 0}})
+        server.verify_in_background = False
+        return server
+
+    # -- lifecycle -----------------------------------------------------------
+
+    def start(self) -> None:
+        """Bind (errors here are ConfigError) and serve in a background thread."""
+        import uvicorn  # noqa: PLC0415
+
+        host, _, port_s = self.listen.rpartition(":")
+        if not host or not port_s.isdigit():
+            raise ConfigError(f"http_listen must be HOST:PORT, got {self.listen!r}")
+        host = host.strip("[]")
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        # proto=IPPROTO_TCP: asyncio sets TCP_NODELAY only on sockets that say so;
+        # without it every keep-alive response waits out the 40 ms delayed ACK.
+        sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, int(port_s)))
+        except OSError as exc:
+            sock.close()
+            raise ConfigError(f"cannot listen for HTTP on {self.listen}: {exc}") from exc
+        sock.listen(128)
+        self._socket = sock
+        bound = sock.getsockname()
+        self.address = f"{'[' + host + ']' if family == socket.AF_INET6 else host}:{bound[1]}"
+        # X-Forwarded-For/-Proto are believed only from the configured proxies
+        # (the TLS terminator): the client address feeds login throttling and
+        # the meta-audit events, the scheme the cookie's Secure flag.
+        proxies = list(self.config.trusted_proxies)
+        config = uvicorn.Config(self.app, log_level="warning", lifespan="off", access_log=False,
+                                proxy_headers=bool(proxies), forwarded_allow_ips=proxies or None,
+                                server_header=False, timeout_graceful_shutdown=3,
+                                http=deadline_protocol(self.config.request_timeout_s),
+                                limit_concurrency=self.config.max_connections)
+        self._server = uvicorn.Server(config)
+        # uvicorn installs signal handlers only on the main thread; ours is not.
+        self._thread = threading.Thread(target=self._server.run, kwargs={"sockets": [sock]},
+                                        name="auditlake-http", daemon=True)
+        self._thread.start()
+        deadline = time.monotonic() + 10
+        while not self._server.started and time.monotonic() < deadline and self._thread.is_alive():
+            time.sleep(0.01)
+        self.audit_writer.start()
+        if self.verify_in_background:
+            self.integrity.start()
+        log.info("admin UI on http://%s", self.address)
+
+    def stop(self) -> None:
+        """Stop serving (in-flight requests get a few seconds)."""
+        self.integrity.stop()
+        if self._server is not None:
+            self._server.should_exit = True
+        if self._thread is not None:
+            self._thread.join(10)
+        if self._socket is not None:
+            self._socket.close()
+        self.audit_writer.stop()  # after the last request: every read is recorded
+        self.integrity.join(5.0)
+        self.reader.close()
+
+    # -- helpers used by the routes -------------------------------------------
+
+    def audit(self, *, action: str, user: str, tenants: Sequence[str] | None, details: dict[str, Any],
+              request: Any = None, resource_id: str = "", outcome: str = "success", reason: str = "",
+              resource_type: str = "audit_log") -> None:
+        """Record a read of the log.  The event is built, validated and
+        stored by a background thread (``AuditWriter``) so the reader does not
+        wait for it; its time is the time of the read."""
+        tenant = tenants[0] if tenants is not None and len(tenants) == 1 else None
+        ip = request.client.host if request is not None and request.client else ""
+        ua = request.headers.get("user-agent", "") if request is not None else ""
+        self.audit_writer.put(dict(action=action, user=user, tenant=tenant, resource_id=resource_id,
+                                   details=details, ip=ip, user_agent=ua, outcome=outcome, reason=reason,
+                                   resource_type=resource_type, at_us=int(time.time() * 1_000_000)))
+
+    def tenant_exists(self, tenant: str) -> bool:
+        """Whether ``tenant`` is real: an ingest key writes it, a user is
+        granted it, or the lake holds an event of it (the lake's answer is
+        kept a minute)."""
+        now = time.monotonic()
+        if now - self._tenants_seen.get(tenant, -1e9) < 60.0:
+            return True
+        from auditlake.collector.ingest.keys import IngestKeyStore  # noqa: PLC0415
+
+        known = any(tenant in k.tenants for k in IngestKeyStore(self.data.keys).keys())  # noqa: SIM118 - a method
+        known = known or any(tenant in u.tenants for u in self.users.users())
+        if not known:
+            cur = self.reader.cursor()
+            try:
+                known = bool(cur.execute("SELECT 1 FROM events WHERE tenant_id = ? LIMIT 1", [tenant]).fetchall())
+            finally:
+                cur.close()
+        if known:
+            if len(self._tenants_seen) > 10_000:
+                self._tenants_seen.clear()
+            self._tenants_seen[tenant] = now
+        return known
+
+    def cached(self, key: tuple[Any, ...], ttl: float, fn: Callable[[], Any]) -> Any:
+        now = time.monotonic()
+        hit = self._cache.get(key)
+        if hit and now - hit[0] < ttl:
+            return hit[1]
+        value = fn()
+        self._cache[key] = (now, value)
+        if len(self._cache) > 256:
+            self._cache.pop(next(iter(self._cache)))
+        return value
+
+    def audit_durably(self, *, action: str, user: str, tenants: Sequence[str] | None, details: dict[str, Any],
+                      request: Any = None, resource_id: str = "", outcome: str = "success", reason: str = "",
+                      resource_type: str = "audit_log") -> None:
+        """Record a read of the log and return once it is durable (in the
+        write-ahead log): for what must be on record before it happens."""
+        from auditlake.collector.admin.readaudit import meta_event  # noqa: PLC0415
+        from auditlake.collector.lake.batch import AcceptedBatch  # noqa: PLC0415
+
+        event = _in_known_tenant(dict(
+            action=action, user=user, tenant=tenants[0] if tenants is not None and len(tenants) == 1 else None,
+            resource_id=resource_id, details=details,
+            ip=request.client.host if request is not None and request.client else "",
+            user_agent=request.headers.get("user-agent", "") if request is not None else "",
+            outcome=outcome, reason=reason, resource_type=resource_type), self.tenant_exists)
+        table = meta_event(**event)
+        durable = self.collector.store(AcceptedBatch(f"admin-{secrets.token_hex(12)}",
+                                                     int(time.time() * 1_000_000), table))
+        if durable is not None:
+            durable.result()
+
+
+# -- the ASGI app ---------------------------------------------------------------------
+
+
+def build_app(server: AdminServer) -> Any:
+    """The ASGI application of ``server`` (admin/app.py assembles it)."""
+    from auditlake.collector.admin.app import build_app as assemble  # noqa: PLC0415
+
+    return assemble(server)
+
+
+# -- CLI ----------------------------------------------------------------------------------
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """``auditlake users ...`` (the admin UI's users)."""
+    from auditlake.collector.admin.users import register_users  # noqa: PLC0415
+
+    register_users(sub)
+

@@ -1,0 +1,11 @@
+"""Ingest: how events enter the collector.
+
+Owns: the gRPC ``AuditService`` with decoding, validation and backpressure
+(``receive``), tenant-scoped ingest keys (``keys``) and the inbox through
+which other commands add events (``inbox``).  Everything it accepts goes to
+the lake's write path (``lake.writer``), durable before it answers.
+
+Imports: ``lake``, ``integrity``, ``storage`` and the foundation.
+Imported by: ``retention`` and ``admin`` (to store their own audit events
+through the same validation), ``cli``/``server``.
+"""

@@ -1,0 +1,189 @@
+"""Re-hashing the chain: each event's link ``sha256(stored chain_hash of
+seq-1 || canonical) == stored chain_hash``.  DuckDB computes the canonical
+encodings and streams the events in (writer, seq) order; hashlib (OpenSSL's
+SHA-256, faster than DuckDB's) checks each link.  Every link holding,
+together with the signed heads, is the same statement as the whole chain
+holding from genesis."""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from dataclasses import dataclass, field
+
+import duckdb
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from auditlake.collector.integrity.chain import GENESIS, canonical_sql, null_check_sql
+from auditlake.collector.integrity.verify.index import LakeScan
+from auditlake.collector.integrity.verify.listing import ExpectedFiles
+from auditlake.collector.integrity.verify.report import ProgressFn
+
+#: (writer, seq, previous hash) of an event whose link fails.
+Failure = tuple[str, int, str | None]
+#: The last event streamed: writer, seq, stored hash.
+_Carry = tuple[str | None, int, bytes | None]
+
+
+@dataclass
+class Links:
+    """The re-hash's outcome."""
+
+    #: Events whose content was hashed.
+    hashed: int = 0
+    failing: list[Failure] = field(default_factory=list)
+    #: The previous hash each failing event was checked against.
+    prev: dict[tuple[str, int], str] = field(default_factory=dict)
+
+
+def chain_starts(writers: set[str], expected: ExpectedFiles) -> dict[tuple[str, int], str]:
+    """Where a chain (re)starts without a stored predecessor: genesis at seq 1,
+    and after each expired range the hash the range ended with."""
+    starts = {(w, 1): GENESIS.hex() for w in writers}
+    for w, ranges in expected.expired.items():
+        for _, b, h in ranges:
+            starts[(w, b + 1)] = h
+    return starts
+
+
+def _null_events(con: duckdb.DuckDBPyConnection, scan: LakeScan, suspects: list[str]) -> list[Failure]:
+    """Events with a NULL field (the encoding would silently skip it), in
+    the files whose Parquet statistics admit NULLs."""
+    if not suspects:
+        return []
+    return [(w, int(s_), p) for w, s_, p in con.execute(
+        f"SELECT r.writer_id, r.seq, p.chain_hash FROM ({scan.sql(suspects, '*')}) r "
+        "LEFT JOIN idx p ON p.writer_id = r.writer_id AND p.seq = r.seq - 1 "
+        f"WHERE {null_check_sql('r.')}").fetchall()]
+
+
+def _events_sql(con: duckdb.DuckDBPyConnection, scan: LakeScan, keys: list[str], context: list[str]) -> str | None:
+    """Events in (writer, seq) order with their canonical encoding; the
+    ``context`` files (outside --from/--to) come from the index without
+    content: they only provide the previous hash."""
+    parts = []
+    if keys:
+        parts.append(
+            f"SELECT writer_id, seq, chain_hash, {canonical_sql()} AS canon "
+            f"FROM ({scan.sql(keys, '*', raw=True)})")
+    if context:
+        con.execute("CREATE OR REPLACE TEMP TABLE context_files (f VARCHAR)")
+        con.executemany("INSERT INTO context_files VALUES (?)", [(k,) for k in context])
+        parts.append("SELECT writer_id, seq, chain_hash, NULL::BLOB AS canon "
+                     "FROM idx WHERE _file IN (SELECT f FROM context_files)")
+    if not parts:
+        return None
+    # Only what the loop needs goes through the sort: the file of a failing
+    # event and its stored hex hash are looked up afterwards.
+    return ("SELECT writer_id, seq, canon, "
+            "CASE WHEN strlen(chain_hash) = 64 THEN try(unhex(chain_hash)) END AS h FROM ("
+            + " UNION ALL ".join(parts) + ") ORDER BY writer_id, seq")
+
+
+def hash_links(con: duckdb.DuckDBPyConnection, scan: LakeScan, keys: list[str], context: list[str],
+               starts: dict[tuple[str, int], str], maybe_null: set[str], total: int,
+               progress: ProgressFn) -> Links:
+    """Check the link of every event of ``keys`` (``context`` files supply
+    previous hashes only); ``total`` events are expected, for progress."""
+    failing = _null_events(con, scan, [k for k in keys if k in maybe_null])
+    query = _events_sql(con, scan, keys, context)
+    if query is None:
+        return Links()
+    walk = _LinkWalk(starts, failing)
+    last_report = time.monotonic()
+    for batch in con.sql(query).to_arrow_reader(100_000):
+        walk.batch(batch)
+        if time.monotonic() - last_report > 1:
+            progress("hash", walk.done, total)
+            last_report = time.monotonic()
+    progress("hash", walk.done, total)
+    links = Links(walk.done, failing)
+    for w, s_, p in failing:
+        if p is not None:
+            links.prev.setdefault((w, s_), p)
+    return links
+
+
+class _LinkWalk:
+    """The streaming check: carries the last event across batches."""
+
+    def __init__(self, starts: dict[tuple[str, int], str], failing: list[Failure]) -> None:
+        self.starts = starts
+        self.failing = failing
+        self.done = 0
+        self.carry: _Carry = (None, 0, None)
+        #: The previous hash for the current seq (shared by duplicates).
+        self.group_prev: bytes | None = None
+
+    def batch(self, batch: pa.RecordBatch) -> None:
+        """Check one batch of (writer_id, seq, canon, h) rows."""
+        canon = batch.column(2)
+        if canon.type != pa.large_binary():
+            canon = canon.cast(pa.large_binary())
+        hashes = batch.column(3).to_pylist()
+        if self._regular(batch, canon, hashes):
+            self._consecutive(batch, canon, hashes)
+        else:
+            self._row_by_row(batch, canon, hashes)
+
+    @staticmethod
+    def _regular(batch: pa.RecordBatch, canon: pa.Array, hashes: list[bytes | None]) -> bool:
+        """True for the common case: one writer, consecutive seqs, all content and hashes present."""
+        n = batch.num_rows
+        if n <= 1:
+            return False
+        seqs = batch.column(1)
+        w0 = batch.column(0)[0].as_py()
+        return bool(
+            canon.null_count == 0 and hashes.count(None) == 0
+            and pc.all(pc.equal(batch.column(0), w0)).as_py()
+            and seqs[n - 1].as_py() - seqs[0].as_py() == n - 1
+            and pc.all(pc.equal(pc.subtract(seqs.slice(1), seqs.slice(0, n - 1)), 1)).as_py())
+
+    def _consecutive(self, batch: pa.RecordBatch, canon: pa.Array, hashes: list[bytes | None]) -> None:
+        n = batch.num_rows
+        w0 = batch.column(0)[0].as_py()
+        s0 = batch.column(1)[0].as_py()
+        last_w, last_s, last_h = self.carry
+        prev = last_h if (last_w == w0 and last_s == s0 - 1) else (
+            bytes.fromhex(self.starts[(w0, s0)]) if (w0, s0) in self.starts else None)
+        offsets = memoryview(canon.buffers()[1]).cast("q")[canon.offset:canon.offset + n + 1].tolist()
+        data = memoryview(canon.buffers()[2])
+        sha256 = hashlib.sha256
+        failing = self.failing
+        for i, h in enumerate(hashes):
+            if prev is not None and sha256(prev + data[offsets[i]:offsets[i + 1]]).digest() != h:
+                failing.append((w0, s0 + i, prev.hex()))
+            prev = h
+        self.done += n
+        self.carry = (w0, s0 + n - 1, hashes[-1])
+        self.group_prev = hashes[-2] if n > 1 else self.carry[2]
+
+    def _row_by_row(self, batch: pa.RecordBatch, canon: pa.Array, hashes: list[bytes | None]) -> None:
+        """Gaps, duplicates, context rows, malformed hashes."""
+        writers = batch.column(0).to_pylist()
+        seqs = batch.column(1).to_pylist()
+        valid = canon.is_valid().to_pylist()
+        offsets = memoryview(canon.buffers()[1]).cast("q")[
+            canon.offset:canon.offset + len(canon) + 1].tolist()
+        data = memoryview(canon.buffers()[2]) if canon.buffers()[2] is not None else memoryview(b"")
+        last_w, last_s, last_h = self.carry
+        group_prev = self.group_prev
+        for i, (writer, seq, h) in enumerate(zip(writers, seqs, hashes, strict=True)):
+            if writer != last_w or seq != last_s:
+                if writer == last_w and seq == last_s + 1:
+                    group_prev = last_h
+                else:
+                    start = self.starts.get((writer, seq))
+                    group_prev = bytes.fromhex(start) if start else None
+                last_w, last_s, last_h = writer, seq, h
+            if not valid[i]:
+                continue  # context only (outside --from/--to)
+            self.done += 1
+            if group_prev is None:
+                continue  # after a gap: reported as missing events
+            if hashlib.sha256(group_prev + data[offsets[i]:offsets[i + 1]]).digest() != h:
+                self.failing.append((writer, seq, group_prev.hex()))
+        self.carry = (last_w, last_s, last_h)
+        self.group_prev = group_prev

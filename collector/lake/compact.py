@@ -1,0 +1,394 @@
+"""Compaction: merge the many small sealed files of a closed UTC day into a
+few large ones (row groups of >= 100k rows), without re-hashing anything.
+
+A seal writes one small file per second per day touched; DuckDB pays about
+0.35 ms per file per query and skips row groups by statistics only when
+they are large and sorted.  Compaction keeps every row, its ``seq`` and its
+``chain_hash`` as they are (it never re-hashes) and only re-packs them,
+sorted by (tenant_id, created_at, seq).
+
+The files are read, staged, published and set aside through the hot lake's
+store (the sealer's), the checkpoints read through its checkpoint store.
+
+Steps, each safe to crash after (``state/compact.json`` records the job):
+
+1. read the day's live files of this writer, write the merged rows to
+   ``compact-<writer>-<stamp>-<k>.parquet.tmp`` (fsynced, invisible to the
+   ``*.parquet`` glob of queries); record the job ("staged");
+2. publish the new files (rename); record "published";
+3. the signed "compact" checkpoint (files = new, removed = old) through
+   ``Sealer.append_checkpoint``;
+4. rename each old file to ``<name>.superseded`` (invisible to queries);
+   they are deleted after a grace period (default 10 min), kept in state.
+
+Recovery: a job not yet checkpointed is rolled back (new files deleted, old
+files kept); a checkpointed one is finished (old files superseded).  So after
+any crash either the old files or the new ones are live and present, never
+neither; both are visible to a new query only between steps 2 and 4 (a few
+milliseconds, or until restart if the process dies exactly there).
+
+In-flight queries: a query that already opened an old file keeps reading it
+(Linux keeps renamed and unlinked files open).  A query that listed the old
+files and opens one after step 4 fails with "file not found" and must be
+re-run: compaction prefers a rare loud failure to a silently double-counted
+answer.  Run only on closed days (default: an hour after UTC midnight), when
+few queries target the day and no seal adds to it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import fnmatch
+import hashlib
+import json
+import logging
+import time
+from collections import defaultdict
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from auditlake.collector.integrity.checkpoint import FileEntry
+from auditlake.collector.lake.files import (
+    TMP_SUFFIX,
+    day_of,
+    partition_files,
+    partition_key,
+    sort_for_queries,
+    stage_table,
+)
+from auditlake.collector.schema import EVENT_SCHEMA
+from auditlake.collector.storage.datadir import DataDir, try_lock
+from auditlake.collector.storage.local import replace_file
+from auditlake.collector.storage.store import Store
+
+if TYPE_CHECKING:
+    from auditlake.collector.lake.seal import Sealer
+
+log = logging.getLogger(__name__)
+
+SUPERSEDED_SUFFIX = ".superseded"
+
+
+@dataclass(frozen=True)
+class CompactionPolicy:
+    """Which days to compact and how.
+
+    A UTC day is closed ``close_grace_s`` after its end; a closed day with at
+    least ``min_files`` live files of this writer is merged into files of at
+    most ``max_rows_per_file`` rows (memory use is about 400 bytes per row
+    of one output file); replaced files are deleted ``superseded_grace_s``
+    after the swap."""
+
+    close_grace_s: float = 3600.0
+    min_files: int = 2
+    max_rows_per_file: int = 2_000_000
+    superseded_grace_s: float = 600.0
+
+    def __post_init__(self) -> None:
+        if self.close_grace_s < 0 or self.superseded_grace_s < 0:
+            raise ValueError("CompactionPolicy grace periods must be >= 0")
+        if self.min_files < 1:
+            raise ValueError("CompactionPolicy.min_files must be >= 1")
+        if self.max_rows_per_file < 100_000:
+            raise ValueError("CompactionPolicy.max_rows_per_file must be >= 100000")
+
+
+@dataclass(frozen=True)
+class CompactionResult:
+    """What one day's compaction did."""
+
+    day: dt.date
+    files_before: int
+    files_after: int
+    rows: int
+    seal: int
+
+
+class _JobState:
+    """``state/compact.json``: the job in progress and the superseded files
+    waiting for their deletion time."""
+
+    def __init__(self, data: DataDir) -> None:
+        self.path = data.state / "compact.json"
+        self.data = data
+        try:
+            raw = json.loads(self.path.read_text())
+        except FileNotFoundError:
+            raw = {}
+        self.job: dict[str, Any] | None = raw.get("job")
+        self.superseded: list[dict[str, Any]] = list(raw.get("superseded", []))
+
+    def save(self) -> None:
+        """Replace state/compact.json (atomic, durable)."""
+        replace_file(self.path, json.dumps({"job": self.job, "superseded": self.superseded}).encode())
+
+
+def _entry(lake: Store, key: str) -> tuple[FileEntry, pa.Table]:
+    """A file's checkpoint entry and rows (read once)."""
+    raw = lake.read(key)
+    table = pq.read_table(pa.BufferReader(raw))
+    seqs = table.column("seq")
+    entry = FileEntry(
+        path=key,
+        sha256=hashlib.sha256(raw).hexdigest(),
+        bytes=len(raw),
+        rows=table.num_rows,
+        first_seq=int(pc.min(seqs).as_py()) if table.num_rows else 0,
+        last_seq=int(pc.max(seqs).as_py()) if table.num_rows else 0,
+    )
+    return entry, table
+
+
+def _is_live(key: str, writer_id: str) -> bool:
+    name = key.rpartition("/")[2]
+    return name.endswith(".parquet") and name.startswith((f"part-{writer_id}-", f"compact-{writer_id}-"))
+
+
+def live_files(lake: Store, writer_id: str, day: dt.date) -> list[str]:
+    """Keys of this writer's published files of ``day`` (sealed and compacted)."""
+    return [o.key for o in lake.list(partition_key(day), recursive=False) if _is_live(o.key, writer_id)]
+
+
+def closed_days(lake: Store, writer_id: str, policy: CompactionPolicy, now: float | None = None) -> list[dt.date]:
+    """Closed days holding at least ``policy.min_files`` live files of this writer."""
+    now_dt = dt.datetime.fromtimestamp(time.time() if now is None else now, dt.UTC)
+    live: dict[dt.date, int] = defaultdict(int)
+    for key in partition_files(lake, ".parquet"):
+        day = day_of(key)
+        if day is not None and _is_live(key, writer_id):
+            live[day] += 1
+    out = []
+    for day, files in sorted(live.items()):
+        end = dt.datetime.combine(day + dt.timedelta(days=1), dt.time(), dt.UTC)
+        if now_dt < end + dt.timedelta(seconds=policy.close_grace_s):
+            continue
+        if files >= policy.min_files:
+            out.append(day)
+    return out
+
+
+class Compactor:
+    """Compacts one writer's closed days through its Sealer's checkpoints."""
+
+    def __init__(self, data: DataDir, sealer: Sealer, policy: CompactionPolicy | None = None) -> None:
+        self.data = data
+        self.sealer = sealer
+        self.writer_id = sealer.writer_id
+        #: The hot lake and the primary checkpoint store: the sealer's.
+        self.lake = sealer.lake
+        self.checkpoints = sealer.checkpoints
+        self.policy = policy or CompactionPolicy()
+        self.state = _JobState(data)
+
+    # -- recovery and cleanup ----------------------------------------------------
+
+    def recover(self) -> None:
+        """Finish or roll back a job a crash interrupted; remove leftovers."""
+        job = self.state.job
+        if job is not None:
+            new = [f["final"] for f in job["new"]]
+            if self._checkpointed(new):
+                log.info("compaction of %s was checkpointed before a crash: finishing it", job["day"])
+                self._supersede(list(job["old"]))
+            else:
+                log.info("compaction of %s was interrupted before its checkpoint: rolling back", job["day"])
+                for f in job["new"]:
+                    self.lake.delete(f["tmp"])
+                for key in new:
+                    self.lake.delete(key)
+                for folder in {_folder(key) for key in new}:
+                    self.lake.sync(folder)
+            self.state.job = None
+            self.state.save()
+        listed = {s["path"] for s in self.state.superseded}
+        for key in partition_files(self.lake, SUPERSEDED_SUFFIX):
+            if key not in listed:  # a crash between the rename and the state save
+                deadline = time.time() + self.policy.superseded_grace_s
+                self.state.superseded.append({"path": key, "delete_after": deadline})
+        for key in partition_files(self.lake, TMP_SUFFIX):
+            if fnmatch.fnmatchcase(key.rpartition("/")[2], f"compact-{self.writer_id}-*{TMP_SUFFIX}"):
+                self.lake.delete(key)
+        self.state.save()
+        self.delete_expired()
+
+    def _checkpointed(self, new_paths: list[str], scan: int = 1000) -> bool:
+        """Whether a "compact" checkpoint of this writer lists ``new_paths``."""
+        names = sorted((o.key for o in self.checkpoints.list(self.writer_id, recursive=False)
+                        if o.key.endswith("-compact.json")), reverse=True)
+        wanted = set(new_paths)
+        for name in names[:scan]:
+            try:
+                body = json.loads(self.checkpoints.read(name))
+            except (OSError, ValueError):
+                continue
+            if wanted <= {f["path"] for f in body.get("files", [])}:
+                return True
+        return False
+
+    def _supersede(self, old: list[str]) -> None:
+        """Set the replaced files aside (``<name>.superseded``, out of the
+        queries' glob) and list them for deletion after the grace period."""
+        deadline = time.time() + self.policy.superseded_grace_s
+        for key in old:
+            target = key + SUPERSEDED_SUFFIX
+            if self.lake.exists(key):
+                self.lake.rename(key, target)
+            self.state.superseded.append({"path": target, "delete_after": deadline})
+        for folder in {_folder(key) for key in old}:
+            self.lake.sync(folder)
+        self.state.save()
+
+    def delete_expired(self, now: float | None = None) -> int:
+        """Delete superseded files whose grace period is over; returns how many."""
+        now = time.time() if now is None else now
+        keep, gone = [], 0
+        for s in self.state.superseded:
+            if s["delete_after"] <= now:
+                self.lake.delete(s["path"])
+                gone += 1
+            else:
+                keep.append(s)
+        if gone:
+            self.state.superseded = keep
+            self.state.save()
+        return gone
+
+    # -- compaction ------------------------------------------------------------------
+
+    def run(self, now: float | None = None) -> list[CompactionResult]:
+        """Compact every closed day that needs it; delete expired superseded files."""
+        results = []
+        for day in closed_days(self.lake, self.writer_id, self.policy, now):
+            result = self.compact_day(day)
+            if result is not None:
+                results.append(result)
+        self.delete_expired(now)
+        return results
+
+    def compact_day(self, day: dt.date) -> CompactionResult | None:
+        """Merge ``day``'s live files of this writer; None when nothing to do.
+
+        Files are grouped in seal order into runs of at most
+        ``policy.max_rows_per_file`` rows (bounding memory); each run of two
+        or more files becomes one file sorted by (tenant_id, created_at, seq).
+        """
+        candidates = live_files(self.lake, self.writer_id, day)
+        if len(candidates) < max(2, self.policy.min_files):
+            return None
+        groups: list[list[str]] = [[]]
+        rows_in_group = 0
+        for key in candidates:
+            with self.lake.open_input(key) as f:
+                n = pq.ParquetFile(f).metadata.num_rows
+            if groups[-1] and rows_in_group + n > self.policy.max_rows_per_file:
+                groups.append([])
+                rows_in_group = 0
+            groups[-1].append(key)
+            rows_in_group += n
+        groups = [g for g in groups if len(g) >= 2]
+        if not groups:
+            return None
+        stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%S%f")
+        old: list[str] = []
+        entries: list[FileEntry] = []
+        staged = []
+        rows = 0
+        for k, group in enumerate(groups):
+            tables = []
+            for key in group:
+                entry, table = _entry(self.lake, key)
+                entries.append(entry)
+                old.append(key)
+                tables.append(table.select(EVENT_SCHEMA.names).cast(EVENT_SCHEMA))
+            merged = sort_for_queries(pa.concat_tables(tables))
+            del tables
+            rows += merged.num_rows
+            final = f"{partition_key(day)}/compact-{self.writer_id}-{stamp}-{k:03d}.parquet"
+            staged.append(stage_table(self.lake, final, merged))
+            del merged
+        self.state.job = {
+            "day": day.isoformat(),
+            "new": [{"tmp": s.temp_key, "final": s.key} for s in staged],
+            "old": [e.path for e in entries],
+        }
+        self.state.save()
+        for s in staged:
+            self.lake.publish(s.staged)
+        new_entries = [s.entry() for s in staged]
+        checkpoint = self.sealer.append_checkpoint("compact", new_entries, entries)
+        self._supersede(old)
+        self.state.job = None
+        self.state.save()
+        log.info("compacted %s: %d files -> %d (%d rows), checkpoint %d",
+                 day, len(old), len(staged), rows, checkpoint.seal)
+        return CompactionResult(day, len(old), len(staged), rows, checkpoint.seal)
+
+
+def _folder(key: str) -> str:
+    """The folder key of ``key``."""
+    return key.rpartition("/")[0]
+
+
+# -- the command ------------------------------------------------------------------------
+
+
+def cmd_compact(args: argparse.Namespace) -> int:
+    """`auditlake compact`: compact closed days (or ``--day``) with no collector running."""
+    from auditlake.collector.lake.writer import LakeWriter  # noqa: PLC0415 - writer imports this module
+
+    data = DataDir.resolve(args.data)
+    lock = try_lock(data)
+    if lock is None:
+        print(
+            f"a collector is running on {data.root}: compaction runs inside it "
+            "(at start and every compact_interval_s, default hourly); nothing done here",
+            flush=True,
+        )
+        return 3
+    lock.close()  # the Collector below takes it again, with recovery
+    collector = LakeWriter.offline(data)
+    try:
+        compactor = collector.compactor
+        policy = CompactionPolicy(
+            close_grace_s=compactor.policy.close_grace_s,
+            min_files=2,
+            superseded_grace_s=0.0 if args.delete_now else compactor.policy.superseded_grace_s,
+        )
+        compactor.policy = policy
+        if args.day:
+            day = dt.date.fromisoformat(args.day)
+            result = compactor.compact_day(day)
+            results = [result] if result is not None else []
+        else:
+            results = compactor.run()
+        compactor.delete_expired()
+    finally:
+        collector.stop()
+    for r in results:
+        print(f"{r.day}: {r.files_before} files -> {r.files_after} ({r.rows} rows), checkpoint {r.seal}")
+    if not results:
+        print("nothing to compact")
+    return 0
+
+
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Add ``auditlake compact``."""
+    from auditlake.collector.config import add_data_arg  # noqa: PLC0415
+
+    p = subparsers.add_parser(
+        "compact",
+        help="merge a closed day's small sealed files into few large ones",
+        description="Merge the small sealed files of closed UTC days (or --day) into few "
+        "large sorted files, keeping every row, seq and chain hash; signed as a "
+        "'compact' checkpoint.  A running collector does this itself hourly.",
+    )
+    add_data_arg(p)
+    p.add_argument("--day", metavar="YYYY-MM-DD", help="compact this day only (even if not closed)")
+    p.add_argument("--delete-now", action="store_true",
+                   help="delete the replaced files now instead of after the grace period")
+    p.set_defaults(func=cmd_compact)

@@ -1,0 +1,129 @@
+"""Query: DuckDB over the lake, through one view ``events`` (hot and, once
+retention moves data, cold) with Hive partitioning so ``date`` prunes files.
+"""
+
+from __future__ import annotations
+
+import csv
+import datetime as dt
+import io
+import json
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import duckdb
+
+from auditlake.collector.lake.cold import prepare_connection
+from auditlake.collector.schema import EVENT_SCHEMA
+from auditlake.collector.storage.datadir import DataDir
+
+
+def _empty_select() -> str:
+    cols = []
+    for f in EVENT_SCHEMA:
+        sql_type = {
+            "string": "VARCHAR",
+            "int64": "BIGINT",
+            "bool": "BOOLEAN",
+        }.get(str(f.type), "TIMESTAMPTZ")
+        cols.append(f"CAST(NULL AS {sql_type}) AS {f.name}")
+    cols.append("CAST(NULL AS DATE) AS date")
+    return "SELECT " + ", ".join(cols) + " WHERE false"
+
+
+def _sql_str(s: str) -> str:
+    return "'" + s.replace("'", "''") + "'"
+
+
+def events_view_sql(globs: Sequence[str]) -> str:
+    """SELECT over every Parquet file matching ``globs`` (hot and cold tiers)."""
+    if not globs:
+        return _empty_select()
+    files = "[" + ", ".join(_sql_str(g) for g in globs) + "]"
+    return (
+        f"SELECT * FROM read_parquet({files}, hive_partitioning = true, "
+        "hive_types = {'date': DATE}, union_by_name = true)"
+    )
+
+
+def lake_globs(data: DataDir) -> list[str]:
+    """Globs of the hot lake that match at least one file (DuckDB refuses
+    a glob matching nothing)."""
+    root = data.events
+    if root.exists() and next(root.glob("date=*/*.parquet"), None) is not None:
+        return [str(root / "date=*" / "*.parquet")]
+    return []
+
+
+def connect(data: DataDir, *, extra_globs: Iterable[str] = (), threads: int | None = None,
+            toml: dict[str, Any] | None = None) -> duckdb.DuckDBPyConnection:
+    """A DuckDB connection with the view ``events`` over the lake (hot, and
+    the cold tier when retention moved files there).  UTC session time zone,
+    so timestamps print as stored.  ``toml``: the configuration (default
+    DIR/auditlake.toml), for the cold tier's location."""
+    con = duckdb.connect(config={"threads": threads} if threads else {})
+    con.execute("SET TimeZone = 'UTC'")
+    globs = lake_globs(data) + list(extra_globs)
+    view = events_view_sql(globs)
+    cold = prepare_connection(con, data, toml)  # the cold tier, when retention moved files there
+    if cold:
+        view = f"{view} UNION ALL BY NAME {cold}"
+    con.execute(f"CREATE OR REPLACE VIEW events AS {view}")
+    return con
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, dt.datetime | dt.date):
+        return value.isoformat()
+    return str(value)
+
+
+def format_result(columns: list[str], rows: list[tuple[Any, ...]], fmt: str) -> str:
+    """Rows as ``table`` (aligned text), ``csv`` (RFC 4180) or ``json`` (lines)."""
+    if fmt == "json":
+        return "".join(
+            json.dumps(dict(zip(columns, r, strict=True)), default=_json_default, ensure_ascii=False)
+            + "\n"
+            for r in rows
+        )
+    if fmt == "csv":
+        buf = io.StringIO()
+        w = csv.writer(buf, lineterminator="\r\n")
+        w.writerow(columns)
+        for r in rows:
+            w.writerow(
+                ["" if v is None else _json_default(v) if not isinstance(v, str | int | float) else v for v in r]
+            )
+        return buf.getvalue()
+    if fmt != "table":
+        raise ValueError(f"unknown format {fmt!r} (table, csv or json)")
+    text = [[("" if v is None else _json_default(v) if not isinstance(v, str) else v) for v in r] for r in rows]
+    text = [[c if len(c) <= 60 else c[:57] + "..." for c in (str(x) for x in r)] for r in text]
+    widths = [len(c) for c in columns]
+    for cells in text:
+        widths = [max(w, len(c)) for w, c in zip(widths, cells, strict=True)]
+    line = "  ".join(c.ljust(w) for c, w in zip(columns, widths, strict=True))
+    rule = "  ".join("-" * w for w in widths)
+    body = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) for r in text]
+    footer = f"({len(rows)} row{'s' if len(rows) != 1 else ''})"
+    return "\n".join([line, rule, *body, footer]) + "\n"
+
+
+def run_query(data: DataDir, sql: str, fmt: str = "table", extra_globs: Iterable[str] = (),
+              toml: dict[str, Any] | None = None) -> str:
+    """Run ``sql`` against the lake and format the result (``toml``: the
+    configuration naming the cold tier; default DIR/auditlake.toml)."""
+    con = connect(data, extra_globs=extra_globs, toml=toml)
+    try:
+        cur = con.execute(sql)
+        columns = [d[0] for d in cur.description] if cur.description else []
+        rows = cur.fetchall() if columns else []
+    finally:
+        con.close()
+    return format_result(columns, rows, fmt)
+
+
+def lake_files(data: DataDir) -> list[Path]:
+    """Every published Parquet file of the hot lake."""
+    return sorted(data.events.glob("date=*/*.parquet"))

@@ -1,0 +1,120 @@
+"""The lake's write path in one object: what `auditlake serve` runs under its
+gRPC and HTTP servers, and what commands run on their own (compaction,
+retention, an inbox drain) when no collector holds the data directory.
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, Self
+
+from auditlake.collector.config import CollectorConfig, collector_config, load_toml
+from auditlake.collector.errors import ConfigError
+from auditlake.collector.integrity.signing import SigningKey
+from auditlake.collector.lake.batch import AcceptedBatch, BatchIndex
+from auditlake.collector.lake.compact import CompactionResult, Compactor
+from auditlake.collector.lake.seal import Sealer, SealPolicy, canonical_prefix
+from auditlake.collector.lake.wal import LogPosition, WriteAheadLog
+from auditlake.collector.storage.datadir import DataDir, try_lock
+from auditlake.collector.storage.tiers import maintenance_lock as tiers_maintenance_lock
+
+
+class LakeWriter:
+    """The write path of one data directory: its lock, signing key, write-ahead
+    log, batch index, sealer and compactor.  One writer (one chain) per data
+    directory; ``close()`` seals what is durable and releases the lock."""
+
+    def __init__(self, data: DataDir, config: CollectorConfig) -> None:
+        self.data = data
+        self.config = config
+        data.create()
+        lock = try_lock(data)
+        if lock is None:
+            raise ConfigError(
+                f"another collector is running on {data.root}: each collector needs "
+                "its own data directory"
+            )
+        self._lock_file = lock
+        self.signing_key = SigningKey.load_or_create(data.keys)
+        mirrors = (Path(config.checkpoint_mirror),) if config.checkpoint_mirror else ()
+        self.sealer = Sealer(
+            data,
+            data.wal,
+            self.signing_key,
+            policy=SealPolicy(
+                interval_s=config.seal_interval_s,
+                dedupe_batches=config.dedupe_batches,
+                dedupe_window_events=config.dedupe_window_events,
+            ),
+            checkpoint_mirrors=mirrors,
+        )
+        self.batches = BatchIndex(self.sealer.known_batches(), keep=config.dedupe_batches)
+        self.wal = WriteAheadLog(
+            data.wal, on_durable=self._durable, first_segment=self.sealer.state.wal_segment
+        )
+        for batch in self.sealer.recover(self.wal):
+            self.batches.add(batch.batch_id, batch.table.num_rows)
+        # After the sealer's recovery (which rewrites a committed checkpoint).
+        self.compactor = Compactor(data, self.sealer)
+        self.compactor.recover()
+        #: Held by compaction and retention so they never touch the lake at
+        #: once (the process-wide re-entrant lock retention also takes).
+        self.maintenance_lock = tiers_maintenance_lock
+        self._disk_checked = 0.0
+        self._disk_low = False
+
+    def _durable(self, context: object, position: LogPosition) -> None:
+        assert isinstance(context, AcceptedBatch)
+        self.sealer.add(context, position)
+
+    def store(self, batch: AcceptedBatch) -> Any:
+        """Append an accepted batch to the WAL; the future resolves once fsynced."""
+        # The bulk of the hash input is computed here, on the receiving
+        # thread (Arrow releases the GIL), so the one sealer thread only adds
+        # each row's seq and hashes.
+        batch.canonical_prefix = canonical_prefix(batch.table, batch.received_at_us, self.sealer.writer_id)
+        return self.wal.append(batch.encode(), batch)
+
+    @classmethod
+    def offline(cls, data: DataDir) -> Self:
+        """A collector that does not serve, for commands run while no
+        collector holds ``data`` (its checkpoint mirror and limits come from
+        DIR/auditlake.toml and AUDITLAKE_* as for `auditlake serve`); call
+        stop() when done."""
+        return cls(data, collector_config(load_toml(data.config_file), http_listen=""))
+
+    def overloaded(self) -> tuple[float, str] | None:
+        """(seconds a client should wait before retrying, why), or None when there is room."""
+        if self.sealer.pending_rows > self.config.max_unsealed_events:
+            # a seal or two clears it: retry soon
+            return 0.25, f"over {self.config.max_unsealed_events} unsealed events"
+        if self.wal.unsealed_bytes > self.config.max_wal_bytes:
+            return 0.25, f"write-ahead log over {self.config.max_wal_bytes} bytes"
+        now = time.monotonic()
+        if now - self._disk_checked > 1.0:  # a statvfs per request is wasted work
+            self._disk_checked = now
+            self._disk_low = shutil.disk_usage(self.data.root).free < self.config.min_free_disk_bytes
+        if self._disk_low:
+            return 30.0, f"free disk below {self.config.min_free_disk_bytes} bytes"
+        return None
+
+    def compact_now(self) -> list[CompactionResult]:
+        """Compact closed days now (the maintenance thread calls this hourly)."""
+        with self.maintenance_lock:
+            return self.compactor.run()
+
+    def close(self, before_unlock: Callable[[], None] | None = None) -> None:
+        """Seal everything durable, stop the sealer, release the data dir
+        (after ``before_unlock``: the owner's maintenance thread finishing)."""
+        self.wal.close()
+        self.sealer.stop()
+        if before_unlock is not None:
+            before_unlock()
+        self._lock_file.close()
+
+    def stop(self) -> None:
+        """The same as close(): commands that ran the write path offline end with it."""
+        self.close()

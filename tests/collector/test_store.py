@@ -1,0 +1,171 @@
+"""The storage seam behaves the same on local disk and on object storage:
+create never overwrites, put replaces, stage + publish puts a file in place
+once and is harmless to repeat.  The object store runs against a real S3-API
+server (moto's standalone server on a free loopback port)."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pyarrow.fs as pafs
+import pytest
+
+from auditlake.collector.storage.store import LocalStore, ObjectExistsError, ObjectStore, Store
+from tests.conftest import free_port
+
+
+@pytest.fixture(scope="module")
+def s3_endpoint() -> Iterator[str]:
+    """moto_server on a free 127.0.0.1 port (dummy AWS credentials); its
+    ``host:port``, stopped after the module."""
+    port = free_port()
+    exe = Path(sys.executable).with_name("moto_server")
+    proc = subprocess.Popen([str(exe), "-H", "127.0.0.1", "-p", str(port)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    saved = {k: os.environ.get(k) for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION",
+                                            "AWS_EC2_METADATA_DISABLED")}
+    os.environ.update(AWS_ACCESS_KEY_ID="testing", AWS_SECRET_ACCESS_KEY="testing",
+                      AWS_DEFAULT_REGION="us-east-1", AWS_EC2_METADATA_DISABLED="true")
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), 0.2).close()
+                break
+            except OSError:
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    raise AssertionError("moto_server did not start") from None
+                time.sleep(0.05)
+        yield f"127.0.0.1:{port}"
+    finally:
+        proc.send_signal(signal.SIGCONT)
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+@pytest.fixture(params=["local", pytest.param("s3", marks=pytest.mark.s3)])
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Store:
+    """A store over a fresh local directory, or over a fresh S3 bucket prefix."""
+    if request.param == "local":
+        return LocalStore(tmp_path / "lake", "hot")
+    endpoint: str = request.getfixturevalue("s3_endpoint")
+    fs = pafs.S3FileSystem(endpoint_override=endpoint, scheme="http", access_key="testing",
+                           secret_key="testing", region="us-east-1", allow_bucket_creation=True)
+    bucket = f"store-{tmp_path.name.lower().replace('_', '-')}"[:63].rstrip("-")
+    fs.create_dir(bucket)
+    return ObjectStore(fs, f"{bucket}/lake", "cold", f"s3://{bucket}/lake")
+
+
+KEY = "events/date=2026-01-02/part-w1-0000000001.parquet"
+
+
+def _keys(store: Store, prefix: str = "") -> list[str]:
+    return [o.key for o in store.list(prefix)]
+
+
+def test_create_refuses_an_existing_key_and_keeps_the_first_object(store: Store) -> None:
+    store.create(KEY, b"first")
+    with pytest.raises(ObjectExistsError):
+        store.create(KEY, b"second")
+    with pytest.raises(FileExistsError):  # the stdlib class, for callers that catch that
+        store.create(KEY, b"second")
+    assert store.read(KEY) == b"first"
+    assert _keys(store) == [KEY]
+
+
+def test_put_replaces_what_is_there(store: Store) -> None:
+    store.put("index/cold.json", b"{}")
+    store.put("index/cold.json", b'{"a": 1}')
+    assert store.read_text("index/cold.json") == '{"a": 1}'
+    assert store.size("index/cold.json") == 8
+    assert _keys(store, "index") == ["index/cold.json"]
+
+
+def test_list_under_a_prefix_returns_its_objects_sorted_with_sizes(store: Store) -> None:
+    store.create("events/date=2026-01-02/b.parquet", b"bb")
+    store.create("events/date=2026-01-02/a.parquet", b"a")
+    store.create("events/date=2026-01-03/c.parquet", b"ccc")
+    store.create("other/d.json", b"dddd")
+    assert [(o.key, o.size) for o in store.list("events/date=2026-01-02")] == [
+        ("events/date=2026-01-02/a.parquet", 1), ("events/date=2026-01-02/b.parquet", 2)]
+    assert _keys(store, "events") == ["events/date=2026-01-02/a.parquet", "events/date=2026-01-02/b.parquet",
+                                      "events/date=2026-01-03/c.parquet"]
+    assert store.list("events/date=1999-01-01") == []  # an absent prefix is empty, not an error
+
+
+def test_delete_removes_one_object(store: Store) -> None:
+    store.create("a/x", b"x")
+    store.create("a/y", b"y")
+    store.delete("a/x")
+    assert not store.exists("a/x") and store.size("a/x") is None
+    assert _keys(store, "a") == ["a/y"]
+    store.delete("a/x")  # already gone: harmless by default
+    with pytest.raises(FileNotFoundError):
+        store.delete("a/x", missing_ok=False)
+
+
+def test_sha256_streams_the_object(store: Store) -> None:
+    data = os.urandom(3 * 1024 * 1024 + 17)
+    store.create("blob", data)
+    assert store.sha256("blob") == (hashlib.sha256(data).hexdigest(), len(data))
+    assert b"".join(store.iter_chunks("blob")) == data
+
+
+def test_a_staged_object_is_invisible_until_published(store: Store) -> None:
+    staged = store.stage(KEY, b"parquet bytes", temp_key=KEY + ".tmp")
+    assert not store.exists(KEY)
+    assert KEY not in _keys(store, "events")
+    store.publish(staged)
+    assert store.read(KEY) == b"parquet bytes"
+    assert _keys(store, "events") == [KEY]  # the temporary object is gone
+
+
+def test_publishing_twice_is_harmless(store: Store) -> None:
+    staged = store.stage(KEY, b"once")
+    store.publish(staged)
+    store.publish(staged)  # a repeat after a crash
+    assert store.read(KEY) == b"once"
+    assert _keys(store) == [KEY]
+
+
+def test_publishing_the_same_bytes_again_is_harmless_and_other_bytes_are_refused(store: Store) -> None:
+    store.publish(store.stage(KEY, b"signed checkpoint"))
+    store.publish(store.stage(KEY, b"signed checkpoint"))  # rewritten by recovery: same bytes
+    assert _keys(store) == [KEY]
+    staged = store.stage(KEY, b"something else")
+    with pytest.raises(ObjectExistsError):
+        store.publish(staged)
+    assert store.read(KEY) == b"signed checkpoint"  # never overwritten
+    assert store.read(staged.temp_key) == b"something else"  # kept for a look
+
+
+def test_staging_again_replaces_the_earlier_stage(store: Store) -> None:
+    store.stage(KEY, b"first attempt")
+    staged = store.stage(KEY, b"retry")  # a seal retried after an error writes the same temporary name
+    store.publish(staged)
+    assert store.read(KEY) == b"retry"
+
+
+def test_rename_moves_an_object(store: Store) -> None:
+    store.create("events/date=2026-01-02/a.parquet", b"a")
+    store.rename("events/date=2026-01-02/a.parquet", "events/date=2026-01-02/a.parquet.superseded")
+    store.sync("events/date=2026-01-02")
+    assert _keys(store, "events") == ["events/date=2026-01-02/a.parquet.superseded"]
+    assert store.read("events/date=2026-01-02/a.parquet.superseded") == b"a"

@@ -9,12 +9,15 @@ gives each a ``func(args) -> int`` default.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import faulthandler
 import importlib
 import logging
 import os
+import resource
 import signal
 import sys
+import time
 from types import FrameType
 
 from auditlake import __version__
@@ -23,8 +26,8 @@ from auditlake.collector.errors import CollectorError
 from auditlake.collector.storage.datadir import DataDir
 
 #: Modules that add subcommands (each defines ``register(subparsers)``).
-STAGE_COMMANDS = ("integrity.verify", "admin.server", "admin.export", "retention.job", "retention.backfill",
-                  "lake.compact")
+STAGE_COMMANDS = ("integrity.verify", "admin.server", "admin.export", "admin.process", "retention.job",
+                  "retention.backfill", "lake.compact")
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -41,6 +44,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     )
     collector = Collector(data, config)
     collector.config_toml = toml  # type: ignore[attr-defined]
+    collector.config_file = config_path(args, data.config_file)
 
     def stop(signum: int, frame: FrameType | None) -> None:
         collector.request_stop()
@@ -170,6 +174,44 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class RepeatLimit(logging.Filter):
+    """At most ``burst`` records of one kind (logger, level, message
+    template) per ``window_s``; then one line saying how many were dropped.
+    A client that makes the server fail the same way thousands of times a
+    second (descriptors exhausted, a malformed flood) fills no disk."""
+
+    def __init__(self, burst: int = 20, window_s: float = 10.0) -> None:
+        super().__init__()
+        self.burst = burst
+        self.window_s = window_s
+        self._seen: dict[tuple[str, int, str], tuple[float, int, int]] = {}
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        key = (record.name, record.levelno, str(record.msg))
+        now = time.monotonic()
+        start, count, dropped = self._seen.get(key, (now, 0, 0))
+        if now - start > self.window_s:
+            if dropped:
+                record.msg = f"{record.msg} [{dropped} more like this in the last {self.window_s:g} s not logged]"
+            start, count, dropped = now, 0, 0
+        count += 1
+        keep = count <= self.burst
+        self._seen[key] = (start, count, dropped + (0 if keep else 1))
+        if len(self._seen) > 10_000:
+            self._seen.clear()
+        return keep
+
+
+def _raise_open_files_limit() -> None:
+    """Soft RLIMIT_NOFILE up to the hard limit: connections are descriptors,
+    and running out of them fails ingest and HTTP alike."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = hard if hard != resource.RLIM_INFINITY else max(soft, 65536)
+    if soft < want:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -178,6 +220,9 @@ def main(argv: list[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(RepeatLimit())
+    _raise_open_files_limit()
     try:
         # Whatever the caller's umask: audit data is not for every local user.
         os.umask(data_umask())

@@ -11,10 +11,11 @@ import os
 import threading
 import time
 from concurrent import futures
-from typing import Any
+from pathlib import Path
 
 import grpc
 
+from auditlake.collector.admin.process import AdminProcess
 from auditlake.collector.config import CollectorConfig
 from auditlake.collector.errors import ConfigError
 from auditlake.collector.ingest.inbox import drain
@@ -35,7 +36,9 @@ class Collector(LakeWriter):
         self.keys = IngestKeyStore(data.keys)
         self.grpc_server: grpc.Server | None = None
         self.grpc_port = 0
-        self.http: Any = None
+        self.http: AdminProcess | None = None
+        #: The TOML file the admin process reads (None: DIR/auditlake.toml).
+        self.config_file: Path | None = None
         self._stopped = threading.Event()
         self._stop_requested = threading.Event()
 
@@ -113,11 +116,9 @@ class Collector(LakeWriter):
         )
 
     def _start_http(self) -> None:
-        # Imported here so a collector without --http-listen never loads the web stack.
-        from auditlake.collector.admin.server import AdminServer  # noqa: PLC0415
-
-        self.http = AdminServer(self)
-        self.http.start()
+        # A process of its own: exports, searches and verification on the
+        # HTTP side cannot take ingest's CPU, memory or interpreter lock.
+        self.http = AdminProcess.start(self.data, self.config.http_listen, self.config_file)
 
     @property
     def grpc_address(self) -> str:
@@ -134,6 +135,10 @@ class Collector(LakeWriter):
             self.http.stop()
         if self.grpc_server is not None:
             self.grpc_server.stop(grace).wait()
+        try:
+            self.drain_inbox()  # what the admin process recorded as it stopped
+        except Exception:  # noqa: BLE001 - the files stay; the next start takes them
+            log.exception("taking the inbox at stop failed")
         stop_retention = getattr(self, "_stop_retention", None)  # retention hook
         if stop_retention is not None:
             stop_retention()

@@ -8,6 +8,26 @@
 
 ``record()`` only enqueues; a background thread batches, exports over gRPC,
 retries and spools to disk while the collector is away.  See docs/sdk.md.
+
+The modules, in the order an event meets them (all but the last three are
+private; their public names are re-exported here):
+
+    _context      actor(): who acts, for which tenant, from where (a ContextVar)
+    _record       record(): capture and enqueue, the caller's whole cost
+    _decorators   @audited: one event per call, with its outcome
+    _compliance   login/logout/permission/data-access helpers (fixed actions)
+    _diff         diff(): the ``changes`` column, secrets redacted
+    _trace        the OpenTelemetry span and service name at the call
+    _event        the captured event and its packed wire form
+    _processor    the export thread: batches, retries, spools
+    _exporter     one batch to the collector, and what its answer means
+    _spool        batches on disk while the collector is away
+    _policies     Retry, Batch and Spool policies (frozen, validated)
+    _config       configure(): arguments, then AUDITLAKE_*, then TOML
+    _exceptions   the exception tree
+    _http         what both middlewares share (client address, route rules)
+    asgi, wsgi    the middleware
+    testing       an in-memory exporter and a pytest fixture for your tests
 """
 
 from __future__ import annotations

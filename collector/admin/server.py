@@ -17,6 +17,7 @@ import argparse
 import datetime as dt
 import ipaddress
 import logging
+import os
 import queue
 import secrets
 import socket
@@ -46,7 +47,7 @@ class AdminConfig:
     session_max_hours: float = 12.0
     #: Failed logins (per user name, and per client address) before delays start.
     login_free_failures: int = 5
-    #: DuckDB threads for queries (0: DuckDB's default, all cores).
+    #: DuckDB threads for admin queries and exports (0: half the cores, at least one).
     query_threads: int = 0
     #: Seconds a client has to send a whole request (head and body); a
     #: connection still sending after that is closed (Slowloris).
@@ -67,6 +68,10 @@ class AdminConfig:
     query_memory_mb: int = 1024
     #: Seconds an admin query may run before it is interrupted (exports excepted).
     query_timeout_s: float = 30.0
+    #: CPU priority of the admin process: "idle" (Linux SCHED_IDLE: it runs on
+    #: the CPU time ingest leaves, so exports and searches never slow ingest,
+    #: and wait while ingest saturates every core), "low" (nice 10), "normal".
+    priority: str = "idle"
 
     def __post_init__(self) -> None:
         for f in fields(self):
@@ -77,6 +82,8 @@ class AdminConfig:
                      "keep_export_manifests", "query_memory_mb", "query_timeout_s"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"[admin].{name} must be positive")
+        if self.priority not in ("idle", "low", "normal"):
+            raise ConfigError(f"[admin].priority must be idle, low or normal, got {self.priority!r}")
         for proxy in self.trusted_proxies:
             try:
                 ipaddress.ip_network(proxy, strict=False)
@@ -97,6 +104,8 @@ class AdminConfig:
                     values[k] = int(v)
                 elif known[k] == "float":
                     values[k] = float(v)
+                elif known[k] == "str":
+                    values[k] = str(v)
                 elif isinstance(v, list) and all(isinstance(x, str) for x in v):
                     values[k] = tuple(v)
                 else:
@@ -335,7 +344,8 @@ class AdminServer:
         self.sessions = SessionStore(idle_s=self.config.session_idle_minutes * 60,
                                      absolute_s=self.config.session_max_hours * 3600)
         self.throttle = LoginThrottle(ThrottlePolicy(free_failures=self.config.login_free_failures))
-        self.reader = LakeReader(self.data, threads=self.config.query_threads or None,
+        # Half the cores by default: ingest keeps the rest, whatever the HTTP side asks.
+        self.reader = LakeReader(self.data, threads=self.config.query_threads or max(1, (os.cpu_count() or 2) // 2),
                                  memory_limit_mb=self.config.query_memory_mb,
                                  timeout_s=self.config.query_timeout_s)
         self.integrity = IntegrityMonitor(self.data, self.config.verify_interval_minutes * 60)

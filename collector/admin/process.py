@@ -1,0 +1,145 @@
+"""The admin server in a process of its own, so nothing on the HTTP side
+(exports, heavy searches, verification, many connections) can take the
+collector's CPU, memory, file descriptors or interpreter lock from ingest.
+
+`auditlake serve` starts ``python -m auditlake.collector admin-serve`` as a
+child at a lower CPU priority (``[admin] priority``, default ``idle``: Linux
+SCHED_IDLE, so it runs on the CPU time ingest leaves; DuckDB's threads
+inherit it).  The child reads the same data directory, signs export
+manifests with the same key, and records every read of the log through the
+inbox (``ingest/inbox.py``): each record is an fsynced file the collector
+takes into its WAL and chain within a seal interval, so "on record before
+the first byte" holds across the two processes.  The child exits when its
+parent does (it watches the pipe on its stdin).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from auditlake.collector.config import CollectorConfig, add_data_arg, load_toml
+from auditlake.collector.errors import ConfigError
+from auditlake.collector.ingest.inbox import write_item
+from auditlake.collector.integrity.signing import SigningKey
+from auditlake.collector.lake.batch import AcceptedBatch
+from auditlake.collector.storage.datadir import DataDir
+
+log = logging.getLogger(__name__)
+
+
+class AdminProcess:
+    """A running admin child process, as the collector sees it."""
+
+    def __init__(self, proc: subprocess.Popen[bytes], address: str) -> None:
+        self.proc = proc
+        #: ``host:port`` the child serves on.
+        self.address = address
+
+    @classmethod
+    def start(cls, data: DataDir, listen: str, config_file: Path | None, timeout_s: float = 30.0) -> AdminProcess:
+        """Start the child and wait until it listens (ConfigError if it cannot)."""
+        ready = data.state / f"admin-{os.getpid()}.ready"
+        ready.unlink(missing_ok=True)
+        cmd = [sys.executable, "-m", "auditlake.collector", "admin-serve", "--data", str(data.root),
+               "--listen", listen, "--ready-file", str(ready)]
+        if config_file is not None:
+            cmd += ["--config", str(config_file)]
+        # stdin is a pipe the child watches: when this process dies, it sees
+        # EOF and exits too (no orphaned admin server).
+        proc = subprocess.Popen(cmd, stdin=subprocess.PIPE)
+        deadline = time.monotonic() + timeout_s
+        while not ready.exists():
+            if proc.poll() is not None:
+                raise ConfigError(f"the admin server did not start (exit {proc.returncode}); see the log above")
+            if time.monotonic() > deadline:
+                proc.kill()
+                proc.wait()
+                raise ConfigError(f"the admin server did not start within {timeout_s:g} s")
+            time.sleep(0.02)
+        address = ready.read_text().strip()
+        ready.unlink(missing_ok=True)
+        return cls(proc, address)
+
+    def stop(self, timeout_s: float = 15.0) -> None:
+        """Stop the child (in-flight requests get a few seconds; queued read
+        records are written to the inbox first)."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout_s)
+            except subprocess.TimeoutExpired:
+                log.warning("the admin server did not stop in %g s; killing it", timeout_s)
+                self.proc.kill()
+                self.proc.wait()
+        if self.proc.stdin is not None:
+            self.proc.stdin.close()
+
+
+class InboxHost:
+    """What AdminServer needs from a collector, in the admin child: the data
+    directory, settings, the signing key, and ``store`` writing to the inbox."""
+
+    def __init__(self, data: DataDir, listen: str, toml: dict[str, Any]) -> None:
+        self.data = data
+        self.config = CollectorConfig(http_listen=listen)
+        self.config_toml = toml
+        self.signing_key = SigningKey.load_or_create(data.keys)
+
+    def store(self, batch: AcceptedBatch) -> None:
+        """Durably hand ``batch`` to the collector (returns once fsynced)."""
+        write_item(self.data, batch)
+
+
+def cmd_admin_serve(args: argparse.Namespace) -> int:
+    """The child: serve until SIGTERM or until the parent goes away."""
+    from auditlake.collector.admin.server import AdminConfig, AdminServer  # noqa: PLC0415
+
+    data = DataDir.resolve(args.data)
+    toml = load_toml(Path(args.config) if args.config else data.config_file)
+    config = AdminConfig.from_toml(toml)
+    _lower_priority(config.priority)
+    server = AdminServer(InboxHost(data, args.listen, toml), toml=toml)
+    server.start()
+    done = threading.Event()
+    signal.signal(signal.SIGTERM, lambda signum, frame: done.set())
+    signal.signal(signal.SIGINT, lambda signum, frame: done.set())
+
+    def watch_parent() -> None:
+        sys.stdin.buffer.read()  # returns at EOF: the parent closed the pipe or died
+        done.set()
+
+    threading.Thread(target=watch_parent, name="auditlake-parent-watch", daemon=True).start()
+    tmp = Path(args.ready_file + ".tmp")
+    tmp.write_text(server.address + "\n")
+    os.replace(tmp, args.ready_file)
+    done.wait()
+    server.stop()
+    return 0
+
+
+def _lower_priority(priority: str) -> None:
+    """Set this process's CPU priority before any thread starts (threads,
+    DuckDB's included, inherit it)."""
+    if priority == "idle" and hasattr(os, "SCHED_IDLE"):
+        os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
+    elif priority in ("idle", "low"):
+        os.nice(10)  # no SCHED_IDLE on this platform: the next best thing
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """``auditlake admin-serve`` (internal: started by `auditlake serve`)."""
+    p = sub.add_parser("admin-serve", help="(internal) the admin server process that `serve` starts")
+    add_data_arg(p)
+    p.add_argument("--listen", required=True)
+    p.add_argument("--ready-file", required=True)
+    p.add_argument("--config", default=None)
+    p.set_defaults(func=cmd_admin_serve)

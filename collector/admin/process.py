@@ -37,41 +37,46 @@ log = logging.getLogger(__name__)
 
 
 class AdminProcess:
-    """A running admin child process, as the collector sees it."""
+    """A running admin child process, as the collector sees it.  A child that
+    dies on its own (a crash, the kernel's OOM killer) is started again on
+    the same address, at most once every few seconds."""
 
-    def __init__(self, proc: subprocess.Popen[bytes], address: str) -> None:
+    def __init__(self, proc: subprocess.Popen[bytes], address: str, data: DataDir,
+                 config_file: Path | None) -> None:
         self.proc = proc
         #: ``host:port`` the child serves on.
         self.address = address
+        self._data = data
+        self._config_file = config_file
+        self._stopping = threading.Event()
+        self._watch = threading.Thread(target=self._keep_running, name="auditlake-admin-watch", daemon=True)
+        self._watch.start()
 
     @classmethod
     def start(cls, data: DataDir, listen: str, config_file: Path | None, timeout_s: float = 30.0) -> AdminProcess:
         """Start the child and wait until it listens (ConfigError if it cannot)."""
-        ready = data.state / f"admin-{os.getpid()}.ready"
-        ready.unlink(missing_ok=True)
-        cmd = [sys.executable, "-m", "auditlake.collector", "admin-serve", "--data", str(data.root),
-               "--listen", listen, "--ready-file", str(ready)]
-        if config_file is not None:
-            cmd += ["--config", str(config_file)]
-        # stdin is a pipe the child watches: when this process dies, it sees
-        # EOF and exits too (no orphaned admin server).
-        proc = subprocess.Popen(cmd, stdin=subprocess.PIPE)
-        deadline = time.monotonic() + timeout_s
-        while not ready.exists():
-            if proc.poll() is not None:
-                raise ConfigError(f"the admin server did not start (exit {proc.returncode}); see the log above")
-            if time.monotonic() > deadline:
-                proc.kill()
-                proc.wait()
-                raise ConfigError(f"the admin server did not start within {timeout_s:g} s")
-            time.sleep(0.02)
-        address = ready.read_text().strip()
-        ready.unlink(missing_ok=True)
-        return cls(proc, address)
+        proc, address = _spawn(data, listen, config_file, timeout_s)
+        return cls(proc, address, data, config_file)
+
+    def _keep_running(self) -> None:
+        while not self._stopping.is_set():
+            code = self.proc.wait()
+            if self._stopping.is_set():
+                return
+            if self.proc.stdin is not None:
+                self.proc.stdin.close()
+            log.error("the admin server exited (%s); starting it again on %s", code, self.address)
+            self._stopping.wait(3.0)
+            try:
+                self.proc, _ = _spawn(self._data, self.address, self._config_file, 30.0)
+            except ConfigError:
+                log.exception("the admin server could not be started again; the admin UI is down")
+                return
 
     def stop(self, timeout_s: float = 15.0) -> None:
         """Stop the child (in-flight requests get a few seconds; queued read
         records are written to the inbox first)."""
+        self._stopping.set()
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
             try:
@@ -82,6 +87,32 @@ class AdminProcess:
                 self.proc.wait()
         if self.proc.stdin is not None:
             self.proc.stdin.close()
+
+
+def _spawn(data: DataDir, listen: str, config_file: Path | None,
+           timeout_s: float) -> tuple[subprocess.Popen[bytes], str]:
+    """Start ``admin-serve``; (process, address) once it listens."""
+    ready = data.state / f"admin-{os.getpid()}.ready"
+    ready.unlink(missing_ok=True)
+    cmd = [sys.executable, "-m", "auditlake.collector", "admin-serve", "--data", str(data.root),
+           "--listen", listen, "--ready-file", str(ready)]
+    if config_file is not None:
+        cmd += ["--config", str(config_file)]
+    # stdin is a pipe the child watches: when this process dies, it sees
+    # EOF and exits too (no orphaned admin server).
+    proc = subprocess.Popen(cmd, stdin=subprocess.PIPE)
+    deadline = time.monotonic() + timeout_s
+    while not ready.exists():
+        if proc.poll() is not None:
+            raise ConfigError(f"the admin server did not start (exit {proc.returncode}); see the log above")
+        if time.monotonic() > deadline:
+            proc.kill()
+            proc.wait()
+            raise ConfigError(f"the admin server did not start within {timeout_s:g} s")
+        time.sleep(0.02)
+    address = ready.read_text().strip()
+    ready.unlink(missing_ok=True)
+    return proc, address
 
 
 class InboxHost:

@@ -221,3 +221,11 @@ def test_a_slow_admin_query_is_interrupted(lake) -> None:  # noqa: ANN001
         assert reader._fetch("SELECT count(*) FROM events WHERE tenant_id = 'acme'", [])[0][0] > 0
     finally:
         reader.close()
+
+
+def test_a_login_form_token_with_non_ascii_characters_is_refused_not_a_crash(
+        admin_collector: CollectorProcess) -> None:
+    client = httpx.Client(base_url=admin_collector.http_url, timeout=30)
+    client.get("/login")
+    r = client.post("/login", data={"username": "root", "password": PASSWORD, "csrf": "é" * 10, "next": "/"})
+    assert r.status_code == 403

@@ -55,3 +55,22 @@ def test_a_flood_of_one_log_message_is_cut_to_a_few_lines() -> None:
     assert kept.count(True) == 3
     other = logging.LogRecord("x", logging.ERROR, __file__, 1, "another message", (), None)
     assert limit.filter(other)
+
+
+def test_an_admin_server_that_dies_is_started_again_on_the_same_address(collector_factory) -> None:  # noqa: ANN001
+    import signal  # noqa: PLC0415
+
+    c = collector_factory(http=True)
+    first = [pid for pid, cmd in _children(c.proc.pid) if "admin-serve" in cmd][0]
+    os.kill(first, signal.SIGKILL)  # as the OOM killer would
+    deadline = time.monotonic() + 30
+    ok = False
+    while time.monotonic() < deadline and not ok:
+        try:
+            ok = httpx.get(c.http_url + "/login", timeout=2).status_code == 200
+        except httpx.HTTPError:
+            time.sleep(0.2)
+    assert ok, c.log()
+    again = [pid for pid, cmd in _children(c.proc.pid) if "admin-serve" in cmd]
+    assert again and again[0] != first
+    assert "the admin server exited" in c.log()

@@ -46,11 +46,11 @@ class CollectorConfig:
     #: A second folder (another disk) for signed checkpoints; "" for none.
     checkpoint_mirror: str = ""
     grpc_workers: int = 16
-    #: Largest gRPC message accepted (bytes); the SDK's batches are far smaller.
-    max_message_bytes: int = 32 * 1024 * 1024
+    #: Largest gRPC message accepted (bytes; the SDK sends up to 64 MiB).
+    max_message_bytes: int = 64 * 1024 * 1024
     #: gRPC calls handled at once; more answer RESOURCE_EXHAUSTED at once, so
-    #: received-but-unhandled messages never exceed this many.
-    max_concurrent_rpcs: int = 64
+    #: requests held in memory never exceed this many messages.
+    max_concurrent_rpcs: int = 32
     #: Concurrent calls one client connection may open (HTTP/2 streams).
     max_streams_per_connection: int = 32
 

@@ -73,8 +73,11 @@ class DataDir:
         """Create the directory tree (idempotent), the root and keys/ without
         any access for other users; warn about looser modes found."""
         fresh = not self.root.exists()
-        for p in (self.events, self.wal, self.state, self.checkpoints, self.keys):
-            p.mkdir(parents=True, exist_ok=True)
+        # 0700 even when a library caller never set the umask: a directory
+        # others cannot enter keeps every file below it private.
+        self.root.mkdir(mode=0o700, parents=True, exist_ok=True)
+        for p in (self.lake, self.events, self.wal, self.state, self.checkpoints, self.keys):
+            p.mkdir(mode=0o700, exist_ok=True)
         os.chmod(self.keys, 0o700)
         if fresh:
             os.chmod(self.root, 0o700)

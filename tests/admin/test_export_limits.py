@@ -169,3 +169,28 @@ def test_an_api_page_is_capped_in_bytes_and_its_cursor_continues(busy) -> None: 
         assert pages > 1, "a page of 1000 events of ~500 B each should have been cut at the byte cap"
     finally:
         api.close()
+
+
+def test_manifests_are_written_once_and_only_the_newest_are_kept(tmp_path: Path) -> None:
+    from auditlake.collector.admin.export_runs import ExportLimitReached, ExportRegistry  # noqa: PLC0415
+
+    reg = ExportRegistry(tmp_path / "exports", max_per_user=1, max_total=2, keep_manifests=3)
+    a = reg.start("alice", run=object(), handle="my-handle-1")
+    with pytest.raises(ExportLimitReached):
+        reg.start("alice", run=object())
+    b = reg.start("bob", run=object(), handle="my-handle-1")  # another user's handle: no clash
+    with pytest.raises(ExportLimitReached):
+        reg.start("carol", run=object())
+    assert reg.find("my-handle-1", "alice", False) is a and reg.find("my-handle-1", "bob", False) is b
+    assert reg.find(a.eid, "bob", False) is None and reg.find(a.eid, "root", True) is a
+    reg.finish(a)
+    reg.start("alice", run=object())  # the slot is free again
+    reg.save_manifest(a.eid, {"exported_by": "alice"})
+    with pytest.raises(FileExistsError):
+        reg.save_manifest(a.eid, {"exported_by": "mallory"})  # never replaced
+    assert reg.load_manifest(a.eid) == {"exported_by": "alice"}
+    for i in range(5):
+        time.sleep(0.01)
+        reg.save_manifest(f"later-export-{i}", {"i": i})
+    kept = sorted(p.name for p in (tmp_path / "exports").glob("*.manifest.json"))
+    assert kept == [f"later-export-{i}.manifest.json" for i in (2, 3, 4)]

@@ -9,6 +9,7 @@ with the collector's google.rpc.RetryInfo delay when it sent one.
 from __future__ import annotations
 
 import enum
+import json
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -61,6 +62,9 @@ class Exporter(Protocol):
         ...
 
 
+_ROUND_ROBIN = json.dumps({"loadBalancingConfig": [{"round_robin": {}}]})
+
+
 class GrpcExporter:
     """Exports to ``AuditService.Export`` with a Bearer API key."""
 
@@ -88,6 +92,11 @@ class GrpcExporter:
             ("grpc.initial_reconnect_backoff_ms", 200),
             ("grpc.min_reconnect_backoff_ms", 200),
             ("grpc.max_reconnect_backoff_ms", 2000),
+            # Several collectors (``ipv4:a:4317,b:4317``, or a DNS name with
+            # several addresses): every call goes to the next ready one, and
+            # one that is down is skipped until it is back.  gRPC's own
+            # balancer; with one address it changes nothing.
+            ("grpc.service_config", _ROUND_ROBIN),
         ]
         if self._tls:
             self._channel = grpc.secure_channel(

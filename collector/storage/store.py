@@ -43,6 +43,7 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 
 from auditlake.collector.errors import StorageError
+from auditlake.collector.storage.conditional import ConditionalWrites, LocalConditional, PreconditionFailed
 from auditlake.collector.storage.local import fsync_dir
 
 _CHUNK = 8 * 1024 * 1024
@@ -83,6 +84,9 @@ class Store:
     #: The pyarrow filesystem and root path (for datasets and DuckDB readers).
     filesystem: pafs.FileSystem
     root: str
+    #: Compare-and-swap on single objects (leases), or None where the store
+    #: has no conditional writes.
+    conditional: ConditionalWrites | None = None
 
     def path(self, key: str) -> str:
         """The full path of ``key`` inside ``filesystem``."""
@@ -219,6 +223,7 @@ class LocalStore(Store):
         self.name = name
         self.root = str(Path(root))
         self.filesystem = pafs.LocalFileSystem()
+        self.conditional = LocalConditional(self.root)
 
     def local_path(self, key: str) -> Path:
         """The file path of ``key``."""
@@ -325,11 +330,14 @@ class LocalStore(Store):
 class ObjectStore(Store):
     """Any pyarrow filesystem: S3 (and S3-compatible stores), GCS, fsspec."""
 
-    def __init__(self, filesystem: pafs.FileSystem, root: str, name: str = "cold", uri: str = "") -> None:
+    def __init__(self, filesystem: pafs.FileSystem, root: str, name: str = "cold", uri: str = "",
+                 conditional: ConditionalWrites | None = None) -> None:
         self.name = name
         self.filesystem = filesystem
         self.root = root.rstrip("/")
         self._uri = uri or root
+        #: If-None-Match / If-Match writes, where the store has them (S3 APIs).
+        self.conditional = conditional
 
     @property
     def uri(self) -> str:
@@ -346,10 +354,16 @@ class ObjectStore(Store):
             out.write(data)
 
     def create(self, key: str, data: Data) -> None:
-        # pyarrow's object clients have no If-None-Match: this check and the
-        # PUT are two requests.  Keys are unique by construction (writer id,
-        # sequence numbers, random suffixes), so the check guards against bugs,
-        # not against a concurrent writer; docs/architecture.md says so.
+        if self.conditional is not None:  # one request: PUT with If-None-Match: *
+            try:
+                self.conditional.put_if_absent(key, bytes(data))
+            except PreconditionFailed as exc:
+                raise self._exists_error(key) from exc
+            return
+        # Without conditional writes this check and the PUT are two requests.
+        # Keys are unique by construction (writer id, sequence numbers, random
+        # suffixes), so the check guards against bugs, not against a
+        # concurrent writer; docs/architecture.md says so.
         if self.exists(key):
             raise self._exists_error(key)
         self.put(key, data)

@@ -18,6 +18,7 @@ from typing import Any
 import pyarrow.fs as pafs
 
 from auditlake.collector.errors import ConfigError
+from auditlake.collector.storage.conditional import S3Conditional
 from auditlake.collector.storage.datadir import DataDir
 from auditlake.collector.storage.store import LocalStore, ObjectStore, Store
 
@@ -68,10 +69,13 @@ def tier_from_uri(uri: str, *, endpoint_url: str = "", region: str = "", name: s
             parsed = urllib.parse.urlparse(endpoint if "://" in endpoint else "https://" + endpoint)
             kwargs["endpoint_override"] = parsed.netloc
             kwargs["scheme"] = parsed.scheme
+            endpoint = f"{parsed.scheme}://{parsed.netloc}"
         region = region or os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or ""
         if region:
             kwargs["region"] = region
-        return ObjectStore(pafs.S3FileSystem(**kwargs), rest.strip("/"), name, uri)
+        bucket, _, prefix = rest.strip("/").partition("/")
+        conditional = S3Conditional(bucket, prefix, endpoint_url=endpoint, region=region, timeout_s=timeout_s)
+        return ObjectStore(pafs.S3FileSystem(**kwargs), rest.strip("/"), name, uri, conditional)
     try:
         fs, path = pafs.FileSystem.from_uri(uri)
         return ObjectStore(fs, path.rstrip("/"), name, uri)

@@ -80,6 +80,9 @@ EVENT_SCHEMA = pa.schema(
         pa.field("received_at", TIMESTAMP, nullable=False),
         # Integrity columns (docs/integrity.md).
         pa.field("writer_id", pa.string(), nullable=False),
+        # The key_id of the ingest key that delivered the event ("" for the
+        # collector's own events); absent from files written before it existed.
+        pa.field("ingest_key_id", pa.string(), nullable=False),
         pa.field("seq", pa.int64(), nullable=False),
         pa.field("imported", pa.bool_(), nullable=False),
         pa.field("clock_skew", pa.bool_(), nullable=False),
@@ -89,6 +92,12 @@ EVENT_SCHEMA = pa.schema(
 
 #: Every stored column, in file order.
 COLUMNS: tuple[str, ...] = tuple(EVENT_SCHEMA.names)
+
+#: The column added in canonical encoding version 2 (docs/integrity.md):
+#: files sealed before it have every other column and no ``ingest_key_id``.
+INGEST_KEY_COLUMN = "ingest_key_id"
+#: The schema of files sealed before ``ingest_key_id`` existed (read, never written).
+LEGACY_EVENT_SCHEMA = EVENT_SCHEMA.remove(EVENT_SCHEMA.get_field_index(INGEST_KEY_COLUMN))
 
 #: The collector's own tenant: meta-audit events (reads, exports, retention).
 SYSTEM_TENANT = "_auditlake"

@@ -26,8 +26,12 @@ FIELDS = [
     ("outcome", "string"), ("reason", "string"), ("service", "string"),
     ("trace_id", "string"), ("span_id", "string"), ("request_id", "string"),
     ("metadata", "string"), ("received_at", "timestamp"), ("writer_id", "string"),
-    ("seq", "integer"), ("imported", "boolean"), ("clock_skew", "boolean"),
+    ("ingest_key_id", "string"), ("seq", "integer"), ("imported", "boolean"),
+    ("clock_skew", "boolean"),
 ]
+# Files sealed before ingest_key_id existed (encoding version 1) lack that
+# column: their events are hashed over the same fields without it.
+FIELDS_V1 = [f for f in FIELDS if f[0] != "ingest_key_id"]
 GENESIS = bytes(32)
 
 
@@ -41,13 +45,19 @@ def field_text(name, kind):
     return f'"{name}"'
 
 
-def canonical_sql():
+def canonical_sql(fields):
     """Step 2: len,value,len,value,... joined with commas, as bytes."""
     parts = []
-    for name, kind in FIELDS:
+    for name, kind in fields:
         text = field_text(name, kind)
         parts += [f"CAST(strlen({text}) AS VARCHAR)", text]
     return "encode(concat_ws(',', " + ", ".join(parts) + "))"
+
+
+def file_fields(con, path):
+    """Step 2: a file's encoding version, by whether it has an ingest_key_id column."""
+    names = {row[0] for row in con.execute("SELECT name FROM parquet_schema(?)", [path]).fetchall()}
+    return FIELDS if "ingest_key_id" in names else FIELDS_V1
 
 
 def signed_bytes(doc):
@@ -141,9 +151,14 @@ def main():
         if paths:
             con = duckdb.connect()
             con.execute("SET TimeZone = 'UTC'")
-            cur = con.execute(
-                f"SELECT seq, chain_hash, {canonical_sql()} FROM read_parquet(?, "
-                "union_by_name = true) WHERE writer_id = ? ORDER BY seq", [paths, writer])
+            selects, params = [], []
+            for fields in (FIELDS, FIELDS_V1):  # each file with its own encoding
+                group = [p for p in paths if file_fields(con, p) is fields]
+                if group:
+                    selects.append(f"SELECT seq, chain_hash, {canonical_sql(fields)} AS c FROM "
+                                   "read_parquet(?, union_by_name = true) WHERE writer_id = ?")
+                    params += [group, writer]
+            cur = con.execute(" UNION ALL ".join(selects) + " ORDER BY seq", params)
             while rows := cur.fetchmany(50_000):
                 for seq, stored, canonical in rows:
                     while seq != expected and expected in expired:  # a recorded expiry

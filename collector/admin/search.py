@@ -23,12 +23,14 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import duckdb
+import pyarrow.parquet as pq
 
 from auditlake.collector.errors import CollectorError
 from auditlake.collector.lake.cold import cold_generation, prepare_connection, register_cold
 from auditlake.collector.lake.query import events_view_sql, lake_globs
-from auditlake.collector.schema import COLUMNS, MAX_BYTES, OUTCOMES
+from auditlake.collector.schema import COLUMNS, INGEST_KEY_COLUMN, MAX_BYTES, OUTCOMES
 from auditlake.collector.storage.datadir import DataDir
+from auditlake.collector.storage.tiers import hot_tier
 
 UTC = dt.UTC
 
@@ -406,6 +408,8 @@ class LakeReader:
         # DuckDB's default, 50, just misses a page of 50 plus its look-ahead row.
         con.execute(f"SET late_materialization_max_rows = {DEFAULT_LIMIT + 1}")
         hot = lake_globs(self.data)
+        if hot and not self.union_by_name and self._first_file_lacks_key_column():
+            self.union_by_name = True
         if hot and not self.union_by_name:
             files = "[" + ", ".join("'" + g.replace("'", "''") + "'" for g in hot) + "]"
             view = (f"SELECT * FROM read_parquet({files}, hive_partitioning = true, "
@@ -417,6 +421,19 @@ class LakeReader:
             view = f"{view} UNION ALL BY NAME {cold}"
         con.execute(f"CREATE OR REPLACE VIEW events AS {view}")
         return con
+
+    def _first_file_lacks_key_column(self) -> bool:
+        """True when the first hot file DuckDB reads was sealed before
+        ``ingest_key_id`` existed: without union_by_name DuckDB takes the
+        first file's columns and would hide that column (no error to fall
+        back on).  One footer read; a later old file is a schema mismatch."""
+        tier = hot_tier(self.data)
+        for day in sorted(self.data.events.glob("date=*")):
+            first = min(day.glob("*.parquet"), default=None)
+            if first is not None:
+                with tier.open_input(first.relative_to(self.data.lake).as_posix()) as f:
+                    return INGEST_KEY_COLUMN not in pq.read_schema(f).names
+        return False
 
     def _has_files(self) -> bool:
         return next(self.data.events.glob("date=*/*.parquet"), None) is not None

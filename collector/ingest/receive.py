@@ -592,7 +592,10 @@ class AuditService(audit_pb2_grpc.AuditServiceServicer):
                     keep_rows = np.ones(table.num_rows, bool)
                     keep_rows[dup_rows] = False
                     table = table.filter(pa.array(keep_rows))
-                durable = self._store(AcceptedBatch(scoped, now_us, table)) if table.num_rows else None
+                # The key's id (never its secret) is stored with each event,
+                # covered by the chain: who delivered it is part of the evidence.
+                durable = (self._store(AcceptedBatch(scoped, now_us, table, ingest_key_id=key.key_id))
+                           if table.num_rows else None)
             if durable is not None:
                 durable.result()  # the fsync, shared with concurrent requests
             accepted = table.num_rows

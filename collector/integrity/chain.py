@@ -12,14 +12,26 @@ from collections.abc import Iterable
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from auditlake.collector.schema import COLUMNS
+from auditlake.collector.schema import COLUMNS, INGEST_KEY_COLUMN
 
 #: Version of the canonical encoding, as documented in docs/integrity.md.
-CANONICAL_VERSION = 1
+#: Version 2 added ``ingest_key_id``; files sealed under version 1 lack that
+#: column and keep their version-1 hashes (hashes are never recomputed).
+CANONICAL_VERSION = 2
 
 #: The fields covered by each event's hash, in this order: every stored column
 #: but the hash itself.
 CANONICAL_FIELDS: tuple[str, ...] = tuple(c for c in COLUMNS if c != "chain_hash")
+
+#: The fields of encoding version 1: the same without ``ingest_key_id``.
+LEGACY_CANONICAL_FIELDS: tuple[str, ...] = tuple(c for c in CANONICAL_FIELDS if c != INGEST_KEY_COLUMN)
+
+
+def canonical_fields(columns: Iterable[str]) -> tuple[str, ...]:
+    """The hashed fields of a file with these ``columns``: version 2 when it
+    has ``ingest_key_id``, else version 1.  A file cannot be moved from one
+    version to the other unnoticed: its sha256 is signed in a checkpoint."""
+    return CANONICAL_FIELDS if INGEST_KEY_COLUMN in set(columns) else LEGACY_CANONICAL_FIELDS
 
 #: The "previous hash" of a writer's first event (sequence 1).
 GENESIS = bytes(32)
@@ -43,13 +55,13 @@ def _field_text(column: pa.ChunkedArray | pa.Array) -> pa.ChunkedArray | pa.Arra
 def canonical_column(table: pa.Table) -> pa.Array:
     """Each row's canonical encoding, as one binary array.
 
-    For every field of CANONICAL_FIELDS in order, its UTF-8 byte length in
+    For every field of canonical_fields(table's columns) in order, its UTF-8 byte length in
     decimal and its text, all joined with ``,``:
     ``len(f1),f1,len(f2),f2,...,len(fN),fN``.  In DuckDB:
     ``concat_ws(',', strlen(id), id, strlen(tenant_id), tenant_id, ...)``.
     """
     parts: list[pa.ChunkedArray | pa.Array] = []
-    for name in CANONICAL_FIELDS:
+    for name in canonical_fields(table.column_names):
         text = _field_text(table.column(name))
         parts.append(pc.cast(pc.binary_length(text), pa.string()))
         parts.append(text)
@@ -105,10 +117,11 @@ def _sql_field_text(name: str, type_: pa.DataType, alias: str) -> str:
     return col
 
 
-def canonical_sql(alias: str = "") -> str:
+def canonical_sql(alias: str = "", fields: tuple[str, ...] = CANONICAL_FIELDS) -> str:
     """The canonical encoding as a DuckDB expression of type BLOB, over the
     stored columns (optionally qualified: ``alias="r."``).  Equal, byte for
     byte, to canonical_column; docs/integrity.md prints it for auditors.
+    ``fields``: LEGACY_CANONICAL_FIELDS for files sealed under version 1.
 
     Every stored column is non-nullable; ``concat_ws`` would silently skip a
     NULL, so a verifier must treat a NULL in any field as a failure
@@ -117,16 +130,16 @@ def canonical_sql(alias: str = "") -> str:
     from auditlake.collector.schema import EVENT_SCHEMA  # noqa: PLC0415 - schema is tiny
 
     parts = []
-    for name in CANONICAL_FIELDS:
+    for name in fields:
         text = _sql_field_text(name, EVENT_SCHEMA.field(name).type, alias)
         parts.append(f"CAST(strlen({text}) AS VARCHAR)")
         parts.append(text)
     return f"encode(concat_ws(',', {', '.join(parts)}))"
 
 
-def null_check_sql(alias: str = "") -> str:
+def null_check_sql(alias: str = "", fields: tuple[str, ...] = CANONICAL_FIELDS) -> str:
     """DuckDB condition: true when any hashed field is NULL (never in a sealed file)."""
-    return "(" + " OR ".join(f'{alias}"{n}" IS NULL' for n in CANONICAL_FIELDS) + ")"
+    return "(" + " OR ".join(f'{alias}"{n}" IS NULL' for n in fields) + ")"
 
 
 def chain_link(previous_hex: str, canonical: bytes) -> str:

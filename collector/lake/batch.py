@@ -19,6 +19,10 @@ import pyarrow as pa
 _BATCH_HEADER = struct.Struct("<4sqBH")
 _MAGIC = b"ALB1"
 FLAG_IMPORTED = 1
+#: The batch id is followed by the ingest key id (u16 length, UTF-8).  Records
+#: written before the flag existed lack it and recover with key id "".
+FLAG_KEY_ID = 2
+_KEY_ID_LENGTH = struct.Struct("<H")
 
 
 @dataclass
@@ -29,20 +33,29 @@ class AcceptedBatch:
     received_at_us: int
     table: pa.Table
     imported: bool = False
+    #: The ``key_id`` of the ingest key that delivered the batch; "" for the
+    #: collector's own events (imports, read-audit, retention).
+    ingest_key_id: str = ""
     #: Each row's canonical encoding up to the seq field, computed ahead by
     #: the receiving thread (seal.canonical_prefix); not stored in the WAL.
     canonical_prefix: pa.Array | None = field(default=None, repr=False, compare=False)
 
     def encode(self) -> bytes:
-        """The WAL payload: header, batch id, Arrow IPC stream of the table."""
+        """The WAL payload: header, batch id, the ingest key id (when there
+        is one), Arrow IPC stream of the table."""
         sink = pa.BufferOutputStream()
         with pa.ipc.new_stream(sink, self.table.schema) as writer:
             writer.write_table(self.table)
         bid = self.batch_id.encode()
         flags = FLAG_IMPORTED if self.imported else 0
+        key = b""
+        if self.ingest_key_id:
+            flags |= FLAG_KEY_ID
+            raw = self.ingest_key_id.encode()
+            key = _KEY_ID_LENGTH.pack(len(raw)) + raw
         header = _BATCH_HEADER.pack(_MAGIC, self.received_at_us, flags, len(bid))
         ipc: bytes = sink.getvalue().to_pybytes()
-        return header + bid + ipc
+        return header + bid + key + ipc
 
     @classmethod
     def decode(cls, payload: bytes) -> AcceptedBatch:
@@ -52,9 +65,16 @@ class AcceptedBatch:
             raise ValueError("not an auditlake batch record")
         start = _BATCH_HEADER.size
         bid = payload[start : start + blen].decode()
-        with pa.ipc.open_stream(pa.py_buffer(payload[start + blen :])) as reader:
+        start += blen
+        key_id = ""
+        if flags & FLAG_KEY_ID:
+            (klen,) = _KEY_ID_LENGTH.unpack_from(payload, start)
+            start += _KEY_ID_LENGTH.size
+            key_id = payload[start : start + klen].decode()
+            start += klen
+        with pa.ipc.open_stream(pa.py_buffer(payload[start:])) as reader:
             table = reader.read_all()
-        return cls(bid, received, table, bool(flags & FLAG_IMPORTED))
+        return cls(bid, received, table, bool(flags & FLAG_IMPORTED), key_id)
 
 
 class BatchIndex:

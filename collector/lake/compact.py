@@ -61,7 +61,7 @@ from auditlake.collector.lake.files import (
     sort_for_queries,
     stage_table,
 )
-from auditlake.collector.schema import EVENT_SCHEMA
+from auditlake.collector.schema import EVENT_SCHEMA, INGEST_KEY_COLUMN, LEGACY_EVENT_SCHEMA
 from auditlake.collector.storage.datadir import DataDir, try_lock
 from auditlake.collector.storage.local import replace_file
 from auditlake.collector.storage.store import Store
@@ -274,37 +274,41 @@ class Compactor:
         """Merge ``day``'s live files of this writer; None when nothing to do.
 
         Files are grouped in seal order into runs of at most
-        ``policy.max_rows_per_file`` rows (bounding memory); each run of two
-        or more files becomes one file sorted by (tenant_id, created_at, seq).
+        ``policy.max_rows_per_file`` rows (bounding memory) and of one schema
+        (files sealed before ``ingest_key_id`` existed are merged only with
+        each other, see _file_schema); each run of two or more files becomes
+        one file sorted by (tenant_id, created_at, seq).
         """
         candidates = live_files(self.lake, self.writer_id, day)
         if len(candidates) < max(2, self.policy.min_files):
             return None
-        groups: list[list[str]] = [[]]
+        runs: list[tuple[list[str], pa.Schema]] = []
         rows_in_group = 0
         for key in candidates:
             with self.lake.open_input(key) as f:
-                n = pq.ParquetFile(f).metadata.num_rows
-            if groups[-1] and rows_in_group + n > self.policy.max_rows_per_file:
-                groups.append([])
+                meta = pq.ParquetFile(f).metadata
+            n = meta.num_rows
+            schema = _file_schema(meta)
+            if not runs or rows_in_group + n > self.policy.max_rows_per_file or schema != runs[-1][1]:
+                runs.append(([], schema))
                 rows_in_group = 0
-            groups[-1].append(key)
+            runs[-1][0].append(key)
             rows_in_group += n
-        groups = [g for g in groups if len(g) >= 2]
-        if not groups:
+        kept = [(g, schema) for g, schema in runs if len(g) >= 2]
+        if not kept:
             return None
         stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%S%f")
         old: list[str] = []
         entries: list[FileEntry] = []
         staged = []
         rows = 0
-        for k, group in enumerate(groups):
+        for k, (group, schema) in enumerate(kept):
             tables = []
             for key in group:
                 entry, table = _entry(self.lake, key)
                 entries.append(entry)
                 old.append(key)
-                tables.append(table.select(EVENT_SCHEMA.names).cast(EVENT_SCHEMA))
+                tables.append(table.select(schema.names).cast(schema))
             merged = sort_for_queries(pa.concat_tables(tables))
             del tables
             rows += merged.num_rows
@@ -327,6 +331,16 @@ class Compactor:
         log.info("compacted %s: %d files -> %d (%d rows), checkpoint %d",
                  day, len(old), len(staged), rows, checkpoint.seal)
         return CompactionResult(day, len(old), len(staged), rows, checkpoint.seal)
+
+
+def _file_schema(meta: pq.FileMetaData) -> pa.Schema:
+    """The schema a sealed file is merged under: EVENT_SCHEMA, or
+    LEGACY_EVENT_SCHEMA for a file sealed before ``ingest_key_id`` existed.
+    Files of the two are never merged into one: their rows are hashed over
+    different fields (integrity.chain.canonical_fields), hashes are never
+    recomputed, and verify tells a file's encoding by its columns."""
+    names = {meta.schema.column(i).name for i in range(meta.num_columns)}
+    return EVENT_SCHEMA if INGEST_KEY_COLUMN in names else LEGACY_EVENT_SCHEMA
 
 
 def _folder(key: str) -> str:

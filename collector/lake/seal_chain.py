@@ -30,11 +30,14 @@ from auditlake.collector.schema import EVENT_SCHEMA, TIMESTAMP
 log = logging.getLogger(__name__)
 
 _SEQ_AT = CANONICAL_FIELDS.index("seq")
-#: Canonical fields before ``seq``: the wire fields plus received_at and writer_id.
+#: Canonical fields before ``seq``: the wire fields plus received_at,
+#: writer_id and ingest_key_id (one value per batch: a constant tail).
 PREFIX_FIELDS = CANONICAL_FIELDS[:_SEQ_AT]
 #: Canonical fields after ``seq``: booleans, so each row's tail is one of four strings.
 SUFFIX_FIELDS = CANONICAL_FIELDS[_SEQ_AT + 1 :]
-if SUFFIX_FIELDS != ("imported", "clock_skew") or PREFIX_FIELDS[-2:] != ("received_at", "writer_id"):
+#: The prefix fields whose value is the same for every row of a batch.
+_BATCH_FIELDS = ("received_at", "writer_id", "ingest_key_id")
+if SUFFIX_FIELDS != ("imported", "clock_skew") or PREFIX_FIELDS[-3:] != _BATCH_FIELDS:
     raise ImportError("seal_chain.canonical_prefix assumes the canonical field order of integrity/chain.py")
 
 
@@ -56,19 +59,21 @@ def decimal_lengths(col: pa.Array | pa.ChunkedArray) -> pa.Array:
     return _DECIMALS.take(pa.array(lengths))
 
 
-def canonical_prefix(table: pa.Table, received_at_us: int, writer_id: str) -> pa.Array:
+def canonical_prefix(table: pa.Table, received_at_us: int, writer_id: str, ingest_key_id: str = "") -> pa.Array:
     """Each row's canonical encoding (integrity.canonical_column) up to and
     excluding the ``,`` before ``len(seq)``: the part known before sealing.
-    ``table`` holds the wire columns (WIRE_SCHEMA)."""
+    ``table`` holds the wire columns (WIRE_SCHEMA); ``ingest_key_id`` is the
+    key that delivered the batch ("" for the collector's own events)."""
     parts: list[Any] = []
-    for name in PREFIX_FIELDS[:-2]:
+    for name in PREFIX_FIELDS[: -len(_BATCH_FIELDS)]:
         col = table.column(name)
         if pa.types.is_timestamp(col.type):
             col = pc.cast(pc.cast(col, pa.int64()), pa.string())
         parts.append(decimal_lengths(col))
         parts.append(col)
     received = str(received_at_us)
-    parts.append(pa.scalar(f"{len(received)},{received},{len(writer_id.encode())},{writer_id}"))
+    parts.append(pa.scalar(f"{len(received)},{received},{len(writer_id.encode())},{writer_id},"
+                           f"{len(ingest_key_id.encode())},{ingest_key_id}"))
     joined = pc.binary_join_element_wise(*parts, ",")
     if isinstance(joined, pa.ChunkedArray):
         joined = joined.combine_chunks()
@@ -180,9 +185,10 @@ def stored_table(
             skew = pc.greater(pc.abs(pc.subtract(created, b.received_at_us)), skew_flag_us)
         prefix = b.canonical_prefix
         if prefix is None:  # replayed from the WAL or the inbox
-            prefix = canonical_prefix(t, b.received_at_us, writer_id)
+            prefix = canonical_prefix(t, b.received_at_us, writer_id, b.ingest_key_id)
         parts.append(
             t.append_column("received_at", received)
+            .append_column("ingest_key_id", pa.repeat(pa.scalar(b.ingest_key_id), m))
             .append_column("imported", pa.repeat(pa.scalar(b.imported), m))
             .append_column("clock_skew", skew)
             .append_column(PREFIX_COLUMN, prefix)

@@ -75,7 +75,8 @@ class LakeWriter:
         # The bulk of the hash input is computed here, on the receiving
         # thread (Arrow releases the GIL), so the one sealer thread only adds
         # each row's seq and hashes.
-        batch.canonical_prefix = canonical_prefix(batch.table, batch.received_at_us, self.sealer.writer_id)
+        batch.canonical_prefix = canonical_prefix(batch.table, batch.received_at_us, self.sealer.writer_id,
+                                                  batch.ingest_key_id)
         return self.wal.append(batch.encode(), batch)
 
     @classmethod

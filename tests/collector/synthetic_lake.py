@@ -36,7 +36,7 @@ def event_rows(n: int, start: int = 0, days: int = 3, **fields: Any) -> list[dic
             "outcome": "success", "reason": "", "service": "svc", "trace_id": "",
             "span_id": "", "request_id": f"r{i}", "metadata": "{}",
             "received_at": BASE + dt.timedelta(days=days, seconds=i),
-            "imported": True, "clock_skew": False,
+            "imported": True, "clock_skew": False, "ingest_key_id": "",
         }
         row.update(fields)
         rows.append(row)
@@ -45,7 +45,10 @@ def event_rows(n: int, start: int = 0, days: int = 3, **fields: Any) -> list[dic
 
 @dataclass
 class SyntheticWriter:
-    """One writer's chain over ``data``; ``seal(rows)`` writes files + a signed checkpoint."""
+    """One writer's chain over ``data``; ``seal(rows)`` writes files + a signed checkpoint.
+
+    ``schema``: LEGACY_EVENT_SCHEMA builds the files of a lake sealed before
+    ``ingest_key_id`` existed (hashed with canonical encoding version 1)."""
 
     data: DataDir
     writer_id: str = "wtest00000001"
@@ -56,6 +59,7 @@ class SyntheticWriter:
     previous: str = ""
     key: SigningKey = field(init=False)
     checkpoints: list[ChainCheckpoint] = field(default_factory=list)
+    schema: pa.Schema = EVENT_SCHEMA
 
     def __post_init__(self) -> None:
         self.data.create()
@@ -66,13 +70,13 @@ class SyntheticWriter:
         n = len(rows)
         for i, r in enumerate(rows):
             r.update(writer_id=self.writer_id, seq=self.seq + 1 + i, chain_hash="")
-        table = pa.Table.from_pylist(rows, schema=EVENT_SCHEMA)
+        table = pa.Table.from_pylist(rows, schema=self.schema)
         hashes = chain_table(bytes.fromhex(self.chain_hash), table)
         table = table.set_column(table.schema.get_field_index("chain_hash"), "chain_hash",
                                  pa.array([h.hex() for h in hashes], pa.string()))
         self.seq += n
         self.chain_hash = hashes[-1].hex()
-        return table.cast(EVENT_SCHEMA)
+        return table.cast(self.schema)
 
     def seal(self, rows: list[dict[str, Any]]) -> ChainCheckpoint:
         """Chain ``rows``, write one file per day, sign a seal checkpoint."""

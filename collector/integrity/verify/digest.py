@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from auditlake.collector.integrity.chain import CANONICAL_FIELDS
+from auditlake.collector.integrity.chain import canonical_fields
 from auditlake.collector.integrity.verify.listing import DateRange, DiskFile, ExpectedFiles, LakeChanged
 from auditlake.collector.integrity.verify.report import ProgressFn, VerifyReport
 
@@ -37,9 +37,14 @@ class FileReads:
         return sorted(k for k in keys if k not in self.unreadable and k not in self.leftovers)
 
 
-def _may_hold_nulls(meta: pq.FileMetaData) -> bool:
+def _fields(meta: pq.FileMetaData) -> tuple[str, ...]:
+    """The hashed fields of a file, by its columns (chain.canonical_fields)."""
+    return canonical_fields(meta.schema.column(i).name for i in range(meta.num_columns))
+
+
+def _may_hold_nulls(meta: pq.FileMetaData, fields: tuple[str, ...]) -> bool:
     """False when the Parquet statistics prove no hashed column holds a NULL."""
-    names = set(CANONICAL_FIELDS)
+    names = set(fields)
     for g in range(meta.num_row_groups):
         group = meta.row_group(g)
         for c in range(group.num_columns):
@@ -89,10 +94,11 @@ def _digest_in_range(todo: list[DiskFile], reads: FileReads, progress: ProgressF
             buf = _digest(f)
             meta = _footer(f, buf)
             f.rows = meta.num_rows
+            f.fields = _fields(meta)
         except (OSError, pa.ArrowException) as exc:
             _unreadable(f, exc, reads, report)
             continue
-        if _may_hold_nulls(meta):
+        if _may_hold_nulls(meta, f.fields):
             reads.maybe_null.add(f.key)
         if buf is not None:
             reads.buffers[f.key] = buf
@@ -111,7 +117,9 @@ def _count_rows(files: Iterable[DiskFile], reads: FileReads, report: VerifyRepor
         if f.sha256 or f.key in reads.unreadable:
             continue
         try:
-            f.rows = _footer(f, None).num_rows
+            meta = _footer(f, None)
+            f.rows = meta.num_rows
+            f.fields = _fields(meta)
         except (OSError, pa.ArrowException) as exc:
             _unreadable(f, exc, reads, report)
 

@@ -14,12 +14,19 @@ from typing import Any
 import duckdb
 import pyarrow as pa
 
-from auditlake.collector.integrity.chain import CANONICAL_FIELDS, GENESIS, canonical_rows, canonical_sql, chain_link
+from auditlake.collector.integrity.chain import GENESIS, canonical_fields, canonical_rows, canonical_sql, chain_link
 from auditlake.collector.integrity.verify.index import LakeScan
 from auditlake.collector.integrity.verify.links import Links
 from auditlake.collector.integrity.verify.listing import partition_date
 from auditlake.collector.integrity.verify.report import VerifyReport
-from auditlake.collector.schema import EVENT_SCHEMA, MAX_BYTES, OUTCOMES, REQUIRED_FIELDS
+from auditlake.collector.schema import (
+    EVENT_SCHEMA,
+    INGEST_KEY_COLUMN,
+    LEGACY_EVENT_SCHEMA,
+    MAX_BYTES,
+    OUTCOMES,
+    REQUIRED_FIELDS,
+)
 
 #: Failing events examined one by one (column, swap, edited hash); the rest are counted.
 _DETAIL_LIMIT = 500
@@ -72,9 +79,9 @@ def _rows_around(con: duckdb.DuckDBPyConnection, scan: LakeScan,
         "SELECT DISTINCT _file FROM idx JOIN wanted USING (writer_id, seq)").fetchall()}
         & set(scan.disk))
     rows: dict[tuple[str, int, str], Row] = {}
-    if files:
+    for fields, group in scan.by_fields(files):
         cur = con.execute(
-            f"SELECT r.*, {canonical_sql('r.')} AS _canon FROM ({scan.sql(files, '*')}) r "
+            f"SELECT r.*, {canonical_sql('r.', fields)} AS _canon FROM ({scan.sql(group, '*')}) r "
             "JOIN wanted w ON w.writer_id = r.writer_id AND w.seq = r.seq")
         names = [d[0] for d in cur.description]
         for values in cur.fetchall():
@@ -90,7 +97,7 @@ def _failing_copies(keys: list[tuple[str, int]], prev: dict[tuple[str, int], str
     for w, s in keys:
         p = prev.get((w, s))
         for row in by_seq.get((w, s), []):
-            has_null = any(row.get(c) is None for c in CANONICAL_FIELDS)
+            has_null = any(row.get(c) is None for c in canonical_fields(row))
             computed = chain_link(p, row["_canon"]) if p and not has_null else None
             if has_null or (computed is not None and computed != row["chain_hash"]):
                 out.append((row["_file"], s, w, str(row["chain_hash"]), computed))
@@ -236,8 +243,11 @@ class _Story:
 
 
 def _row_table(row: Row) -> pa.Table | None:
+    # A row of a version-1 file has no ingest_key_id: its table neither,
+    # so canonical_rows hashes it as it was sealed.
+    schema = EVENT_SCHEMA if INGEST_KEY_COLUMN in row else LEGACY_EVENT_SCHEMA
     try:
-        return pa.Table.from_pylist([{c: row[c] for c in EVENT_SCHEMA.names}], schema=EVENT_SCHEMA)
+        return pa.Table.from_pylist([{c: row[c] for c in schema.names}], schema=schema)
     except (KeyError, pa.ArrowException, TypeError, ValueError):
         return None
 
@@ -245,7 +255,7 @@ def _row_table(row: Row) -> pa.Table | None:
 def guess_column(row: Row, file: str) -> tuple[str | None, str]:
     """The column of a changed event, when a cross-check can tell it: a value
     that ingest validation or the sealer could never have stored."""
-    for name in CANONICAL_FIELDS:
+    for name in canonical_fields(row):
         if row.get(name) is None:
             return name, "it is NULL (every stored column is non-nullable)"
     m = _PART_RE.match(file.rsplit("/", 1)[-1])

@@ -45,6 +45,15 @@ class LakeScan:
                 parts.append(f"SELECT {columns}, {sql_str(label)} AS _file FROM {name}")
         return " UNION ALL BY NAME ".join(parts)
 
+    def by_fields(self, keys: Sequence[str]) -> list[tuple[tuple[str, ...], list[str]]]:
+        """``keys`` grouped by the fields their events are hashed over (files
+        of both canonical encoding versions are never hashed in one scan:
+        a version-1 file would read its missing ingest_key_id as NULL)."""
+        groups: dict[tuple[str, ...], list[str]] = {}
+        for k in keys:
+            groups.setdefault(self.disk[k].fields, []).append(k)
+        return sorted(groups.items(), key=lambda g: len(g[0]))
+
     def _local_sql(self, keys: list[str], columns: str, *, raw: bool) -> str:
         files = "[" + ", ".join(sql_str(self.disk[k].full) for k in keys) + "]"
         scan = f"read_parquet({files}, filename = true, union_by_name = true, hive_partitioning = false)"

@@ -50,23 +50,24 @@ def chain_starts(writers: set[str], expected: ExpectedFiles) -> dict[tuple[str, 
 def _null_events(con: duckdb.DuckDBPyConnection, scan: LakeScan, suspects: list[str]) -> list[Failure]:
     """Events with a NULL field (the encoding would silently skip it), in
     the files whose Parquet statistics admit NULLs."""
-    if not suspects:
-        return []
-    return [(w, int(s_), p) for w, s_, p in con.execute(
-        f"SELECT r.writer_id, r.seq, p.chain_hash FROM ({scan.sql(suspects, '*')}) r "
-        "LEFT JOIN idx p ON p.writer_id = r.writer_id AND p.seq = r.seq - 1 "
-        f"WHERE {null_check_sql('r.')}").fetchall()]
+    out: list[Failure] = []
+    for fields, keys in scan.by_fields(suspects):
+        out += [(w, int(s_), p) for w, s_, p in con.execute(
+            f"SELECT r.writer_id, r.seq, p.chain_hash FROM ({scan.sql(keys, '*')}) r "
+            "LEFT JOIN idx p ON p.writer_id = r.writer_id AND p.seq = r.seq - 1 "
+            f"WHERE {null_check_sql('r.', fields)}").fetchall()]
+    return out
 
 
 def _events_sql(con: duckdb.DuckDBPyConnection, scan: LakeScan, keys: list[str], context: list[str]) -> str | None:
     """Events in (writer, seq) order with their canonical encoding; the
     ``context`` files (outside --from/--to) come from the index without
     content: they only provide the previous hash."""
-    parts = []
-    if keys:
-        parts.append(
-            f"SELECT writer_id, seq, chain_hash, {canonical_sql()} AS canon "
-            f"FROM ({scan.sql(keys, '*', raw=True)})")
+    parts = [
+        f"SELECT writer_id, seq, chain_hash, {canonical_sql('', fields)} AS canon "
+        f"FROM ({scan.sql(group, '*', raw=True)})"
+        for fields, group in scan.by_fields(keys)
+    ]
     if context:
         con.execute("CREATE OR REPLACE TEMP TABLE context_files (f VARCHAR)")
         con.executemany("INSERT INTO context_files VALUES (?)", [(k,) for k in context])

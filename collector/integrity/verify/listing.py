@@ -14,6 +14,7 @@ from typing import Any
 import pyarrow as pa
 
 from auditlake.collector.errors import ConfigError
+from auditlake.collector.integrity.chain import CANONICAL_FIELDS
 from auditlake.collector.integrity.checkpoint import FileEntry, SignedCheckpoint
 from auditlake.collector.integrity.verify.checkpoints import ByWriter
 from auditlake.collector.integrity.verify.report import VerifyReport
@@ -200,6 +201,9 @@ class DiskFile:
     size: int
     sha256: str = ""
     rows: int = -1
+    #: The fields its events are hashed over, from its footer's columns
+    #: (chain.canonical_fields: files sealed before ingest_key_id use version 1).
+    fields: tuple[str, ...] = CANONICAL_FIELDS
 
     @property
     def full(self) -> str:

@@ -19,6 +19,7 @@ import argparse
 import logging
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -26,6 +27,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from auditlake.collector.admin.listener import address_of, bind_listener
 from auditlake.collector.config import CollectorConfig, add_data_arg, load_toml
 from auditlake.collector.errors import ConfigError
 from auditlake.collector.ingest.inbox import write_item
@@ -41,11 +43,12 @@ class AdminProcess:
     dies on its own (a crash, the kernel's OOM killer) is started again on
     the same address, at most once every few seconds."""
 
-    def __init__(self, proc: subprocess.Popen[bytes], address: str, data: DataDir,
+    def __init__(self, proc: subprocess.Popen[bytes], listener: socket.socket, data: DataDir,
                  config_file: Path | None) -> None:
         self.proc = proc
+        self._listener = listener
         #: ``host:port`` the child serves on.
-        self.address = address
+        self.address = address_of(listener)
         self._data = data
         self._config_file = config_file
         self._stopping = threading.Event()
@@ -54,9 +57,15 @@ class AdminProcess:
 
     @classmethod
     def start(cls, data: DataDir, listen: str, config_file: Path | None, timeout_s: float = 30.0) -> AdminProcess:
-        """Start the child and wait until it listens (ConfigError if it cannot)."""
-        proc, address = _spawn(data, listen, config_file, timeout_s)
-        return cls(proc, address, data, config_file)
+        """Bind ``listen`` here, start the child on that socket and wait until
+        it serves (ConfigError if either fails)."""
+        listener = bind_listener(listen)
+        try:
+            proc = _spawn(data, listener, config_file, timeout_s)
+        except BaseException:
+            listener.close()
+            raise
+        return cls(proc, listener, data, config_file)
 
     def _keep_running(self) -> None:
         while not self._stopping.is_set():
@@ -68,7 +77,7 @@ class AdminProcess:
             log.error("the admin server exited (%s); starting it again on %s", code, self.address)
             self._stopping.wait(3.0)
             try:
-                self.proc, _ = _spawn(self._data, self.address, self._config_file, 30.0)
+                self.proc = _spawn(self._data, self._listener, self._config_file, 30.0)
             except ConfigError:
                 log.exception("the admin server could not be started again; the admin UI is down")
                 return
@@ -87,20 +96,21 @@ class AdminProcess:
                 self.proc.wait()
         if self.proc.stdin is not None:
             self.proc.stdin.close()
+        self._listener.close()
 
 
-def _spawn(data: DataDir, listen: str, config_file: Path | None,
-           timeout_s: float) -> tuple[subprocess.Popen[bytes], str]:
-    """Start ``admin-serve``; (process, address) once it listens."""
+def _spawn(data: DataDir, listener: socket.socket, config_file: Path | None,
+           timeout_s: float) -> subprocess.Popen[bytes]:
+    """Start ``admin-serve`` on the inherited ``listener``; the process once it serves."""
     ready = data.state / f"admin-{os.getpid()}.ready"
     ready.unlink(missing_ok=True)
     cmd = [sys.executable, "-m", "auditlake.collector", "admin-serve", "--data", str(data.root),
-           "--listen", listen, "--ready-file", str(ready)]
+           "--fd", str(listener.fileno()), "--ready-file", str(ready)]
     if config_file is not None:
         cmd += ["--config", str(config_file)]
     # stdin is a pipe the child watches: when this process dies, it sees
     # EOF and exits too (no orphaned admin server).
-    proc = subprocess.Popen(cmd, stdin=subprocess.PIPE)
+    proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, pass_fds=(listener.fileno(),))
     deadline = time.monotonic() + timeout_s
     while not ready.exists():
         if proc.poll() is not None:
@@ -110,9 +120,8 @@ def _spawn(data: DataDir, listen: str, config_file: Path | None,
             proc.wait()
             raise ConfigError(f"the admin server did not start within {timeout_s:g} s")
         time.sleep(0.02)
-    address = ready.read_text().strip()
     ready.unlink(missing_ok=True)
-    return proc, address
+    return proc
 
 
 class InboxHost:
@@ -138,8 +147,9 @@ def cmd_admin_serve(args: argparse.Namespace) -> int:
     toml = load_toml(Path(args.config) if args.config else data.config_file)
     config = AdminConfig.from_toml(toml)
     _lower_priority(config.priority)
-    server = AdminServer(InboxHost(data, args.listen, toml), toml=toml)
-    server.start()
+    listener = socket.socket(fileno=args.fd)
+    server = AdminServer(InboxHost(data, address_of(listener), toml), toml=toml)
+    server.start(listener)
     done = threading.Event()
     signal.signal(signal.SIGTERM, lambda signum, frame: done.set())
     signal.signal(signal.SIGINT, lambda signum, frame: done.set())
@@ -170,7 +180,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """``auditlake admin-serve`` (internal: started by `auditlake serve`)."""
     p = sub.add_parser("admin-serve", help="(internal) the admin server process that `serve` starts")
     add_data_arg(p)
-    p.add_argument("--listen", required=True)
+    p.add_argument("--fd", type=int, required=True, help="the listening socket, inherited")
     p.add_argument("--ready-file", required=True)
     p.add_argument("--config", default=None)
     p.set_defaults(func=cmd_admin_serve)

@@ -27,7 +27,7 @@ import pyarrow.parquet as pq
 
 from auditlake.collector.errors import CollectorError
 from auditlake.collector.lake.cold import cold_generation, prepare_connection, register_cold
-from auditlake.collector.lake.query import events_view_sql, lake_globs
+from auditlake.collector.lake.query import create_events_view, events_view_sql, lake_globs
 from auditlake.collector.schema import COLUMNS, INGEST_KEY_COLUMN, MAX_BYTES, OUTCOMES
 from auditlake.collector.storage.datadir import DataDir
 from auditlake.collector.storage.tiers import hot_tier
@@ -419,7 +419,7 @@ class LakeReader:
         cold = prepare_connection(con, self.data)  # the cold tier, when files are cold
         if cold:
             view = f"{view} UNION ALL BY NAME {cold}"
-        con.execute(f"CREATE OR REPLACE VIEW events AS {view}")
+        create_events_view(con, view)
         return con
 
     def _first_file_lacks_key_column(self) -> bool:

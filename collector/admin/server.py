@@ -30,6 +30,7 @@ from typing import Any
 
 from auditlake.collector.admin.deadline import deadline_protocol
 from auditlake.collector.admin.export_runs import ExportRegistry
+from auditlake.collector.admin.listener import address_of, bind_listener
 from auditlake.collector.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -377,29 +378,14 @@ class AdminServer:
 
     # -- lifecycle -----------------------------------------------------------
 
-    def start(self) -> None:
-        """Bind (errors here are ConfigError) and serve in a background thread."""
+    def start(self, listener: socket.socket | None = None) -> None:
+        """Bind (errors here are ConfigError), or take the given listening
+        socket, and serve in a background thread."""
         import uvicorn  # noqa: PLC0415
 
-        host, _, port_s = self.listen.rpartition(":")
-        if not host or not port_s.isdigit():
-            raise ConfigError(f"http_listen must be HOST:PORT, got {self.listen!r}")
-        host = host.strip("[]")
-        family = socket.AF_INET6 if ":" in host else socket.AF_INET
-        # proto=IPPROTO_TCP: asyncio sets TCP_NODELAY only on sockets that say so;
-        # without it every keep-alive response waits out the 40 ms delayed ACK.
-        sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind((host, int(port_s)))
-        except OSError as exc:
-            sock.close()
-            raise ConfigError(f"cannot listen for HTTP on {self.listen}: {exc}") from exc
-        sock.listen(128)
+        sock = listener if listener is not None else bind_listener(self.listen)
         self._socket = sock
-        bound = sock.getsockname()
-        self.address = f"{'[' + host + ']' if family == socket.AF_INET6 else host}:{bound[1]}"
+        self.address = address_of(sock)
         # X-Forwarded-For/-Proto are believed only from the configured proxies
         # (the TLS terminator): the client address feeds login throttling and
         # the meta-audit events, the scheme the cookie's Secure flag.

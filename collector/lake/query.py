@@ -19,17 +19,26 @@ from auditlake.collector.schema import EVENT_SCHEMA
 from auditlake.collector.storage.datadir import DataDir
 
 
+def _sql_type(f: Any) -> str:
+    return {"string": "VARCHAR", "int64": "BIGINT", "bool": "BOOLEAN"}.get(str(f.type), "TIMESTAMPTZ")
+
+
 def _empty_select() -> str:
-    cols = []
-    for f in EVENT_SCHEMA:
-        sql_type = {
-            "string": "VARCHAR",
-            "int64": "BIGINT",
-            "bool": "BOOLEAN",
-        }.get(str(f.type), "TIMESTAMPTZ")
-        cols.append(f"CAST(NULL AS {sql_type}) AS {f.name}")
+    cols = [f"CAST(NULL AS {_sql_type(f)}) AS {f.name}" for f in EVENT_SCHEMA]
     cols.append("CAST(NULL AS DATE) AS date")
     return "SELECT " + ", ".join(cols) + " WHERE false"
+
+
+def create_events_view(con: duckdb.DuckDBPyConnection, view: str) -> None:
+    """The view ``events`` over the relation ``view``, with every column of
+    EVENT_SCHEMA: a lake whose files were all sealed before a column existed
+    (``ingest_key_id``) reads it as NULL instead of failing every query that
+    names it."""
+    have = {row[0] for row in con.execute(f"DESCRIBE {view}").fetchall()}
+    missing = [f", CAST(NULL AS {_sql_type(f)}) AS {f.name}" for f in EVENT_SCHEMA if f.name not in have]
+    if missing:
+        view = f"SELECT *{''.join(missing)} FROM ({view})"
+    con.execute(f"CREATE OR REPLACE VIEW events AS {view}")
 
 
 def _sql_str(s: str) -> str:
@@ -69,7 +78,7 @@ def connect(data: DataDir, *, extra_globs: Iterable[str] = (), threads: int | No
     cold = prepare_connection(con, data, toml)  # the cold tier, when retention moved files there
     if cold:
         view = f"{view} UNION ALL BY NAME {cold}"
-    con.execute(f"CREATE OR REPLACE VIEW events AS {view}")
+    create_events_view(con, view)
     return con
 
 

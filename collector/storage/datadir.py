@@ -25,6 +25,9 @@ DEFAULT_DATA_DIR = "./auditlake-data"
 
 log = logging.getLogger(__name__)
 
+#: Data directories already warned about in this process.
+_WARNED: set[Path] = set()
+
 
 @dataclass(frozen=True)
 class DataDir:
@@ -94,7 +97,8 @@ class DataDir:
                 continue
             if mode & 0o007:
                 loose.append(f"{p} (mode {mode:04o})")
-        if loose:
+        if loose and self.root not in _WARNED:
+            _WARNED.add(self.root)  # once per process and directory: commands call create() often
             log.warning("other local users can read audit data: %s; run chmod -R o-rwx %s",
                         ", ".join(loose), self.root)
         return loose

@@ -18,6 +18,7 @@ import httpx
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from auditlake.collector.admin.export import ExportRun
 from auditlake.collector.admin.search import Filter, LakeReader
 from auditlake.collector.ingest.receive import WIRE_SCHEMA
 from auditlake.collector.integrity.verify import verify_lake
@@ -158,6 +159,20 @@ def test_a_lake_sealed_before_the_column_still_verifies_queries_and_compacts(tmp
     assert files and all("ingest_key_id" not in pq.read_schema(p).names for p in files)
     assert verify_lake(data).ok
     assert rows(data.root, "SELECT count(*) AS n FROM events")[0]["n"] == 10
+    # A lake of old files only (the first thing an upgraded collector reads):
+    # the column reads as NULL everywhere, and every export format works.
+    assert rows(data.root, "SELECT count(ingest_key_id) AS k FROM events") == [{"k": 0}]
+    only_old = LakeReader(data)
+    try:
+        assert len(only_old.page(Filter(), None, limit=100, columns=COLUMNS).rows) == 10
+        for fmt in ("csv", "jsonl", "ocsf"):
+            run = ExportRun(only_old, Filter(), None, fmt, f"old.{fmt}")
+            assert b"".join(run.chunks()) and run.rows == 10, fmt
+        run = ExportRun(only_old, Filter(), None, "csv", "old.csv")
+        run.copy_csv(tmp_path / "old.csv")
+        assert run.rows == 10
+    finally:
+        only_old.close()
 
     # The new code continues the same chain, in the same day, with the column.
     base_us = int(BASE.timestamp() * 1_000_000)

@@ -74,3 +74,23 @@ def test_an_admin_server_that_dies_is_started_again_on_the_same_address(collecto
     again = [pid for pid, cmd in _children(c.proc.pid) if "admin-serve" in cmd]
     assert again and again[0] != first
     assert "the admin server exited" in c.log()
+
+
+def test_a_busy_admin_port_is_a_clear_error_at_start(tmp_path: Path) -> None:
+    import socket  # noqa: PLC0415
+
+    import pytest  # noqa: PLC0415
+
+    from tests.conftest import CollectorProcess  # noqa: PLC0415
+
+    busy = socket.socket()
+    busy.bind(("127.0.0.1", 0))
+    busy.listen(1)
+    try:
+        c = CollectorProcess(tmp_path / "data", http=True)
+        c.http_port = busy.getsockname()[1]
+        with pytest.raises(AssertionError, match="cannot listen for HTTP on 127.0.0.1"):
+            c.start()
+        assert c.proc is not None and c.proc.poll() is not None  # it exited, it did not hang
+    finally:
+        busy.close()

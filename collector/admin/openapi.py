@@ -72,7 +72,8 @@ _EID = {"name": "eid", "in": "path", "required": True, "schema": {"type": "strin
 
 def _errors(*codes: int) -> dict[str, Any]:
     text = {400: "Malformed parameter", 401: "Not authenticated", 403: "Not allowed (tenant outside the grant)",
-            404: "Not found", 429: "Too many requests"}
+            404: "Not found", 429: "Too many exports running (see Retry-After)",
+            503: "The query ran past [admin] query_timeout_s and was stopped (see Retry-After)"}
     return {str(c): {"description": text[c], "content": _json(_ref("Error"))}
             for c in codes}
 
@@ -111,7 +112,7 @@ def document() -> dict[str, Any]:
                             "next_cursor": {"type": ["string", "null"]},
                             "limit": {"type": "integer"},
                         }}}}},
-                    **_errors(400, 401, 403),
+                    **_errors(400, 401, 403, 503),
                 }}},
             "/api/v1/events/{id}": {"get": {
                 "operationId": "getEvent",
@@ -120,7 +121,7 @@ def document() -> dict[str, Any]:
                                 "schema": {"type": "string", "maxLength": MAX_BYTES["id"]}}],
                 "responses": {
                     "200": {"description": "The event", "content": _json(_ref("FullEvent"))},
-                    **_errors(400, 401, 404),
+                    **_errors(400, 401, 404, 503),
                 }}},
             "/api/v1/stats": {"get": {
                 "operationId": "eventStats",
@@ -139,7 +140,7 @@ def document() -> dict[str, Any]:
                                 "type": "array", "items": {"type": "integer"}}},
                             "total": {"type": "integer"},
                         }}}}},
-                    **_errors(400, 401, 403),
+                    **_errors(400, 401, 403, 503),
                 }}},
             "/api/v1/export": {"get": {
                 "operationId": "exportEvents",
@@ -148,14 +149,15 @@ def document() -> dict[str, Any]:
                 "parameters": [*FILTER_PARAMETERS,
                                {"name": "format", "in": "query", "required": True,
                                 "schema": {"type": "string", "enum": ["csv", "jsonl", "ocsf"]}},
-                               _param("eid", "Optional client-chosen export id (8-64 of A-Z a-z 0-9 _ -) "
-                                      "to poll progress.",
+                               _param("eid", "Optional handle of your choosing (8-64 of A-Z a-z 0-9 _ -) to "
+                                      "poll progress at /api/v1/exports/{eid} before the headers arrive; "
+                                      "the export's own id is the X-Auditlake-Export-Id header.",
                                       {"type": "string", "pattern": "^[A-Za-z0-9_-]{8,64}$"})],
                 "responses": {
                     "200": {"description": "The file", "content": {
                         "text/csv": {"schema": {"type": "string"}},
                         "application/x-ndjson": {"schema": {"type": "string"}}}},
-                    **_errors(400, 401, 403),
+                    **_errors(400, 401, 403, 429),
                 }}},
             "/api/v1/exports/{eid}": {"get": {
                 "operationId": "exportProgress",
@@ -164,6 +166,8 @@ def document() -> dict[str, Any]:
                 "responses": {
                     "200": {"description": "Progress", "content": {"application/json": {"schema": {
                         "type": "object", "properties": {
+                            "id": {"type": "string"},
+                            "state": {"type": "string", "enum": ["running", "done", "ended early"]},
                             "rows": {"type": "integer"}, "total": {"type": ["integer", "null"]},
                             "bytes": {"type": "integer"}, "done": {"type": "boolean"},
                             "manifest": {"type": ["string", "null"]}}}}}},

@@ -24,10 +24,10 @@ from auditlake.collector.ingest.receive import WIRE_SCHEMA
 from auditlake.collector.integrity.verify import verify_lake
 from auditlake.collector.lake.batch import AcceptedBatch
 from auditlake.collector.lake.files import PARQUET_OPTIONS
-from auditlake.collector.lake.query import connect
 from auditlake.collector.schema import COLUMNS, EVENT_SCHEMA, LEGACY_EVENT_SCHEMA
 from auditlake.collector.storage.datadir import DataDir
 from tests.admin.conftest import add_users, wait_count
+from tests.admin.conftest import lake_rows as rows
 from tests.collector.synthetic_lake import BASE, SyntheticWriter, event_rows
 from tests.conftest import CollectorProcess, run_cli
 from tests.wire_client import WireClient, make_event
@@ -40,17 +40,6 @@ DAY_US = 86_400 * 1_000_000
 def key_id(token: str) -> str:
     """The id part of an ingest key ``alk_<key_id>_<secret>``."""
     return token.removeprefix("alk_").split("_", 1)[0]
-
-
-def rows(data: Path, sql: str) -> list[dict[str, object]]:
-    """Rows of ``sql`` over the lake's ``events`` view."""
-    con = connect(DataDir(data))
-    try:
-        cur = con.execute(sql)
-        cols = [d[0] for d in cur.description]
-        return [dict(zip(cols, r, strict=True)) for r in cur.fetchall()]
-    finally:
-        con.close()
 
 
 def auditor(data: Path) -> dict[str, object]:

@@ -73,6 +73,7 @@ def connect(data: DataDir, *, extra_globs: Iterable[str] = (), threads: int | No
     DIR/auditlake.toml), for the cold tier's location."""
     con = duckdb.connect(config={"threads": threads} if threads else {})
     con.execute("SET TimeZone = 'UTC'")
+    con.execute("SET parquet_metadata_cache = true")  # the view is bound twice (create_events_view)
     globs = lake_globs(data) + list(extra_globs)
     view = events_view_sql(globs)
     cold = prepare_connection(con, data, toml)  # the cold tier, when retention moved files there

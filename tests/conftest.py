@@ -15,9 +15,11 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import pyarrow.fs as pafs
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -188,3 +190,72 @@ def collector_factory(tmp_path: Path) -> Iterator[Callable[..., CollectorProcess
 def collector(collector_factory: Callable[..., CollectorProcess]) -> CollectorProcess:
     """One running collector (gRPC only) with a fresh data directory."""
     return collector_factory()
+
+
+# -- a real S3-API server (moto's) on loopback ----------------------------------
+
+
+@dataclass
+class S3Server:
+    """A running moto S3-API server."""
+
+    proc: subprocess.Popen[bytes]
+    port: int
+
+    @property
+    def endpoint(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def filesystem(self) -> pafs.S3FileSystem:
+        return pafs.S3FileSystem(endpoint_override=f"127.0.0.1:{self.port}", scheme="http",
+                                 access_key="testing", secret_key="testing", region="us-east-1",
+                                 allow_bucket_creation=True)
+
+    def bucket(self, name: str) -> str:
+        self.filesystem().create_dir(name)
+        return name
+
+    def pause(self) -> None:
+        """Freeze the server (requests hang, as with a network outage); state is kept."""
+        self.proc.send_signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        self.proc.send_signal(signal.SIGCONT)
+
+
+@pytest.fixture(scope="module")
+def s3_server() -> Iterator[S3Server]:
+    """moto_server on a free 127.0.0.1 port with dummy AWS credentials in the
+    environment (inherited by the `auditlake` subprocesses); stopped after."""
+    port = free_port()
+    exe = Path(sys.executable).with_name("moto_server")
+    proc = subprocess.Popen([str(exe), "-H", "127.0.0.1", "-p", str(port)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    saved = {k: os.environ.get(k) for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION",
+                                            "AWS_EC2_METADATA_DISABLED")}
+    os.environ.update(AWS_ACCESS_KEY_ID="testing", AWS_SECRET_ACCESS_KEY="testing",
+                      AWS_DEFAULT_REGION="us-east-1", AWS_EC2_METADATA_DISABLED="true")
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), 0.2).close()
+                break
+            except OSError:
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    raise AssertionError("moto_server did not start") from None
+                time.sleep(0.05)
+        yield S3Server(proc, port)
+    finally:
+        proc.send_signal(signal.SIGCONT)
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v

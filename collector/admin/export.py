@@ -302,10 +302,7 @@ class ExportRun:
         checkpoints = newest_checkpoints(self.checkpoints_root) if self.checkpoints_root else []
         cur = self.reader.cursor()
         try:
-            first, last, total = cur.execute(
-                f"SELECT min(created_at), max(created_at), count(*) FROM events WHERE {clause}", params
-            ).fetchall()[0]
-            self._first, self._last, self.total = first, last, int(total)
+            self._measure(cur, clause, params)
             head = enc.header()
             if head:
                 yield self._emit(head)
@@ -343,10 +340,7 @@ class ExportRun:
         checkpoints = newest_checkpoints(self.checkpoints_root) if self.checkpoints_root else []
         cur = self.reader.cursor()
         try:
-            first, last, total = cur.execute(
-                f"SELECT min(created_at), max(created_at), count(*) FROM events WHERE {clause}", params
-            ).fetchall()[0]
-            self._first, self._last, self.total = first, last, int(total)
+            self._measure(cur, clause, params)
             target = str(path).replace("'", "''")
             done = threading.Event()
 
@@ -382,6 +376,14 @@ class ExportRun:
             progress(self)
         self.manifest = self._manifest(checkpoints)
         self.done = True
+
+    def _measure(self, cur: Any, clause: str, params: list[Any]) -> None:
+        """The match's first and last event time and its row count (for the
+        manifest and progress), before any row is written."""
+        first, last, total = cur.execute(
+            f"SELECT min(created_at), max(created_at), count(*) FROM events WHERE {clause}", params
+        ).fetchall()[0]
+        self._first, self._last, self.total = first, last, int(total)
 
     def _encode(self, enc: CsvEncoder | JsonlEncoder | OcsfEncoder, batches: list[pa.RecordBatch]) -> bytes:
         table = pa.Table.from_batches(batches).combine_chunks()

@@ -21,7 +21,6 @@ import pyarrow as pa
 
 from auditlake.collector.lake.batch import AcceptedBatch
 from auditlake.collector.lake.writer import LakeWriter
-from auditlake.collector.schema import SYSTEM_TENANT  # noqa: F401 - importers predating schema.SYSTEM_TENANT
 from auditlake.collector.storage.datadir import DataDir, try_lock
 from auditlake.collector.storage.local import fsync_dir
 

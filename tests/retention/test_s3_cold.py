@@ -11,8 +11,8 @@ import sys
 import time
 from pathlib import Path
 
+from tests.conftest import S3Server
 from tests.retention.conftest import (
-    S3Server,
     assert_verify_clean,
     counts_by_date,
     hot_dates,

@@ -33,7 +33,7 @@ STAGE_COMMANDS = ("integrity.verify", "admin.server", "admin.export", "admin.pro
 def cmd_serve(args: argparse.Namespace) -> int:
     from auditlake.collector.server import Collector, ready_file_write  # noqa: PLC0415
 
-    data = DataDir.resolve(args.data)
+    data = DataDir.from_args(args)
     toml = load_toml(config_path(args, data.config_file))
     config = collector_config(
         toml,
@@ -68,7 +68,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 def cmd_keys_create(args: argparse.Namespace) -> int:
     from auditlake.collector.ingest.keys import IngestKeyStore  # noqa: PLC0415
 
-    data = DataDir.resolve(args.data)
+    data = DataDir.from_args(args)
     data.create()
     token = IngestKeyStore(data.keys).create(args.tenant, args.description or "")
     print(token)
@@ -78,7 +78,7 @@ def cmd_keys_create(args: argparse.Namespace) -> int:
 def cmd_keys_list(args: argparse.Namespace) -> int:
     from auditlake.collector.ingest.keys import IngestKeyStore  # noqa: PLC0415
 
-    data = DataDir.resolve(args.data)
+    data = DataDir.from_args(args)
     # IngestKeyStore.keys() is a method returning IngestKey records, not a dict view.
     for k in IngestKeyStore(data.keys).keys():  # noqa: SIM118
         print(f"{k.key_id}\t{','.join(sorted(k.tenants))}\t{k.created_at}\t{k.description}")
@@ -88,7 +88,7 @@ def cmd_keys_list(args: argparse.Namespace) -> int:
 def cmd_keys_revoke(args: argparse.Namespace) -> int:
     from auditlake.collector.ingest.keys import IngestKeyStore  # noqa: PLC0415
 
-    data = DataDir.resolve(args.data)
+    data = DataDir.from_args(args)
     if not IngestKeyStore(data.keys).revoke(args.key_id):
         print(f"auditlake: no ingest key with id {args.key_id}", file=sys.stderr)
         return 1
@@ -98,7 +98,7 @@ def cmd_keys_revoke(args: argparse.Namespace) -> int:
 def cmd_keys_public(args: argparse.Namespace) -> int:
     from auditlake.collector.integrity.signing import SigningKey  # noqa: PLC0415
 
-    data = DataDir.resolve(args.data)
+    data = DataDir.from_args(args)
     data.create()
     sys.stdout.write(SigningKey.load_or_create(data.keys).public_pem().decode())
     return 0
@@ -109,7 +109,7 @@ def cmd_query(args: argparse.Namespace) -> int:
 
     from auditlake.collector.lake.query import run_query  # noqa: PLC0415
 
-    data = DataDir.resolve(args.data)
+    data = DataDir.from_args(args)
     sql = args.sql if args.sql != "-" else sys.stdin.read()
     try:
         # The cold tier joins the view through retention's hook in query.connect.

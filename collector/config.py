@@ -121,12 +121,22 @@ def collector_config(toml: dict[str, Any], **overrides: Any) -> CollectorConfig:
 
 
 def add_data_arg(p: argparse.ArgumentParser) -> None:
-    """``--data DIR`` (default ``AUDITLAKE_DATA`` or ./auditlake-data)."""
+    """``--data DIR`` (default ``AUDITLAKE_DATA`` or ./auditlake-data) and
+    ``--lake URL`` (default ``AUDITLAKE_LAKE``, the ``[lake]`` table's
+    ``uri``, else DIR/lake)."""
     p.add_argument(
         "--data",
         metavar="DIR",
         default=None,
         help="data directory (default: $AUDITLAKE_DATA or ./auditlake-data)",
+    )
+    p.add_argument(
+        "--lake",
+        metavar="URL",
+        default=None,
+        help="where the lake is, when not DIR/lake: s3://bucket/prefix (a lake shared by "
+        "several collectors; endpoint and credentials from the AWS environment or the "
+        "[lake] table) or a folder (default: $AUDITLAKE_LAKE, else [lake] uri)",
     )
 
 

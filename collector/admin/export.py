@@ -47,8 +47,11 @@ from auditlake.collector.admin.search import Filter, LakeReader, iso, where
 from auditlake.collector.errors import ConfigError
 from auditlake.collector.integrity.checkpoint import canonical_json, read_checkpoints
 from auditlake.collector.integrity.signing import SigningKey
+from auditlake.collector.lake.files import EVENTS
 from auditlake.collector.schema import COLUMNS, EVENT_SCHEMA
 from auditlake.collector.storage.datadir import DataDir
+from auditlake.collector.storage.store import Store
+from auditlake.collector.storage.tiers import checkpoint_tier, hot_tier
 
 FORMATS = ("csv", "jsonl", "ocsf")
 MEDIA_TYPES = {"csv": "text/csv; charset=utf-8", "jsonl": "application/x-ndjson",
@@ -284,7 +287,7 @@ class ExportRun:
     file_name: str
     user: str = ""
     signing_key: SigningKey | None = None
-    checkpoints_root: Path | None = None
+    checkpoints_root: Store | None = None
     rows: int = 0
     total: int | None = None
     nbytes: int = 0
@@ -428,7 +431,7 @@ def _iso_or_none(value: Any) -> str | None:
     return None
 
 
-def newest_checkpoints(root: Path) -> list[dict[str, Any]]:
+def newest_checkpoints(root: Store) -> list[dict[str, Any]]:
     """The newest signed checkpoint of each writer: the chain heads the
     exported rows lie under (an event in the lake is at or before its
     writer's newest checkpoint)."""
@@ -502,7 +505,7 @@ def export_to_file(data: DataDir, f: Filter, scope: frozenset[str] | None, fmt: 
     own = reader is None
     reader = reader or LakeReader(data)
     run = ExportRun(reader, f, scope, fmt, output.name, user=user, signing_key=signing_key,
-                    checkpoints_root=data.checkpoints if data.checkpoints.exists() else None)
+                    checkpoints_root=checkpoint_tier(data))
     tmp = output.with_name(output.name + ".partial")
     try:
         if fmt == "csv":
@@ -574,9 +577,9 @@ def cmd_export(args: argparse.Namespace) -> int:
     if not args.output or not args.format:
         print("auditlake export: --format and --output are required", file=sys.stderr)
         return 2
-    data = DataDir.resolve(args.data)
-    if not data.events.exists():
-        print(f"auditlake export: no lake in {data.root}", file=sys.stderr)
+    data = DataDir.from_args(args)
+    if not hot_tier(data).list(EVENTS):
+        print(f"auditlake export: no lake at {hot_tier(data).uri}", file=sys.stderr)
         return 2
     try:
         f = _filter_from_args(args)
@@ -619,7 +622,7 @@ def cmd_export_verify(args: argparse.Namespace) -> int:
     if args.public_key:
         public = load_public_key(Path(args.public_key))
     else:
-        pem = DataDir.resolve(args.data).keys / "signing.pub.pem"
+        pem = DataDir.from_args(args).keys / "signing.pub.pem"
         if not pem.exists():
             print("auditlake export verify: give --public-key PEM (from `auditlake keys public`)", file=sys.stderr)
             return 2

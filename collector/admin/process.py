@@ -106,6 +106,8 @@ def _spawn(data: DataDir, listener: socket.socket, config_file: Path | None,
     ready.unlink(missing_ok=True)
     cmd = [sys.executable, "-m", "auditlake.collector", "admin-serve", "--data", str(data.root),
            "--fd", str(listener.fileno()), "--ready-file", str(ready)]
+    if data.lake_uri:
+        cmd += ["--lake", data.lake_uri]
     if config_file is not None:
         cmd += ["--config", str(config_file)]
     # stdin is a pipe the child watches: when this process dies, it sees
@@ -143,7 +145,7 @@ def cmd_admin_serve(args: argparse.Namespace) -> int:
     """The child: serve until SIGTERM or until the parent goes away."""
     from auditlake.collector.admin.server import AdminConfig, AdminServer  # noqa: PLC0415
 
-    data = DataDir.resolve(args.data)
+    data = DataDir.from_args(args)
     toml = load_toml(Path(args.config) if args.config else data.config_file)
     config = AdminConfig.from_toml(toml)
     _lower_priority(config.priority)

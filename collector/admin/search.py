@@ -27,7 +27,8 @@ import pyarrow.parquet as pq
 
 from auditlake.collector.errors import CollectorError
 from auditlake.collector.lake.cold import cold_generation, prepare_connection, register_cold
-from auditlake.collector.lake.query import create_events_view, events_view_sql, lake_globs
+from auditlake.collector.lake.files import partition_files
+from auditlake.collector.lake.query import create_events_view, events_view_sql, lake_globs, register_lake
 from auditlake.collector.schema import COLUMNS, INGEST_KEY_COLUMN, MAX_BYTES, OUTCOMES
 from auditlake.collector.storage.datadir import DataDir
 from auditlake.collector.storage.tiers import hot_tier
@@ -407,6 +408,7 @@ class LakeReader:
         # other columns of the winners only) applies up to this many rows;
         # DuckDB's default, 50, just misses a page of 50 plus its look-ahead row.
         con.execute(f"SET late_materialization_max_rows = {DEFAULT_LIMIT + 1}")
+        register_lake(con, self.data)
         hot = lake_globs(self.data)
         if hot and not self.union_by_name and self._first_file_lacks_key_column():
             self.union_by_name = True
@@ -428,15 +430,14 @@ class LakeReader:
         first file's columns and would hide that column (no error to fall
         back on).  One footer read; a later old file is a schema mismatch."""
         tier = hot_tier(self.data)
-        for day in sorted(self.data.events.glob("date=*")):
-            first = min(day.glob("*.parquet"), default=None)
-            if first is not None:
-                with tier.open_input(first.relative_to(self.data.lake).as_posix()) as f:
-                    return INGEST_KEY_COLUMN not in pq.read_schema(f).names
-        return False
+        files = partition_files(tier, ".parquet")
+        if not files:
+            return False
+        with tier.open_input(files[0]) as f:
+            return INGEST_KEY_COLUMN not in pq.read_schema(f).names
 
     def _has_files(self) -> bool:
-        return next(self.data.events.glob("date=*/*.parquet"), None) is not None
+        return bool(lake_globs(self.data))
 
     def close(self) -> None:
         with self._lock:

@@ -205,10 +205,11 @@ class IntegrityMonitor:
     def heads(self) -> list[dict[str, Any]]:
         """The newest signed checkpoint of each writer, read now."""
         from auditlake.collector.integrity.checkpoint import read_checkpoints  # noqa: PLC0415
+        from auditlake.collector.storage.tiers import checkpoint_tier  # noqa: PLC0415
 
         try:
             newest: dict[str, Any] = {}
-            for s in read_checkpoints(self.data.checkpoints):
+            for s in read_checkpoints(checkpoint_tier(self.data)):
                 newest[s.checkpoint.writer_id] = s.checkpoint
             return [{"writer_id": c.writer_id, "seal": c.seal, "seq": c.seq, "chain_hash": c.chain_hash,
                      "time": c.time, "kind": c.kind} for _, c in sorted(newest.items())]

@@ -483,7 +483,7 @@ def _read_password(args: argparse.Namespace) -> str:
 def _store(args: argparse.Namespace) -> UserStore:
     from auditlake.collector.storage.datadir import DataDir  # noqa: PLC0415
 
-    data = DataDir.resolve(args.data)
+    data = DataDir.from_args(args)
     data.create()
     return UserStore(data.keys)
 

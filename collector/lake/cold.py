@@ -28,7 +28,7 @@ from auditlake.collector.integrity.checkpoint import ChainCheckpoint
 from auditlake.collector.schema import EVENT_SCHEMA
 from auditlake.collector.storage.datadir import DataDir
 from auditlake.collector.storage.store import LocalStore, Store
-from auditlake.collector.storage.tiers import COLD_INDEX, COLD_PREFIX, cold_tier_at, hot_tier
+from auditlake.collector.storage.tiers import COLD_INDEX, COLD_PREFIX, checkpoint_tier, cold_tier_at, hot_tier
 
 #: The DuckDB relation name under which a connection sees the cold tier.
 COLD_RELATION = "auditlake_cold_events"
@@ -46,13 +46,16 @@ def _state_store(data: DataDir) -> LocalStore:
     return LocalStore(data.state, "state")
 
 
-def _checkpoint_keys(store: LocalStore) -> list[tuple[str, str]]:
+def _checkpoint_keys(store: Store) -> list[tuple[str, str]]:
     """(writer, file name) of every move/expire checkpoint under ``store``.
 
     Read with ``os.scandir`` on the store's directory rather than
     ``Store.list``: the list stats every entry (a lake has one checkpoint per
     seal, tens of thousands), and a query connection pays this scan whenever
-    there is no index yet."""
+    there is no index yet.  An object store has only its listing."""
+    if not isinstance(store, LocalStore):
+        return [(o.key.split("/")[0], o.key.split("/")[1]) for o in store.list()
+                if o.key.count("/") == 1 and o.key.endswith(_INDEXED_KINDS)]
     root = store.local_path("")
     if not root.is_dir():
         return []
@@ -107,7 +110,7 @@ class ColdIndex:
     def refresh(self, data: DataDir) -> int:
         """Apply every move/expire checkpoint newer than the index; returns
         how many were applied."""
-        store = LocalStore(data.checkpoints, "checkpoints")
+        store = checkpoint_tier(data)
         newer: dict[str, list[tuple[int, str]]] = {}
         for writer, name in _checkpoint_keys(store):
             seal = int(name.split("-", 1)[0])

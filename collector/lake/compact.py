@@ -355,7 +355,7 @@ def cmd_compact(args: argparse.Namespace) -> int:
     """`auditlake compact`: compact closed days (or ``--day``) with no collector running."""
     from auditlake.collector.lake.writer import LakeWriter  # noqa: PLC0415 - writer imports this module
 
-    data = DataDir.resolve(args.data)
+    data = DataDir.from_args(args)
     lock = try_lock(data)
     if lock is None:
         print(

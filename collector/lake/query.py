@@ -15,8 +15,10 @@ from typing import Any
 import duckdb
 
 from auditlake.collector.lake.cold import prepare_connection
+from auditlake.collector.lake.files import EVENTS, partition_files
 from auditlake.collector.schema import EVENT_SCHEMA
 from auditlake.collector.storage.datadir import DataDir
+from auditlake.collector.storage.tiers import hot_tier
 
 
 def _sql_type(f: Any) -> str:
@@ -58,11 +60,32 @@ def events_view_sql(globs: Sequence[str]) -> str:
 
 def lake_globs(data: DataDir) -> list[str]:
     """Globs of the hot lake that match at least one file (DuckDB refuses
-    a glob matching nothing)."""
-    root = data.events
-    if root.exists() and next(root.glob("date=*/*.parquet"), None) is not None:
-        return [str(root / "date=*" / "*.parquet")]
+    a glob matching nothing).  A lake in object storage is read through
+    fsspec: call :func:`register_lake` on the connection."""
+    hot = hot_tier(data)
+    if hot.is_local:
+        root = Path(hot.path(EVENTS))
+        if root.exists() and next(root.glob("date=*/*.parquet"), None) is not None:
+            return [str(root / "date=*" / "*.parquet")]
+        return []
+    if partition_files(hot, ".parquet"):
+        return [f"{hot.uri}/{EVENTS}/date=*/*.parquet"]
     return []
+
+
+def register_lake(con: duckdb.DuckDBPyConnection, data: DataDir) -> None:
+    """Let ``con`` (and its cursors) read a lake in object storage: DuckDB
+    reads ``s3://`` paths through the store's fsspec filesystem (DuckDB's own
+    httpfs extension is downloaded at first use, which a closed network
+    cannot do)."""
+    fs = hot_tier(data).fsspec()
+    if fs is not None and not con.filesystem_is_registered(_protocol(fs)):
+        con.register_filesystem(fs)
+
+
+def _protocol(fs: Any) -> str:
+    protocol = fs.protocol
+    return str(protocol[0] if isinstance(protocol, tuple | list) else protocol)
 
 
 def connect(data: DataDir, *, extra_globs: Iterable[str] = (), threads: int | None = None,
@@ -74,6 +97,7 @@ def connect(data: DataDir, *, extra_globs: Iterable[str] = (), threads: int | No
     con = duckdb.connect(config={"threads": threads} if threads else {})
     con.execute("SET TimeZone = 'UTC'")
     con.execute("SET parquet_metadata_cache = true")  # the view is bound twice (create_events_view)
+    register_lake(con, data)
     globs = lake_globs(data) + list(extra_globs)
     view = events_view_sql(globs)
     cold = prepare_connection(con, data, toml)  # the cold tier, when retention moved files there
@@ -132,8 +156,3 @@ def run_query(data: DataDir, sql: str, fmt: str = "table", extra_globs: Iterable
     finally:
         con.close()
     return format_result(columns, rows, fmt)
-
-
-def lake_files(data: DataDir) -> list[Path]:
-    """Every published Parquet file of the hot lake."""
-    return sorted(data.events.glob("date=*/*.parquet"))

@@ -70,7 +70,7 @@ from auditlake.collector.lake.seal_stage import Stager
 from auditlake.collector.lake.wal import LogPosition, WriteAheadLog
 from auditlake.collector.storage.datadir import DataDir
 from auditlake.collector.storage.store import LocalStore, Store
-from auditlake.collector.storage.tiers import hot_tier
+from auditlake.collector.storage.tiers import checkpoint_tier, hot_tier
 
 __all__ = [
     "RecentEventIds",
@@ -128,11 +128,10 @@ class Sealer:
         self.policy = policy or SealPolicy()
         #: The hot lake, where seals write their files.
         self.lake: Store = hot_tier(data)
-        #: Checkpoint folders by path (the primary first), for callers that
-        #: write checkpoints themselves; ``checkpoint_stores`` are the same.
-        self.checkpoint_dirs = (data.checkpoints, *checkpoint_mirrors)
+        #: Where checkpoints are written: the primary (DIR/checkpoints, or
+        #: the lake's checkpoints/ folder), then each mirror folder.
         self.checkpoint_stores: tuple[Store, ...] = (
-            LocalStore(data.checkpoints, "checkpoints"),
+            checkpoint_tier(data),
             *(LocalStore(m, "checkpoint mirror") for m in checkpoint_mirrors),
         )
         self.progress = SealProgress(data.state)

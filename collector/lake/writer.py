@@ -19,7 +19,10 @@ from auditlake.collector.lake.compact import CompactionResult, Compactor
 from auditlake.collector.lake.seal import Sealer, SealPolicy, canonical_prefix
 from auditlake.collector.lake.wal import LogPosition, WriteAheadLog
 from auditlake.collector.storage.datadir import DataDir, try_lock
+from auditlake.collector.storage.lease import LeaseUnavailable
+from auditlake.collector.storage.tiers import fleet_state
 from auditlake.collector.storage.tiers import maintenance_lock as tiers_maintenance_lock
+from auditlake.collector.storage.writers import WriterClaim
 
 
 class LakeWriter:
@@ -39,6 +42,11 @@ class LakeWriter:
             )
         self._lock_file = lock
         self.signing_key = SigningKey.load_or_create(data.keys)
+        #: In a shared lake, this collector's hold on its writer id (nothing
+        #: is written to the lake before it is held).
+        self.claim: WriterClaim | None = None
+        if data.shared_lake:
+            self.claim = self._claim_writer_id()
         mirrors = (Path(config.checkpoint_mirror),) if config.checkpoint_mirror else ()
         self.sealer = Sealer(
             data,
@@ -65,6 +73,23 @@ class LakeWriter:
         self.maintenance_lock = tiers_maintenance_lock
         self._disk_checked = 0.0
         self._disk_low = False
+
+    def _claim_writer_id(self) -> WriterClaim:
+        try:
+            fleet = fleet_state(self.data)
+            claim = WriterClaim(fleet, self.data.writer_id(), str(self.data.root), self.signing_key.public_pem())
+        except LeaseUnavailable as exc:
+            self._lock_file.close()
+            raise ConfigError(f"--lake {self.data.lake_uri}: {exc}; a lake shared by several collectors "
+                              "needs a store with conditional writes (S3 and S3-compatible stores, or a "
+                              "folder)") from exc
+        try:
+            claim.acquire()
+        except ConfigError:
+            self._lock_file.close()
+            raise
+        claim.start()
+        return claim
 
     def _durable(self, context: object, position: LogPosition) -> None:
         assert isinstance(context, AcceptedBatch)
@@ -114,6 +139,8 @@ class LakeWriter:
         self.sealer.stop()
         if before_unlock is not None:
             before_unlock()
+        if self.claim is not None:
+            self.claim.stop()
         self._lock_file.close()
 
     def stop(self) -> None:

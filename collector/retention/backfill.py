@@ -308,7 +308,7 @@ def import_file(data: DataDir, path: Path, tenant: str, fmt: str, *, mapping: di
 
 def cmd_import(args: argparse.Namespace) -> int:
     """`auditlake import`: load audit history from CSV or JSON lines."""
-    data = DataDir.resolve(args.data)
+    data = DataDir.from_args(args)
     path = Path(args.file)
     if not path.exists():
         print(f"auditlake import: no such file {path}", file=sys.stderr)

@@ -156,7 +156,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     )
     from auditlake.collector.lake.writer import LakeWriter  # noqa: PLC0415
 
-    data = DataDir.resolve(args.data)
+    data = DataDir.from_args(args)
     toml = load_toml(config_path(args, data.config_file))
     policy = load_policy(toml)
     if policy is None:

@@ -58,6 +58,10 @@ class ConditionalWrites(Protocol):
         """Replace ``key`` if it is still ``version``; else PreconditionFailed."""
         ...
 
+    def child(self, prefix: str) -> ConditionalWrites:
+        """The same writes under the folder ``prefix``."""
+        ...
+
 
 class LocalConditional:
     """Conditional writes in a local directory: every operation holds an
@@ -66,6 +70,9 @@ class LocalConditional:
 
     def __init__(self, root: str | os.PathLike[str]) -> None:
         self.root = Path(root)
+
+    def child(self, prefix: str) -> LocalConditional:
+        return LocalConditional(self.root / prefix)
 
     def _locked(self) -> Any:
         self.root.mkdir(parents=True, exist_ok=True)
@@ -128,12 +135,35 @@ class S3Conditional:
     def _key(self, key: str) -> str:
         return f"{self.prefix}/{key}" if self.prefix else key
 
+    def child(self, prefix: str) -> S3Conditional:
+        # The same client (a boto3 client costs ~50 ms to build), a longer prefix.
+        other = object.__new__(S3Conditional)
+        other.bucket, other.prefix, other._client = self.bucket, self._key(prefix.strip("/")), self._client
+        return other
+
     def read_versioned(self, key: str) -> Versioned | None:
+        from botocore.exceptions import BotoCoreError, ClientError  # noqa: PLC0415
+
         try:
             got = self._client.get_object(Bucket=self.bucket, Key=self._key(key))
         except self._client.exceptions.NoSuchKey:
             return None
+        except ClientError as exc:
+            raise self._error(key, exc) from exc
+        except BotoCoreError as exc:  # no connection, no credentials
+            raise StorageError(f"s3://{self.bucket}/{self._key(key)}: {exc}") from exc
         return Versioned(got["Body"].read(), str(got["ETag"]))
+
+    def _error(self, key: str, exc: Any) -> StorageError:
+        """A clear message for the S3 errors a misconfigured lake meets first."""
+        code = exc.response.get("Error", {}).get("Code", "")
+        where = f"s3://{self.bucket}/{self._key(key)}"
+        if code == "NoSuchBucket":
+            return StorageError(f"{where}: the bucket {self.bucket} does not exist (create it first)")
+        if code in ("AccessDenied", "403", "InvalidAccessKeyId", "SignatureDoesNotMatch"):
+            return StorageError(f"{where}: access denied ({code}): the credentials in use may not "
+                                "read and write this bucket")
+        return StorageError(f"{where}: {exc}")
 
     def put_if_absent(self, key: str, data: bytes) -> str:
         return self._put(key, data, IfNoneMatch="*")
@@ -142,7 +172,7 @@ class S3Conditional:
         return self._put(key, data, IfMatch=version)
 
     def _put(self, key: str, data: bytes, **condition: str) -> str:
-        from botocore.exceptions import ClientError  # noqa: PLC0415
+        from botocore.exceptions import BotoCoreError, ClientError  # noqa: PLC0415
 
         try:
             answer = self._client.put_object(Bucket=self.bucket, Key=self._key(key), Body=data, **condition)
@@ -150,5 +180,7 @@ class S3Conditional:
             code = exc.response.get("Error", {}).get("Code", "")
             if code in ("PreconditionFailed", "ConditionalRequestConflict", "412", "409"):
                 raise PreconditionFailed(f"{key}: {code}") from exc
+            raise self._error(key, exc) from exc
+        except BotoCoreError as exc:
             raise StorageError(f"s3://{self.bucket}/{self._key(key)}: {exc}") from exc
         return str(answer["ETag"])

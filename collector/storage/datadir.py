@@ -7,6 +7,13 @@
     DIR/keys/                                   ingest keys, signing key
     DIR/writer_id                               this collector's stable writer id
     DIR/auditlake.toml                          configuration (optional)
+
+With ``--lake URL`` (``AUDITLAKE_LAKE``, or ``uri`` in the ``[lake]`` table)
+the lake lives elsewhere, usually in a bucket shared by a fleet of
+collectors: ``URL/events/...`` holds the sealed Parquet, ``URL/checkpoints/``
+every writer's signed checkpoints, ``URL/_auditlake/`` the fleet's shared
+state (writers, ingest keys, users).  DIR keeps what is one collector's own:
+the WAL, the sealer state, the signing key (storage/tiers.py names the stores).
 """
 
 from __future__ import annotations
@@ -17,11 +24,16 @@ import os
 import secrets
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TextIO
+from typing import Any, TextIO
 
+from auditlake.collector.config import load_toml
 from auditlake.collector.errors import ConfigError
 
 DEFAULT_DATA_DIR = "./auditlake-data"
+
+#: Settings of the ``[lake]`` table besides ``uri``: how to reach the bucket
+#: when the AWS environment (AWS_ENDPOINT_URL, AWS_REGION...) does not say.
+LAKE_OPTIONS = ("endpoint_url", "region", "timeout_s")
 
 log = logging.getLogger(__name__)
 
@@ -34,15 +46,42 @@ class DataDir:
     """Paths inside one collector data directory."""
 
     root: Path
+    #: Where the lake is when it is not DIR/lake (``s3://bucket/prefix``, a
+    #: shared folder); "" for the local lake.
+    lake_uri: str = ""
+    #: The ``[lake]`` table's ``endpoint_url``, ``region`` and ``timeout_s``, as (name, value) pairs.
+    lake_options: tuple[tuple[str, str], ...] = ()
 
     @classmethod
-    def resolve(cls, path: str | os.PathLike[str] | None) -> DataDir:
-        """The data dir from an argument, else ``AUDITLAKE_DATA``, else the default."""
+    def resolve(cls, path: str | os.PathLike[str] | None, lake: str | None = None,
+                config: Path | None = None) -> DataDir:
+        """The data dir from an argument, else ``AUDITLAKE_DATA``, else the
+        default; its lake from ``lake``, else ``AUDITLAKE_LAKE``, else the
+        ``[lake]`` table's ``uri`` in ``config`` (default DIR/auditlake.toml),
+        else DIR/lake."""
         chosen = path or os.environ.get("AUDITLAKE_DATA") or DEFAULT_DATA_DIR
         root = Path(chosen).expanduser().resolve()
         if root.exists() and not root.is_dir():
             raise ConfigError(f"data directory {root} exists and is not a directory")
-        return cls(root)
+        table = dict(load_toml(config or root / "auditlake.toml").get("lake", {}) or {})
+        unknown = set(table) - {"uri", *LAKE_OPTIONS}
+        if unknown:
+            raise ConfigError(f"unknown setting(s) in [lake]: {', '.join(sorted(unknown))}")
+        uri = lake or os.environ.get("AUDITLAKE_LAKE") or str(table.get("uri", "") or "")
+        options = tuple((k, str(table[k])) for k in LAKE_OPTIONS if table.get(k) not in (None, ""))
+        return cls(root, normalize_lake_uri(uri), options if uri else ())
+
+    @classmethod
+    def from_args(cls, args: Any) -> DataDir:
+        """The data dir and lake of a command's ``--data``, ``--lake`` and ``--config``."""
+        config = getattr(args, "config", None)
+        return cls.resolve(getattr(args, "data", None), getattr(args, "lake", None),
+                           Path(config) if config else None)
+
+    @property
+    def shared_lake(self) -> bool:
+        """True when the lake is not this data dir's own (``--lake``)."""
+        return bool(self.lake_uri)
 
     @property
     def lake(self) -> Path:
@@ -115,6 +154,20 @@ class DataDir:
             tmp.write_text(wid + "\n")
             os.replace(tmp, path)
             return wid
+
+
+def normalize_lake_uri(uri: str) -> str:
+    """``uri`` without a trailing slash; a plain path made absolute."""
+    uri = uri.strip()
+    if not uri:
+        return ""
+    if "://" not in uri:
+        return str(Path(uri).expanduser().resolve())
+    scheme, rest = uri.split("://", 1)
+    rest = rest.rstrip("/")
+    if scheme in ("s3", "s3a", "gs", "gcs") and not rest:
+        raise ConfigError(f"--lake {uri}: name a bucket (s3://bucket/prefix)")
+    return f"{scheme}://{rest}"
 
 
 def try_lock(data: DataDir) -> TextIO | None:

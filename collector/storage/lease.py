@@ -104,6 +104,18 @@ class Lease:
             return None
         return self._write(LeaseState(self.holder, state.token + 1, now + self.ttl_s), got)
 
+    def reclaim(self) -> int | None:
+        """Take the lease back from an earlier process of this same holder
+        (unexpired, so :meth:`acquire` refused), keeping its token; None
+        when it is held by someone else or changed meanwhile."""
+        got = self._cas.read_versioned(self.key)
+        if got is None:
+            return self.acquire()
+        state = LeaseState.decode(got.data)
+        if state.holder != self.holder:
+            return None
+        return self._write(LeaseState(self.holder, state.token + 1, self._clock() + self.ttl_s), got)
+
     def renew(self) -> int:
         """Extend the lease held; LeaseLost if it was taken over."""
         if self._version is None or self._state is None:

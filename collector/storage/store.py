@@ -34,10 +34,10 @@ import errno
 import hashlib
 import os
 import secrets
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, TypeAlias
+from typing import IO, Any, TypeAlias
 
 import pyarrow as pa
 import pyarrow.fs as pafs
@@ -87,6 +87,17 @@ class Store:
     #: Compare-and-swap on single objects (leases), or None where the store
     #: has no conditional writes.
     conditional: ConditionalWrites | None = None
+
+    def child(self, prefix: str, name: str) -> Store:
+        """The store rooted at the folder ``prefix`` of this one (checkpoints
+        and fleet state beside a lake's events)."""
+        raise NotImplementedError
+
+    def fsspec(self) -> Any:
+        """An fsspec filesystem over the same location, for engines that read
+        through fsspec (DuckDB's ``register_filesystem``), or None for a
+        local store (read by path)."""
+        return None
 
     def path(self, key: str) -> str:
         """The full path of ``key`` inside ``filesystem``."""
@@ -225,6 +236,9 @@ class LocalStore(Store):
         self.filesystem = pafs.LocalFileSystem()
         self.conditional = LocalConditional(self.root)
 
+    def child(self, prefix: str, name: str) -> LocalStore:
+        return LocalStore(Path(self.root) / prefix, name)
+
     def local_path(self, key: str) -> Path:
         """The file path of ``key``."""
         return Path(self.path(key))
@@ -331,25 +345,41 @@ class ObjectStore(Store):
     """Any pyarrow filesystem: S3 (and S3-compatible stores), GCS, fsspec."""
 
     def __init__(self, filesystem: pafs.FileSystem, root: str, name: str = "cold", uri: str = "",
-                 conditional: ConditionalWrites | None = None) -> None:
+                 conditional: ConditionalWrites | None = None, fsspec_factory: Callable[[], Any] | None = None) -> None:
         self.name = name
         self.filesystem = filesystem
         self.root = root.rstrip("/")
         self._uri = uri or root
         #: If-None-Match / If-Match writes, where the store has them (S3 APIs).
         self.conditional = conditional
+        self._fsspec_factory = fsspec_factory
+        self._fsspec: Any = None
+
+    def fsspec(self) -> Any:
+        if self._fsspec is None:
+            if self._fsspec_factory is not None:
+                self._fsspec = self._fsspec_factory()
+            else:
+                import fsspec  # noqa: PLC0415
+
+                self._fsspec = fsspec.core.url_to_fs(self._uri)[0]
+        return self._fsspec
 
     @property
     def uri(self) -> str:
         return self._uri
+
+    def child(self, prefix: str, name: str) -> ObjectStore:
+        conditional = self.conditional.child(prefix) if self.conditional is not None else None
+        return ObjectStore(self.filesystem, f"{self.root}/{prefix}", name, f"{self._uri.rstrip('/')}/{prefix}",
+                           conditional, self._fsspec_factory)
 
     def read(self, key: str) -> bytes:
         with self.filesystem.open_input_stream(self.path(key)) as f:
             return bytes(f.read())
 
     def put(self, key: str, data: Data) -> None:
-        parent = self.path(key).rsplit("/", 1)[0]
-        self.filesystem.create_dir(parent, recursive=True)
+        self._make_parent(key)
         with self.filesystem.open_output_stream(self.path(key)) as out:
             out.write(data)
 
@@ -390,10 +420,14 @@ class ObjectStore(Store):
         # Object stores have no rename: a copy, then the delete.
         self.filesystem.move(self.path(key), self.path(new_key))
 
+    def _make_parent(self, key: str) -> None:
+        # S3 has no folders: creating one is a request and an empty marker object.
+        if not isinstance(self.filesystem, pafs.S3FileSystem):
+            self.filesystem.create_dir(self.path(key).rsplit("/", 1)[0], recursive=True)
+
     def copy_in(self, key: str, chunks: Iterator[bytes]) -> tuple[str, int]:
         """Stream ``chunks`` into a new object; (hex SHA-256, bytes) of what was written."""
-        parent = self.path(key).rsplit("/", 1)[0]
-        self.filesystem.create_dir(parent, recursive=True)
+        self._make_parent(key)
         h = hashlib.sha256()
         n = 0
         with self.filesystem.open_output_stream(self.path(key)) as out:

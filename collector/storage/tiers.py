@@ -7,6 +7,7 @@ relative path: ``events/date=YYYY-MM-DD/part-....parquet`` is hot,
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import threading
@@ -29,9 +30,57 @@ COLD_PREFIX = "cold:"
 Tier = Store
 
 
+#: Folders of a lake given by ``--lake URL``, under URL.
+CHECKPOINTS = "checkpoints"
+FLEET = "_auditlake"
+
+
 def hot_tier(data: DataDir) -> Tier:
-    """The local hot lake."""
+    """The hot lake: DIR/lake, or the ``--lake`` location."""
+    if data.lake_uri:
+        return lake_root(data)
     return LocalStore(data.lake, "hot")
+
+
+def checkpoint_tier(data: DataDir) -> Store:
+    """Where the signed checkpoints are (one folder per writer):
+    DIR/checkpoints, or URL/checkpoints of a ``--lake``."""
+    if data.lake_uri:
+        return lake_root(data).child(CHECKPOINTS, "checkpoints")
+    return LocalStore(data.checkpoints, "checkpoints")
+
+
+def fleet_state(data: DataDir) -> Store:
+    """Where state every collector of a lake shares lives (ingest keys,
+    users, the writers registry): DIR/keys for a local lake, URL/_auditlake
+    for a ``--lake``."""
+    if data.lake_uri:
+        return lake_root(data).child(FLEET, "fleet state")
+    return LocalStore(data.keys, "keys")
+
+
+def lake_root(data: DataDir) -> Store:
+    """The store at ``data.lake_uri`` (one per process and location: an S3
+    client and its connection pool are built once)."""
+    options = dict(data.lake_options)
+    try:
+        timeout_s = float(options.get("timeout_s", 60.0))
+    except ValueError as exc:
+        raise ConfigError(f"[lake] timeout_s must be a number, got {options['timeout_s']!r}") from exc
+    # The environment is part of the key: it names the endpoint and credentials.
+    env = tuple(os.environ.get(k, "") for k in _AWS_ENVIRONMENT)
+    return _lake_root(data.lake_uri, options.get("endpoint_url", ""), options.get("region", ""), timeout_s, env)
+
+
+_AWS_ENVIRONMENT = ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_REGION", "AWS_DEFAULT_REGION",
+                    "AWS_ACCESS_KEY_ID", "AWS_PROFILE")
+
+
+@functools.lru_cache(maxsize=16)
+def _lake_root(uri: str, endpoint_url: str, region: str, timeout_s: float, env: tuple[str, ...]) -> Store:
+    if timeout_s <= 0:
+        raise ConfigError(f"[lake] timeout_s must be positive, got {timeout_s}")
+    return tier_from_uri(uri, endpoint_url=endpoint_url, region=region, name="hot", timeout_s=timeout_s)
 
 
 def split_checkpoint_path(path: str) -> tuple[str, str]:
@@ -75,7 +124,8 @@ def tier_from_uri(uri: str, *, endpoint_url: str = "", region: str = "", name: s
             kwargs["region"] = region
         bucket, _, prefix = rest.strip("/").partition("/")
         conditional = S3Conditional(bucket, prefix, endpoint_url=endpoint, region=region, timeout_s=timeout_s)
-        return ObjectStore(pafs.S3FileSystem(**kwargs), rest.strip("/"), name, uri, conditional)
+        fsspec_factory = functools.partial(_s3fs, endpoint, region, timeout_s)
+        return ObjectStore(pafs.S3FileSystem(**kwargs), rest.strip("/"), name, uri, conditional, fsspec_factory)
     try:
         fs, path = pafs.FileSystem.from_uri(uri)
         return ObjectStore(fs, path.rstrip("/"), name, uri)
@@ -84,6 +134,17 @@ def tier_from_uri(uri: str, *, endpoint_url: str = "", region: str = "", name: s
 
         ffs, fpath = fsspec.core.url_to_fs(uri)
         return ObjectStore(pafs.PyFileSystem(pafs.FSSpecHandler(ffs)), str(fpath).rstrip("/"), name, uri)
+
+
+def _s3fs(endpoint: str, region: str, timeout_s: float) -> Any:
+    """s3fs on the same endpoint, without its listing cache (a long-lived
+    reader must see the files sealed since its last query)."""
+    import s3fs  # noqa: PLC0415
+
+    client: dict[str, Any] = {"region_name": region} if region else {}
+    return s3fs.S3FileSystem(endpoint_url=endpoint or None, client_kwargs=client, use_listings_cache=False,
+                             skip_instance_cache=True,
+                             config_kwargs={"connect_timeout": min(10.0, timeout_s), "read_timeout": timeout_s})
 
 
 # -- where the cold tier is (verify and retention) -------------------------------

@@ -32,6 +32,7 @@ from auditlake.collector.admin.routes.errors import api_endpoint, json_error, ui
 from auditlake.collector.admin.routes.params import filter_of, single
 from auditlake.collector.admin.routes.principal import Principal
 from auditlake.collector.admin.search import QueryParameterError, effective_tenants
+from auditlake.collector.storage.tiers import checkpoint_tier
 
 _EID_OK = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_-")
 
@@ -50,7 +51,7 @@ async def export(request: Request, who: Principal) -> Response:
     stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
     run = ExportRun(admin.reader, f, who.scope, fmt, "", user=who.user.name,
                     signing_key=getattr(admin.collector, "signing_key", None),
-                    checkpoints_root=admin.data.checkpoints if admin.data.checkpoints.exists() else None)
+                    checkpoints_root=checkpoint_tier(admin.data))
     try:
         entry = admin.exports.start(who.user.name, run, handle)
     except ValueError as exc:

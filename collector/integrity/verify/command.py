@@ -37,7 +37,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
     """Run ``auditlake verify``: 0 when clean, 1 when problems were found."""
     from auditlake.collector.config import collector_config  # noqa: PLC0415
 
-    data = DataDir.resolve(args.data)
+    data = DataDir.from_args(args)
     toml = load_toml(Path(args.config) if args.config else data.config_file)
     mirrors = list(args.checkpoint_mirror or [])
     if not mirrors:

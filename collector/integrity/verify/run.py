@@ -35,7 +35,7 @@ from auditlake.collector.integrity.verify.report import ProgressFn, VerifyReport
 from auditlake.collector.integrity.verify.rows import check_anchors, check_file_rows, check_sequences, check_writers
 from auditlake.collector.storage.datadir import DataDir
 from auditlake.collector.storage.store import LocalStore, Store
-from auditlake.collector.storage.tiers import Tier
+from auditlake.collector.storage.tiers import Tier, checkpoint_tier
 
 #: Attempts at a consistent snapshot of checkpoints and files on a live lake.
 _SNAPSHOT_TRIES = 5
@@ -101,7 +101,7 @@ class _Verification:
         cold: Tier | None,
     ) -> None:
         self.data = data if isinstance(data, DataDir) else DataDir.resolve(data)
-        if not self.data.root.is_dir():
+        if not self.data.shared_lake and not self.data.root.is_dir():
             raise ConfigError(f"data directory {self.data.root} does not exist")
         self.key, key_source = load_key(self.data, public_key)
         self.dates = DateRange.parse(date_from, date_to)
@@ -149,7 +149,7 @@ class _Verification:
         folders must not change while the lake is listed, and files no
         checkpoint accounts for get a moment for their checkpoint to appear
         (a seal publishes its files just before signing)."""
-        folders: list[Store] = [LocalStore(self.data.checkpoints, "checkpoints"),
+        folders: list[Store] = [checkpoint_tier(self.data),
                                 *(LocalStore(m, "mirror") for m in self.mirrors)]
         snap: _Snapshot | None = None
         for attempt in range(_SNAPSHOT_TRIES):

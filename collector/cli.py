@@ -99,8 +99,27 @@ def cmd_keys_public(args: argparse.Namespace) -> int:
     from auditlake.collector.integrity.signing import SigningKey  # noqa: PLC0415
 
     data = DataDir.from_args(args)
+    if data.shared_lake:
+        return _print_fleet_keys(data)
     data.create()
     sys.stdout.write(SigningKey.load_or_create(data.keys).public_pem().decode())
+    return 0
+
+
+def _print_fleet_keys(data: DataDir) -> int:
+    """Every writer's public key of a shared lake, each labelled with its
+    writer id (``verify --public-key`` binds each key to that writer)."""
+    from auditlake.collector.integrity.signing import WRITER_LABEL  # noqa: PLC0415
+    from auditlake.collector.storage.tiers import fleet_state  # noqa: PLC0415
+    from auditlake.collector.storage.writers import list_writers  # noqa: PLC0415
+
+    writers = list_writers(fleet_state(data))
+    if not writers:
+        print(f"auditlake keys public: no collector has written to {data.lake_uri} yet", file=sys.stderr)
+        return 1
+    for w in writers:
+        sys.stdout.write(f"{WRITER_LABEL}{w.writer_id} (host {w.host}, data {w.data_dir}, since {w.registered})\n")
+        sys.stdout.write(w.public_key_pem if w.public_key_pem.endswith("\n") else w.public_key_pem + "\n")
     return 0
 
 
@@ -158,7 +177,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_data_arg(p)
     p.add_argument("key_id")
     p.set_defaults(func=cmd_keys_revoke)
-    p = ks.add_parser("public", help="print the checkpoint signing public key (PEM) for auditors")
+    p = ks.add_parser("public", help="print the checkpoint signing public key (PEM) for auditors; "
+                      "with --lake, every writer's key, each labelled with its writer id")
     add_data_arg(p)
     p.set_defaults(func=cmd_keys_public)
 

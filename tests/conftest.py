@@ -69,6 +69,17 @@ class CollectorProcess:
         return f"127.0.0.1:{self.grpc_port}"
 
     @property
+    def lake(self) -> str | None:
+        """The ``--lake`` URL among ``extra_args``, if any."""
+        args = list(self.extra_args)
+        return args[args.index("--lake") + 1] if "--lake" in args else None
+
+    @property
+    def lake_args(self) -> tuple[str, ...]:
+        """``("--lake", URL)`` for commands run on this collector's lake, or ()."""
+        return ("--lake", self.lake) if self.lake else ()
+
+    @property
     def http_url(self) -> str:
         return f"http://127.0.0.1:{self.http_port}"
 
@@ -134,7 +145,7 @@ class CollectorProcess:
         """A new ingest key for ``tenants`` (cached per tenant set)."""
         wanted = ",".join(sorted(tenants))
         if wanted not in self._keys:
-            args = ["keys", "create"]
+            args = ["keys", "create", *self.lake_args]
             for t in tenants:
                 args += ["--tenant", t]
             self._keys[wanted] = run_cli(*args, data=self.data).stdout.strip()
@@ -149,14 +160,14 @@ class CollectorProcess:
         from auditlake.collector.lake.query import run_query
         from auditlake.collector.storage.datadir import DataDir
 
-        data = DataDir.resolve(self.data)
+        data = DataDir.resolve(self.data, self.lake)
         toml = load_toml(data.config_file)
         out = run_query(data, sql, "json", toml=toml)
         return [json.loads(line) for line in out.splitlines() if line.strip()]
 
     def query_cli(self, sql: str) -> list[dict[str, Any]]:
         """Rows of ``sql`` through the `auditlake query` command itself."""
-        out = run_cli("query", "--format", "json", sql, data=self.data).stdout
+        out = run_cli("query", *self.lake_args, "--format", "json", sql, data=self.data).stdout
         return [json.loads(line) for line in out.splitlines() if line.strip()]
 
     def wait_for_count(self, expected: int, where: str = "true", timeout: float = 30.0) -> int:

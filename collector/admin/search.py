@@ -28,7 +28,13 @@ import pyarrow.parquet as pq
 from auditlake.collector.errors import CollectorError
 from auditlake.collector.lake.cold import cold_generation, prepare_connection, register_cold
 from auditlake.collector.lake.files import partition_files
-from auditlake.collector.lake.query import create_events_view, events_view_sql, lake_globs, register_lake
+from auditlake.collector.lake.query import (
+    create_events_view,
+    events_view_sql,
+    lake_globs,
+    register_lake,
+    several_writers,
+)
 from auditlake.collector.schema import COLUMNS, INGEST_KEY_COLUMN, MAX_BYTES, OUTCOMES
 from auditlake.collector.storage.datadir import DataDir
 from auditlake.collector.storage.tiers import hot_tier
@@ -421,7 +427,7 @@ class LakeReader:
         cold = prepare_connection(con, self.data)  # the cold tier, when files are cold
         if cold:
             view = f"{view} UNION ALL BY NAME {cold}"
-        create_events_view(con, view)
+        create_events_view(con, view, one_copy=several_writers(self.data))
         return con
 
     def _first_file_lacks_key_column(self) -> bool:

@@ -31,16 +31,37 @@ def _empty_select() -> str:
     return "SELECT " + ", ".join(cols) + " WHERE false"
 
 
-def create_events_view(con: duckdb.DuckDBPyConnection, view: str) -> None:
+#: The copy of an event the view keeps when several writers stored it (an
+#: SDK that lost an answer retried its batch at another collector): the first
+#: received, then the lowest writer id and seq.  ``date`` leads the partition
+#: so that DuckDB pushes date filters below the window.
+ONE_COPY = ("QUALIFY row_number() OVER (PARTITION BY date, tenant_id, id "
+            "ORDER BY received_at, writer_id, seq) = 1")
+
+
+def create_events_view(con: duckdb.DuckDBPyConnection, view: str, *, one_copy: bool = False) -> None:
     """The view ``events`` over the relation ``view``, with every column of
     EVENT_SCHEMA: a lake whose files were all sealed before a column existed
     (``ingest_key_id``) reads it as NULL instead of failing every query that
-    names it."""
+    names it.  ``one_copy`` (a lake with several writers): each (tenant, event
+    id) once, as :data:`ONE_COPY` picks it; docs/durability.md says why."""
     have = {row[0] for row in con.execute(f"DESCRIBE {view}").fetchall()}
     missing = [f", CAST(NULL AS {_sql_type(f)}) AS {f.name}" for f in EVENT_SCHEMA if f.name not in have]
     if missing:
         view = f"SELECT *{''.join(missing)} FROM ({view})"
+    if one_copy:
+        view = f"SELECT * FROM ({view}) {ONE_COPY}"
     con.execute(f"CREATE OR REPLACE VIEW events AS {view}")
+
+
+def several_writers(data: DataDir) -> bool:
+    """True when the view must keep one copy of each event: a shared lake
+    (``--lake``: a fleet's collectors each write), or a local lake holding
+    more than one writer's checkpoints (one folder each)."""
+    if data.shared_lake:
+        return True
+    root = data.checkpoints
+    return root.is_dir() and sum(1 for p in root.iterdir() if p.is_dir()) > 1
 
 
 def _sql_str(s: str) -> str:
@@ -103,7 +124,7 @@ def connect(data: DataDir, *, extra_globs: Iterable[str] = (), threads: int | No
     cold = prepare_connection(con, data, toml)  # the cold tier, when retention moved files there
     if cold:
         view = f"{view} UNION ALL BY NAME {cold}"
-    create_events_view(con, view)
+    create_events_view(con, view, one_copy=several_writers(data))
     return con
 
 

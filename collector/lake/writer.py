@@ -20,7 +20,7 @@ from auditlake.collector.lake.seal import Sealer, SealPolicy, canonical_prefix
 from auditlake.collector.lake.wal import LogPosition, WriteAheadLog
 from auditlake.collector.storage.datadir import DataDir, try_lock
 from auditlake.collector.storage.lease import LeaseUnavailable
-from auditlake.collector.storage.tiers import fleet_state
+from auditlake.collector.storage.tiers import fleet_state, hot_tier
 from auditlake.collector.storage.tiers import maintenance_lock as tiers_maintenance_lock
 from auditlake.collector.storage.writers import WriterClaim
 
@@ -75,6 +75,11 @@ class LakeWriter:
         self._disk_low = False
 
     def _claim_writer_id(self) -> WriterClaim:
+        lake = hot_tier(self.data)
+        if lake.is_local and not Path(lake.root).is_dir():
+            self._lock_file.close()
+            raise ConfigError(f"--lake {self.data.lake_uri}: the folder does not exist (create it first; "
+                              "a typo here would otherwise start a new, empty lake)")
         try:
             fleet = fleet_state(self.data)
             claim = WriterClaim(fleet, self.data.writer_id(), str(self.data.root), self.signing_key.public_pem())

@@ -10,15 +10,16 @@ import json
 from collections.abc import Sequence
 from pathlib import Path
 
-from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from auditlake.collector.errors import ConfigError
 from auditlake.collector.integrity.checkpoint import ChainCheckpoint, SignedCheckpoint, canonical_json
-from auditlake.collector.integrity.signing import load_public_key
+from auditlake.collector.integrity.signing import KeyRing, load_public_key
 from auditlake.collector.integrity.verify.report import VerifyReport, WriterSummary
 from auditlake.collector.storage.datadir import DataDir
 from auditlake.collector.storage.store import Store, StoredObject
+from auditlake.collector.storage.tiers import fleet_state
+from auditlake.collector.storage.writers import list_writers
 
 #: Checkpoint kinds of the contract (docs/integrity.md, "Checkpoint kinds").
 KINDS = ("seal", "compact", "move", "expire")
@@ -29,19 +30,43 @@ Seals = dict[int, SignedCheckpoint]
 ByWriter = dict[str, Seals]
 
 
-def load_key(data: DataDir, public_key: Ed25519PublicKey | Path | str | None) -> tuple[Ed25519PublicKey | None, str]:
-    """The key to check signatures with, and where it came from (for the report)."""
-    if isinstance(public_key, Ed25519PublicKey):
+#: What ``--public-key`` may be: a key, a PEM file (one or more keys), or several.
+PublicKeys = Ed25519PublicKey | KeyRing | Path | str | Sequence[Path | str]
+
+
+def load_key(data: DataDir, public_key: PublicKeys | None) -> tuple[KeyRing | None, str]:
+    """The keys to check signatures with, and where they came from (for the
+    report): the keys given; else, in a shared lake, the writers' keys its
+    registry holds; else the data dir's own public key."""
+    if isinstance(public_key, KeyRing):
         return public_key, "given"
+    if isinstance(public_key, Ed25519PublicKey):
+        ring = KeyRing()
+        ring.add(public_key)
+        return ring, "given"
     if public_key is not None:
-        path = Path(public_key)
-        try:
-            return load_public_key(path), str(path)
-        except (OSError, ValueError) as exc:
-            raise ConfigError(f"cannot read public key {path}: {exc}") from exc
+        paths = [Path(public_key)] if isinstance(public_key, str | Path) else [Path(p) for p in public_key]
+        ring = KeyRing()
+        for path in paths:
+            try:
+                ring.add_text(path.read_text(), str(path))
+            except (OSError, UnicodeDecodeError) as exc:
+                raise ConfigError(f"cannot read public key {path}: {exc}") from exc
+        return ring, ", ".join(str(p) for p in paths)
+    if data.shared_lake:
+        ring = KeyRing()
+        for w in list_writers(fleet_state(data)):
+            ring.add_text(w.public_key_pem, f"writer {w.writer_id}'s registry record", w.writer_id)
+        if len(ring):
+            return ring, ("the lake's writer registry (keys kept beside the data they sign prove nothing "
+                          "against whoever can write the bucket: pass --public-key with the keys "
+                          "`auditlake keys public` gave you)")
+        return None, "none"
     pub = data.keys / "signing.pub.pem"
     if pub.exists():
-        return load_public_key(pub), f"{pub} (from the data dir: pass --public-key to trust "\
+        ring = KeyRing()
+        ring.add(load_public_key(pub))
+        return ring, f"{pub} (from the data dir: pass --public-key to trust "\
             "a key obtained separately)"
     return None, "none"
 
@@ -98,22 +123,19 @@ def read_checkpoint_folder(folder: Store, report: VerifyReport) -> ByWriter:
     return out
 
 
-def signature_holds(signed: SignedCheckpoint, key: Ed25519PublicKey | None) -> bool:
-    """True when ``key`` is given and the checkpoint's signature matches its content."""
+def signature_holds(signed: SignedCheckpoint, key: KeyRing | None) -> bool:
+    """True when keys are given and one trusted for the checkpoint's writer
+    made its signature over its content."""
     if key is None:
         return False
-    try:
-        key.verify(signed.signature, canonical_json(signed.checkpoint.body()))
-    except InvalidSignature:
-        return False
-    return True
+    return key.verify(signed.checkpoint.writer_id, signed.signature, canonical_json(signed.checkpoint.body()))
 
 
 # -- mirrors -----------------------------------------------------------------------------
 
 
 def merge_checkpoints(primary: ByWriter, mirrors: Sequence[tuple[str, ByWriter]],
-                      key: Ed25519PublicKey | None, report: VerifyReport) -> ByWriter:
+                      key: KeyRing | None, report: VerifyReport) -> ByWriter:
     """Primary checkpoints, completed by mirrors; every difference is a problem."""
     merged: ByWriter = {w: dict(s) for w, s in primary.items()}
     for mirror_root, mirror in mirrors:
@@ -130,7 +152,7 @@ def merge_checkpoints(primary: ByWriter, mirrors: Sequence[tuple[str, ByWriter]]
 
 
 def _only_in_mirror(m: SignedCheckpoint, primary_seals: Seals, mirror_root: str,
-                    key: Ed25519PublicKey | None, have: Seals, report: VerifyReport) -> None:
+                    key: KeyRing | None, have: Seals, report: VerifyReport) -> None:
     cp = m.checkpoint
     writer, seal = cp.writer_id, cp.seal
     primary_max = max(primary_seals, default=0)
@@ -153,7 +175,7 @@ def _only_in_mirror(m: SignedCheckpoint, primary_seals: Seals, mirror_root: str,
         have[seal] = m
 
 
-def _differs_in_mirror(p: SignedCheckpoint, m: SignedCheckpoint, key: Ed25519PublicKey | None,
+def _differs_in_mirror(p: SignedCheckpoint, m: SignedCheckpoint, key: KeyRing | None,
                        have: Seals, report: VerifyReport) -> None:
     pm, mm = signature_holds(p, key), signature_holds(m, key)
     which = ("the mirror's copy is validly signed, the primary's is not" if mm and not pm
@@ -182,7 +204,7 @@ def _warn_when_behind(primary: ByWriter, mirror: ByWriter, mirror_root: str, rep
 # -- the checkpoint chain --------------------------------------------------------------
 
 
-def check_checkpoint_chain(writer: str, seals: Seals, key: Ed25519PublicKey | None,
+def check_checkpoint_chain(writer: str, seals: Seals, key: KeyRing | None,
                            report: VerifyReport) -> None:
     """Each checkpoint signed and of a known kind; seals from 1 without gaps,
     each linking to the one before; heads never move back, and only seals move them."""
@@ -194,7 +216,7 @@ def check_checkpoint_chain(writer: str, seals: Seals, key: Ed25519PublicKey | No
         prev = s
 
 
-def _check_alone(writer: str, s: SignedCheckpoint, key: Ed25519PublicKey | None, report: VerifyReport) -> None:
+def _check_alone(writer: str, s: SignedCheckpoint, key: KeyRing | None, report: VerifyReport) -> None:
     cp = s.checkpoint
     if key is not None and not signature_holds(s, key):
         report.add(
@@ -252,7 +274,7 @@ def _check_after(writer: str, prev: SignedCheckpoint | None, s: SignedCheckpoint
 # -- all of it ----------------------------------------------------------------------------
 
 
-def read_checkpoints(primary: Store, mirrors: Sequence[Store], key: Ed25519PublicKey | None,
+def read_checkpoints(primary: Store, mirrors: Sequence[Store], key: KeyRing | None,
                      report: VerifyReport) -> ByWriter:
     """The lake's checkpoints (the primary folder completed by mirrors), each
     writer's chain of them checked, and a summary line per writer started."""

@@ -72,9 +72,10 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
                    help="first date partition to re-hash (weaker guarantee: docs/integrity.md)")
     p.add_argument("--to", dest="date_to", metavar="YYYY-MM-DD",
                    help="last date partition to re-hash")
-    p.add_argument("--public-key", metavar="FILE",
-                   help="Ed25519 public key (PEM, from `auditlake keys public`) to check "
-                   "signatures with, instead of the one in the data dir")
+    p.add_argument("--public-key", metavar="FILE", action="append",
+                   help="Ed25519 public key(s) (PEM, as `auditlake keys public` prints them: one "
+                   "key, or every writer's of a shared lake) to check signatures with, instead "
+                   "of the data dir's (or the shared lake's registry); repeatable")
     p.add_argument("--checkpoint-mirror", metavar="DIR", action="append",
                    help="a second checkpoint folder to compare (repeatable; default: the "
                    "configured mirror)")

@@ -13,11 +13,16 @@ from pathlib import Path
 from typing import Any
 
 import duckdb
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from auditlake.collector.config import load_toml
 from auditlake.collector.errors import ConfigError, StorageError
-from auditlake.collector.integrity.verify.checkpoints import ByWriter, checkpoint_listing, load_key, read_checkpoints
+from auditlake.collector.integrity.verify.checkpoints import (
+    ByWriter,
+    PublicKeys,
+    checkpoint_listing,
+    load_key,
+    read_checkpoints,
+)
 from auditlake.collector.integrity.verify.digest import FileReads, digest_files
 from auditlake.collector.integrity.verify.explain import explain_failures
 from auditlake.collector.integrity.verify.index import LakeScan, build_index, summarize
@@ -46,7 +51,7 @@ _RESTARTS = 3
 def verify_lake(
     data: DataDir | str | Path,
     *,
-    public_key: Ed25519PublicKey | Path | str | None = None,
+    public_key: PublicKeys | None = None,
     date_from: str | dt.date | None = None,
     date_to: str | dt.date | None = None,
     mirrors: Iterable[Path | str] = (),
@@ -92,7 +97,7 @@ class _Verification:
     def __init__(
         self,
         data: DataDir | str | Path,
-        public_key: Ed25519PublicKey | Path | str | None,
+        public_key: PublicKeys | None,
         date_from: str | dt.date | None,
         date_to: str | dt.date | None,
         mirrors: Iterable[Path | str],

@@ -43,6 +43,10 @@ class CollectorConfig:
     dedupe_window_events: int = 2_000_000
     #: Seconds between compaction runs inside `auditlake serve` (0: never).
     compact_interval_s: float = 3600.0
+    #: Seconds the lake's maintenance lease lasts without renewal (a shared
+    #: lake): how long a dead holder keeps the others from compacting and
+    #: running retention.
+    maintenance_lease_s: float = 60.0
     #: A second folder (another disk) for signed checkpoints; "" for none.
     checkpoint_mirror: str = ""
     grpc_workers: int = 16
@@ -67,6 +71,8 @@ class CollectorConfig:
             raise ConfigError("max_wal_bytes must be positive")
         if self.dedupe_batches <= 0 or self.dedupe_window_events < 0:
             raise ConfigError("dedupe_batches must be positive and dedupe_window_events >= 0")
+        if self.maintenance_lease_s < 3:
+            raise ConfigError("maintenance_lease_s must be at least 3 seconds")
         if self.compact_interval_s < 0:
             raise ConfigError("compact_interval_s must be >= 0")
         for name in ("grpc_workers", "max_message_bytes", "max_concurrent_rpcs", "max_streams_per_connection"):

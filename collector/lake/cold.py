@@ -22,13 +22,21 @@ from typing import Any
 
 import pyarrow as pa
 import pyarrow.dataset as pads
+import pyarrow.fs as pafs
 
 from auditlake.collector.config import load_toml
 from auditlake.collector.integrity.checkpoint import ChainCheckpoint
 from auditlake.collector.schema import EVENT_SCHEMA
 from auditlake.collector.storage.datadir import DataDir
 from auditlake.collector.storage.store import LocalStore, Store
-from auditlake.collector.storage.tiers import COLD_INDEX, COLD_PREFIX, checkpoint_tier, cold_tier_at, hot_tier
+from auditlake.collector.storage.tiers import (
+    COLD_INDEX,
+    COLD_PREFIX,
+    checkpoint_tier,
+    cold_index_store,
+    cold_tier_at,
+    hot_tier,
+)
 
 #: The DuckDB relation name under which a connection sees the cold tier.
 COLD_RELATION = "auditlake_cold_events"
@@ -42,8 +50,10 @@ def partition_day(rel: str) -> dt.date:
     return dt.date.fromisoformat(rel.split("/")[1][len("date="):])
 
 
-def _state_store(data: DataDir) -> LocalStore:
-    return LocalStore(data.state, "state")
+def _state_store(data: DataDir) -> Store:
+    # In a shared lake the index is the fleet's (any collector may run
+    # retention, every collector's queries read it); else DIR/state.
+    return cold_index_store(data)
 
 
 def _checkpoint_keys(store: Store) -> list[tuple[str, str]]:
@@ -182,9 +192,12 @@ def cold_generation(data: DataDir) -> int:
     a component that keeps a DuckDB connection open (the admin search)
     reconnects when it differs from the value at connect time."""
     # The index's modification time: every such change rewrites the index.
-    # (Store has no modification time; the state store is always local.)
+    store = _state_store(data)
     try:
-        return _state_store(data).local_path(COLD_INDEX).stat().st_mtime_ns
+        if isinstance(store, LocalStore):
+            return store.local_path(COLD_INDEX).stat().st_mtime_ns
+        info = store.filesystem.get_file_info(store.path(COLD_INDEX))
+        return int(info.mtime_ns or 0) if info.type != pafs.FileType.NotFound else 0
     except FileNotFoundError:
         return 0
 

@@ -48,7 +48,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from concurrent.futures import Future
 from concurrent.futures import wait as futures_wait
 from dataclasses import dataclass
@@ -154,6 +154,10 @@ class Sealer:
         self.duplicate_events = 0
         self.last_seal_time = 0.0
         self.last_error: str | None = None
+        #: Called before a maintenance checkpoint commits, in a shared lake:
+        #: raises when this collector lost the maintenance lease; returns what
+        #: to record in the checkpoint (the fencing token).
+        self.fence: Callable[[], dict[str, Any]] | None = None
 
     # -- state -----------------------------------------------------------------
 
@@ -369,6 +373,8 @@ class Sealer:
             with self._lock:
                 self._checkpoints_waiting -= 1
         try:
+            if self.fence is not None:  # still the lake's maintenance holder? (LeaseLost if not)
+                extra = {**(extra or {}), **self.fence()}
             return self.committer.commit_checkpoint(kind, files, removed, extra)
         finally:
             self._chain_lock.release()

@@ -5,6 +5,7 @@ retention, an inbox drain) when no collector holds the data directory.
 
 from __future__ import annotations
 
+import logging
 import shutil
 import time
 from collections.abc import Callable
@@ -19,10 +20,13 @@ from auditlake.collector.lake.compact import CompactionResult, Compactor
 from auditlake.collector.lake.seal import Sealer, SealPolicy, canonical_prefix
 from auditlake.collector.lake.wal import LogPosition, WriteAheadLog
 from auditlake.collector.storage.datadir import DataDir, try_lock
-from auditlake.collector.storage.lease import LeaseUnavailable
+from auditlake.collector.storage.lease import Lease, LeaseUnavailable
+from auditlake.collector.storage.maintenance import MAINTENANCE_LEASE, MaintenanceBusy, MaintenanceLock
 from auditlake.collector.storage.tiers import fleet_state, hot_tier
 from auditlake.collector.storage.tiers import maintenance_lock as tiers_maintenance_lock
-from auditlake.collector.storage.writers import WriterClaim
+from auditlake.collector.storage.writers import WriterClaim, holder_name
+
+log = logging.getLogger(__name__)
 
 
 class LakeWriter:
@@ -69,8 +73,11 @@ class LakeWriter:
         self.compactor = Compactor(data, self.sealer)
         self.compactor.recover()
         #: Held by compaction and retention so they never touch the lake at
-        #: once (the process-wide re-entrant lock retention also takes).
-        self.maintenance_lock = tiers_maintenance_lock
+        #: once: the process-wide re-entrant lock retention also takes and,
+        #: in a shared lake, the fleet's maintenance lease (storage/maintenance.py).
+        self.maintenance_lock = MaintenanceLock(tiers_maintenance_lock, self._maintenance_lease())
+        if self.maintenance_lock.lease is not None:
+            self.sealer.fence = self.maintenance_lock.fence
         self._disk_checked = 0.0
         self._disk_low = False
 
@@ -95,6 +102,14 @@ class LakeWriter:
             raise
         claim.start()
         return claim
+
+    def _maintenance_lease(self) -> Lease | None:
+        if not self.data.shared_lake:
+            return None
+        holder = f"{holder_name(str(self.data.root))}:{self.sealer.writer_id}"
+        ttl = self.config.maintenance_lease_s
+        return Lease(fleet_state(self.data).conditional, MAINTENANCE_LEASE, holder, ttl_s=ttl,
+                     margin_s=min(5.0, ttl / 3))
 
     def _durable(self, context: object, position: LogPosition) -> None:
         assert isinstance(context, AcceptedBatch)
@@ -133,9 +148,14 @@ class LakeWriter:
         return None
 
     def compact_now(self) -> list[CompactionResult]:
-        """Compact closed days now (the maintenance thread calls this hourly)."""
-        with self.maintenance_lock:
-            return self.compactor.run()
+        """Compact closed days now (the maintenance thread calls this hourly);
+        in a shared lake, nothing while another collector holds the lease."""
+        try:
+            with self.maintenance_lock:
+                return self.compactor.run()
+        except MaintenanceBusy as exc:
+            log.info("compaction: %s", exc)
+            return []
 
     def close(self, before_unlock: Callable[[], None] | None = None) -> None:
         """Seal everything durable, stop the sealer, release the data dir

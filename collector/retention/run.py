@@ -28,6 +28,7 @@ from auditlake.collector.retention.plan import DayPlan, Planner, groups
 from auditlake.collector.retention.policy import RetentionPolicy
 from auditlake.collector.retention.report import Progress, RetentionReport
 from auditlake.collector.storage.datadir import DataDir
+from auditlake.collector.storage.maintenance import MaintenanceBusy
 from auditlake.collector.storage.tiers import hot_tier, maintenance_lock
 
 log = logging.getLogger(__name__)
@@ -82,8 +83,15 @@ class RetentionJob:
         if self.append_checkpoint is None or self.emit is None:
             raise ValueError("RetentionJob.run needs append_checkpoint and emit (use dry_run to plan)")
         started = time.monotonic()
-        if self.index.refresh(self.data):
-            self.index.save()
+        try:
+            # Under the lock: in a shared lake the index is the fleet's, and
+            # only the maintenance lease's holder may write it.
+            with self.lock:
+                if self.index.refresh(self.data):
+                    self.index.save()
+        except MaintenanceBusy as exc:
+            log.info("retention: %s", exc)
+            return RetentionReport(dry_run=False, error=str(exc))
         self._check_location()
         announce = functools.partial(announce_pending, self.index, self.emit, self.policy)
         steps = self._steps(self.append_checkpoint, announce)

@@ -205,10 +205,16 @@ def recorded_cold_location(data: DataDir) -> str | None:
     """The cold location the move checkpoints recorded, as DIR/state/cold-index.json
     keeps it ("" when no move recorded one); None when there is no index yet."""
     try:
-        raw = LocalStore(data.state, "state").read(COLD_INDEX)
+        raw = cold_index_store(data).read(COLD_INDEX)
     except FileNotFoundError:
         return None
     return str(json.loads(raw).get("cold", "") or "")
+
+
+def cold_index_store(data: DataDir) -> Store:
+    """Where retention's cold index is kept: DIR/state, or the fleet state
+    of a shared lake (any collector may hold the maintenance lease)."""
+    return fleet_state(data) if data.shared_lake else LocalStore(data.state, "state")
 
 
 def cold_tier_at(location: str, toml: dict[str, Any]) -> Store | None:

@@ -255,3 +255,72 @@ def test_three_collectors_three_clients_kill_nine_twice_every_event_once(
     report = json.loads(done.stdout)
     assert report["ok"], report["problems"]
     assert len(report["writers"]) == 3
+
+
+# -- maintenance: one collector at a time, under the lake's lease ------------------------------
+
+
+def _fleet_policy(data: Path, cold: Path) -> None:
+    data.mkdir(parents=True, exist_ok=True)
+    (data / "auditlake.toml").write_text(
+        "[collector]\nmaintenance_lease_s = 3\n\n"
+        f"[retention]\nhot_days = 5\ndelete_after_days = 30\nminimum_days = 0\ncold = \"{cold.as_uri()}\"\n")
+
+
+def _lake_counts(data: Path, lake: str) -> dict[str, int]:
+    from auditlake.collector.lake.query import connect
+    from auditlake.collector.storage.datadir import DataDir
+
+    con = connect(DataDir.resolve(data, lake))
+    try:
+        rows = con.execute("SELECT CAST(date AS VARCHAR), count(*), count(DISTINCT id) FROM events "
+                           "WHERE tenant_id <> '_auditlake' GROUP BY 1").fetchall()
+    finally:
+        con.close()
+    for day, n, distinct in rows:
+        assert n == distinct, f"{day}: an event counted twice"
+    return {d: int(n) for d, n, _ in rows}
+
+
+@pytest.mark.parametrize("step", ["move_checkpointed", "hot_removed_partly"])
+def test_retention_holder_killed_mid_step_another_collector_finishes_after_the_lease_expires(
+        lake_url: str, tmp_path: Path, step: str) -> None:
+    from auditlake.collector.retention.interrupts import FAIL_ENV
+    from tests.retention.conftest import TENANTS, write_history
+
+    a, b, cold = tmp_path / "a", tmp_path / "b", tmp_path / "cold"
+    cold.mkdir()
+    for d in (a, b):
+        _fleet_policy(d, cold)
+    expected: dict[str, int] = {}
+    for data, start in ((a, 0), (b, 20)):  # each writer imports its own days, 0..39 days ago
+        src = tmp_path / f"history-{data.name}.jsonl"
+        for day, n in write_history(src, 20, start_days_ago=start).items():
+            expected[day] = expected.get(day, 0) + n
+        for tenant in TENANTS:
+            part = tmp_path / f"{data.name}-{tenant}.jsonl"
+            part.write_text("".join(ln + "\n" for ln in src.read_text().splitlines()
+                                    if json.loads(ln)["tenant_id"] == tenant))
+            run_cli("import", "--quiet", "--tenant", tenant, "--lake", lake_url, str(part), data=data)
+    assert _lake_counts(a, lake_url) == expected
+
+    crashed = run_cli("retention", "run", "--lake", lake_url, data=a, check=False,
+                      env={FAIL_ENV: step, "AUDITLAKE_RETENTION_GROUP_DAYS": "2"})
+    assert crashed.returncode == 137, crashed.stdout + crashed.stderr
+    # A's lease is live (3 s): B's run does nothing.
+    busy = run_cli("retention", "run", "--lake", lake_url, data=b, check=False)
+    assert "running lake maintenance" in busy.stdout + busy.stderr
+    time.sleep(3.5)
+    done = run_cli("retention", "run", "--lake", lake_url, data=b)
+    assert "error" not in done.stdout, done.stdout
+    expired = {d for d in expected if d < (time.strftime("%Y-%m-%d", time.gmtime(time.time() - 30 * 86400)))}
+    want = {d: n for d, n in expected.items() if d not in expired}
+    assert _lake_counts(b, lake_url) == want
+    # A comes back: its recovery finishes what it had committed; nothing changes twice.
+    run_cli("retention", "run", "--lake", lake_url, data=a, check=False)
+    assert _lake_counts(a, lake_url) == want
+    keys = run_cli("keys", "public", "--lake", lake_url, data=tmp_path / "auditor").stdout
+    (tmp_path / "keys.pem").write_text(keys)
+    report = json.loads(run_cli("verify", "--lake", lake_url, "--public-key", str(tmp_path / "keys.pem"),
+                                "--format", "json", "--quiet", data=tmp_path / "auditor", check=False).stdout)
+    assert report["ok"], report["problems"]

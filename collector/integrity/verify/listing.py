@@ -77,8 +77,11 @@ class LiveFile:
     """A file the checkpoints list and none removes, with the checkpoint that listed it."""
 
     entry: FileEntry
+    #: The writer whose events it holds (rows_writer).
     writer_id: str
+    #: The seal of the checkpoint that listed it, and that checkpoint's writer.
     seal: int
+    listed_by: str = ""
 
 
 #: An expired seq range: first seq, last seq, chain_hash of the last.
@@ -124,39 +127,59 @@ class ExpectedFiles:
         return sum(b - a + 1 for a, b, _ in self.expired.get(writer, []))
 
 
+_FILE_WRITER_RE = re.compile(r"(?:^|/)(?:part|compact)-(w[0-9a-f]+)-[^/]*\.parquet$")
+
+
+def rows_writer(path: str, listed_by: str) -> str:
+    """The writer whose events a file holds: the one its name carries
+    (``part-<writer>-...``, ``compact-<writer>-...``; a moved file keeps its
+    name), else the writer whose checkpoint listed it.  In a shared lake the
+    collector holding the maintenance lease may move or expire another
+    writer's files, recording that in its own chain."""
+    m = _FILE_WRITER_RE.search(path)
+    return m.group(1) if m else listed_by
+
+
 def expected_files(writers: ByWriter, report: VerifyReport) -> ExpectedFiles:
-    """The files that must exist: union of ``files`` minus ``removed``, in seal
-    order; the expired seq ranges; the signed anchors (seq → chain_hash)."""
+    """The files that must exist: every file a checkpoint lists and none
+    removes (paths are never reused, so the order across writers does not
+    matter: one writer's move may remove a file another writer's seal
+    listed); the expired seq ranges; the signed anchors (seq → chain_hash)."""
     out = ExpectedFiles()
+    listed: dict[str, LiveFile] = {}
     for writer, seals in sorted(writers.items()):
         for seal in sorted(seals):
             s = seals[seal]
             cp = s.checkpoint
             if cp.seq > 0:
                 out.anchors.append((writer, cp.seq, cp.chain_hash, s.path.name))
-            _apply_removed(out, writer, s, report)
             for f in cp.files:
-                out.live[f.path] = LiveFile(f, writer, seal)
-            if cp.kind == "expire":
-                _expire_ranges(out, writer, s, report)
+                listed[f.path] = LiveFile(f, rows_writer(f.path, writer), seal, writer)
+    for writer, seals in sorted(writers.items()):
+        for seal in sorted(seals):
+            _apply_removed(out, listed, writer, seals[seal], report)
+            if seals[seal].checkpoint.kind == "expire":
+                _expire_ranges(out, listed, writer, seals[seal], report)
+    out.live = {p: f for p, f in listed.items() if p not in out.history}
     return out
 
 
-def _apply_removed(out: ExpectedFiles, writer: str, s: SignedCheckpoint, report: VerifyReport) -> None:
+def _apply_removed(out: ExpectedFiles, listed: dict[str, LiveFile], writer: str, s: SignedCheckpoint,
+                   report: VerifyReport) -> None:
     cp = s.checkpoint
     for r in cp.removed:
-        live = out.live.get(r.path)
-        if live is None or live.entry.sha256 != r.sha256:
+        live = listed.get(r.path)
+        if live is None or live.entry.sha256 != r.sha256 or (live.listed_by == writer and live.seal > cp.seal):
             report.add(
                 "bad_checkpoint",
                 f"{cp.kind} checkpoint {s.path.name} removes {r.path}, which no "
                 "earlier checkpoint of this lake lists with that digest",
                 file=r.path, writer_id=writer)
-        out.live.pop(r.path, None)
         out.history[r.path] = r
 
 
-def _expire_ranges(out: ExpectedFiles, writer: str, s: SignedCheckpoint, report: VerifyReport) -> None:
+def _expire_ranges(out: ExpectedFiles, listed: dict[str, LiveFile], writer: str, s: SignedCheckpoint,
+                   report: VerifyReport) -> None:
     cp = s.checkpoint
     removed = {r.path: r for r in cp.removed}
     ranges = cp.extra.get("ranges", []) if isinstance(cp.extra, dict) else []
@@ -178,7 +201,9 @@ def _expire_ranges(out: ExpectedFiles, writer: str, s: SignedCheckpoint, report:
                        f"expire checkpoint {s.path.name}: the seq ranges of {path} do not "
                        "match the removed file's rows and seq span",
                        writer_id=writer, file=path)
-        out.expired[writer].extend(seq_ranges)
+        # The ranges are of the events' writer, whoever's checkpoint expired them.
+        owner = listed[path].writer_id if path in listed else rows_writer(path, writer)
+        out.expired[owner].extend(seq_ranges)
     for path in removed:
         if path not in seen:
             report.add("bad_checkpoint",

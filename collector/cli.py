@@ -67,29 +67,33 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 def cmd_keys_create(args: argparse.Namespace) -> int:
     from auditlake.collector.ingest.keys import IngestKeyStore  # noqa: PLC0415
+    from auditlake.collector.storage.tiers import fleet_state  # noqa: PLC0415
 
     data = DataDir.from_args(args)
     data.create()
-    token = IngestKeyStore(data.keys).create(args.tenant, args.description or "")
+    # The fleet state: DIR/keys, or the --lake's _auditlake/ that every collector of it reads.
+    token = IngestKeyStore(fleet_state(data)).create(args.tenant, args.description or "")
     print(token)
     return 0
 
 
 def cmd_keys_list(args: argparse.Namespace) -> int:
     from auditlake.collector.ingest.keys import IngestKeyStore  # noqa: PLC0415
+    from auditlake.collector.storage.tiers import fleet_state  # noqa: PLC0415
 
     data = DataDir.from_args(args)
     # IngestKeyStore.keys() is a method returning IngestKey records, not a dict view.
-    for k in IngestKeyStore(data.keys).keys():  # noqa: SIM118
+    for k in IngestKeyStore(fleet_state(data)).keys():  # noqa: SIM118
         print(f"{k.key_id}\t{','.join(sorted(k.tenants))}\t{k.created_at}\t{k.description}")
     return 0
 
 
 def cmd_keys_revoke(args: argparse.Namespace) -> int:
     from auditlake.collector.ingest.keys import IngestKeyStore  # noqa: PLC0415
+    from auditlake.collector.storage.tiers import fleet_state  # noqa: PLC0415
 
     data = DataDir.from_args(args)
-    if not IngestKeyStore(data.keys).revoke(args.key_id):
+    if not IngestKeyStore(fleet_state(data)).revoke(args.key_id):
         print(f"auditlake: no ingest key with id {args.key_id}", file=sys.stderr)
         return 1
     return 0

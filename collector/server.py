@@ -23,6 +23,8 @@ from auditlake.collector.ingest.keys import IngestKeyStore
 from auditlake.collector.ingest.receive import AuditService
 from auditlake.collector.lake.writer import LakeWriter
 from auditlake.collector.storage.datadir import DataDir
+from auditlake.collector.storage.maintenance import MaintenanceBusy
+from auditlake.collector.storage.tiers import fleet_state
 
 log = logging.getLogger(__name__)
 
@@ -33,7 +35,8 @@ class Collector(LakeWriter):
 
     def __init__(self, data: DataDir, config: CollectorConfig) -> None:
         super().__init__(data, config)
-        self.keys = IngestKeyStore(data.keys)
+        # Shared by every collector of the lake (DIR/keys for a local one).
+        self.keys = IngestKeyStore(fleet_state(data))
         self.grpc_server: grpc.Server | None = None
         self.grpc_port = 0
         self.http: AdminProcess | None = None
@@ -63,6 +66,8 @@ class Collector(LakeWriter):
                     next_compaction = time.monotonic() + interval
                 with self.maintenance_lock:
                     self.compactor.delete_expired()
+            except MaintenanceBusy as exc:  # another collector of the lake holds the lease
+                log.info("maintenance: %s", exc)
             except Exception:  # noqa: BLE001 - the job state lets the next run recover
                 log.exception("compaction failed")
                 next_compaction = time.monotonic() + min(interval, 300.0)

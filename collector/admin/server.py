@@ -325,12 +325,15 @@ class AdminServer:
 
     def __init__(self, collector: Any, *, users_dir: Path | None = None, toml: dict[str, Any] | None = None) -> None:
         from auditlake.collector.admin.search import LakeReader  # noqa: PLC0415
-        from auditlake.collector.admin.users import (
+        from auditlake.collector.admin.users import (  # noqa: PLC0415
             LoginThrottle,
             SessionStore,
             ThrottlePolicy,
             UserStore,
-        )  # noqa: PLC0415
+        )
+        from auditlake.collector.ingest.keys import IngestKeyStore  # noqa: PLC0415
+        from auditlake.collector.storage.store import LocalStore  # noqa: PLC0415
+        from auditlake.collector.storage.tiers import fleet_state  # noqa: PLC0415
 
         self.collector = collector
         self.data = collector.data
@@ -342,9 +345,13 @@ class AdminServer:
                 toml = load_toml(self.data.config_file)
         self.config = AdminConfig.from_toml(toml)
         self.listen = collector.config.http_listen
-        self.users = UserStore(users_dir or self.data.keys)
-        self.sessions = SessionStore(idle_s=self.config.session_idle_minutes * 60,
+        # Users, API tokens, sessions and ingest keys are the fleet's: every
+        # collector of the lake reads and changes the same ones.
+        fleet = LocalStore(users_dir, "keys") if users_dir is not None else fleet_state(self.data)
+        self.users = UserStore(fleet)
+        self.sessions = SessionStore(fleet, idle_s=self.config.session_idle_minutes * 60,
                                      absolute_s=self.config.session_max_hours * 3600)
+        self.ingest_keys = IngestKeyStore(fleet)
         self.throttle = LoginThrottle(ThrottlePolicy(free_failures=self.config.login_free_failures))
         # Half the cores by default: ingest keeps the rest, whatever the HTTP side asks.
         self.reader = LakeReader(self.data, threads=self.config.query_threads or max(1, (os.cpu_count() or 2) // 2),
@@ -444,9 +451,7 @@ class AdminServer:
         now = time.monotonic()
         if now - self._tenants_seen.get(tenant, -1e9) < 60.0:
             return True
-        from auditlake.collector.ingest.keys import IngestKeyStore  # noqa: PLC0415
-
-        known = any(tenant in k.tenants for k in IngestKeyStore(self.data.keys).keys())  # noqa: SIM118 - a method
+        known = any(tenant in k.tenants for k in self.ingest_keys.keys())  # noqa: SIM118 - a method
         known = known or any(tenant in u.tenants for u in self.users.users())
         if not known:
             cur = self.reader.cursor()

@@ -1,39 +1,86 @@
 """Users of the admin UI and API: roles, tenant grants, passwords (argon2id),
 API tokens, browser sessions and login throttling.
 
-    DIR/keys/users.json     users, password hashes, API token hashes (0600)
+Everything but the throttle lives in the fleet state (``fleet_state(data)``:
+``DIR/keys`` for a local lake, ``URL/_auditlake`` for a ``--lake``), so that
+every collector of a lake knows the same users, accepts the same API tokens
+and sessions, and a restart logs nobody out:
+
+    users.json                 users, password hashes, API token hashes (0600 on disk)
+    sessions/<sha256>.json     one record per browser session
+    session-secret.json        the key session cookies are tagged with
 
 Roles: ``admin`` reads every tenant and manages users; ``auditor`` reads and
-exports only the tenants granted.  Sessions live in the server's memory (a
-restart logs everyone out, which is the safe direction) and are bound to the
-user's credential *generation*: a new random value whenever the user is
-added, replaced (a password change) or logged out with `auditlake users
-logout NAME`, so an old cookie never outlives the credentials it was made
-with, nor passes to a new user of the same name.  API tokens expire
-(``--expires-days``, default 90) and are limited per user.
+exports only the tenants granted.  ``users.json`` is a
+:class:`~auditlake.collector.storage.fleet_doc.FleetDocument`: changed only by
+conditional read-modify-write, read through a cache (a local file at each
+change, an object within ~2-5 s).  API tokens expire (``--expires-days``,
+default 90) and are limited per user.
+
+Sessions are server-side records, as before, now kept in the fleet state
+instead of one process's memory:
+
+- the cookie is ``<random id>.<tag>``, the tag an HMAC of the id under
+  ``session-secret.json`` (created once by the first collector, with
+  put_if_absent).  The tag is a filter, not the trust: a made-up cookie is
+  refused without a request to the store, and only a cookie whose record
+  exists is a session.  The record is named by the cookie's SHA-256 (a
+  listing of records gives no usable cookie) and holds the user, the
+  user's credential *generation* at login, the CSRF token, and the
+  wall-clock times it began and was last used;
+- a collector caches a record for 2 s between reads, so the UI's latency
+  stays what it was: at most one GET per session and collector every 2 s,
+  and ``last_seen`` written back at most once a minute (on the version
+  read, so a touch never brings back a record a logout deleted);
+- idle (``session_idle_minutes``) and absolute (``session_max_hours``)
+  expiry are checked against the record's times; an expired session's
+  record is deleted, and records of browsers that never came back are
+  swept once an hour;
+- logout deletes the record: the session ends at once where it was made,
+  within 2 s at the other collectors;
+- `auditlake users logout NAME`, a password change (``--replace``) or a
+  removal give the user a new *generation*: every session made before,
+  anywhere, ends at its next request (``UserStore.session_user``), so an
+  old cookie never outlives the credentials it was made with, nor passes to
+  a new user of the same name;
+- CSRF is as before: each form carries the session's token, now in the record.
 """
 
 from __future__ import annotations
 
 import argparse
+import base64
+import contextlib
 import getpass
 import hashlib
 import hmac
 import json
+import logging
 import os
 import re
 import secrets
 import sys
 import threading
 import time
-from dataclasses import dataclass, field
-from pathlib import Path
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, TypeVar
 
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
 
-from auditlake.collector.errors import AuthError, ConfigError
+from auditlake.collector.errors import AuthError, ConfigError, StorageError
+from auditlake.collector.storage.conditional import ConditionalWrites, PreconditionFailed
+from auditlake.collector.storage.fleet_doc import FleetDocument, FreshnessPolicy
+from auditlake.collector.storage.store import LocalStore, Store
 
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+#: The document of users inside the fleet state.
+USERS = "users.json"
 ROLES = ("admin", "auditor")
 #: API tokens one user may hold at once.
 MAX_TOKENS_PER_USER = 20
@@ -83,43 +130,36 @@ class User:
 
 
 class UserStore:
-    """The users in ``DIR/keys/users.json``; reloads when the file changes, so
-    `auditlake users ...` takes effect in a running collector at once."""
+    """The users in the fleet state's ``users.json`` (``fleet`` is
+    ``fleet_state(data)``; a path means a local keys folder).  Read through
+    a :class:`FleetDocument`: on local disk a change applies at the next
+    request, in an object store within seconds, at every collector."""
 
-    def __init__(self, keys_dir: Path) -> None:
-        self.path = keys_dir / "users.json"
-        self._lock = threading.Lock()
-        self._mtime: int | None = None
-        self._raw: dict[str, dict[str, object]] = {}
+    def __init__(self, fleet: Store | str | os.PathLike[str], *, policy: FreshnessPolicy | None = None) -> None:
+        self.store = fleet if isinstance(fleet, Store) else LocalStore(fleet, "keys")
+        self._doc = FleetDocument(self.store, USERS, _parse_users, policy=policy)
         # Each check holds 64 MiB for ~0.1 s: a burst of logins must queue,
         # not multiply that.
         self._checks = threading.BoundedSemaphore(MAX_CONCURRENT_CHECKS)
 
-    def _load(self) -> None:
-        try:
-            mtime = self.path.stat().st_mtime_ns
-        except FileNotFoundError:
-            self._raw, self._mtime = {}, None
-            return
-        if mtime == self._mtime:
-            return
-        doc = json.loads(self.path.read_text())
-        self._raw = {u["name"]: u for u in doc.get("users", [])}
-        self._mtime = mtime
+    def _raw(self, name: str) -> dict[str, Any] | None:
+        """The stored entry of ``name`` (never to be changed in place)."""
+        return self._doc.read().get(name)
 
-    def _save(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_suffix(".tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as f:
-            json.dump({"users": sorted(self._raw.values(), key=lambda u: str(u["name"]))}, f, indent=2)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, self.path)
-        self._mtime = None
+    def _edit(self, fn: Callable[[dict[str, dict[str, Any]]], T]) -> T:
+        """Apply ``fn`` to the users by name and write them back (FleetDocument.update)."""
+
+        def change(raw: dict[str, Any]) -> T:
+            by_name = {str(u["name"]): u for u in raw.get("users", [])}
+            result = fn(by_name)
+            if by_name or "users" in raw:
+                raw["users"] = sorted(by_name.values(), key=lambda u: str(u["name"]))
+            return result
+
+        return self._doc.update(change)
 
     @staticmethod
-    def _user(raw: dict[str, object]) -> User:
+    def _user(raw: dict[str, Any]) -> User:
         tenants = raw.get("tenants", [])
         return User(str(raw["name"]), str(raw["role"]),
                     frozenset(str(t) for t in tenants) if isinstance(tenants, list) else frozenset(),
@@ -127,16 +167,12 @@ class UserStore:
 
     def get(self, name: str) -> User | None:
         """The user called ``name``, or None."""
-        with self._lock:
-            self._load()
-            raw = self._raw.get(name)
-            return self._user(raw) if raw else None
+        raw = self._raw(name)
+        return self._user(raw) if raw else None
 
     def users(self) -> list[User]:
         """Every user, by name."""
-        with self._lock:
-            self._load()
-            return [self._user(r) for _, r in sorted(self._raw.items())]
+        return [self._user(r) for _, r in sorted(self._doc.read().items())]
 
     def add(self, name: str, role: str, tenants: tuple[str, ...] | list[str], password: str,
             *, replace: bool = False) -> User:
@@ -152,7 +188,7 @@ class UserStore:
             raise ConfigError("an admin reads every tenant; --tenant is for auditors")
         if len(password) < MIN_PASSWORD:
             raise ConfigError(f"the password must be at least {MIN_PASSWORD} characters")
-        entry: dict[str, object] = {
+        entry: dict[str, Any] = {
             "name": name,
             "role": role,
             "tenants": clean,
@@ -161,35 +197,33 @@ class UserStore:
             "generation": secrets.token_hex(8),
             "tokens": [],
         }
-        with self._lock:
-            self._load()
-            if name in self._raw and not replace:
+
+        def put(by_name: dict[str, dict[str, Any]]) -> None:
+            if name in by_name and not replace:
                 raise ConfigError(f"user {name!r} exists (remove it first, or use --replace)")
-            self._raw[name] = entry
-            self._save()
+            by_name[name] = dict(entry)
+
+        self._edit(put)
         return self._user(entry)
 
     def remove(self, name: str) -> bool:
         """Delete a user and their API tokens; True if it existed."""
-        with self._lock:
-            self._load()
-            found = self._raw.pop(name, None) is not None
-            if found:
-                self._save()
-            return found
+        return self._edit(lambda by_name: by_name.pop(name, None) is not None)
 
     def logout(self, name: str) -> bool:
-        """End every session of ``name`` (a new credential generation; a
-        running collector sees it at the user's next request); True if the
-        user exists."""
-        with self._lock:
-            self._load()
-            raw = self._raw.get(name)
+        """End every session of ``name`` (a new credential generation; every
+        collector sees it at the user's next request, within seconds on an
+        object store); True if the user exists."""
+        generation = secrets.token_hex(8)
+
+        def bump(by_name: dict[str, dict[str, Any]]) -> bool:
+            raw = by_name.get(name)
             if raw is None:
                 return False
-            raw["generation"] = secrets.token_hex(8)
-            self._save()
+            raw["generation"] = generation
             return True
+
+        return self._edit(bump)
 
     def session_user(self, session: Session) -> User | None:
         """The user of a live session, or None when the user was removed,
@@ -202,9 +236,11 @@ class UserStore:
     def check_password(self, name: str, password: str, *, wait_s: float = 10.0) -> User | None:
         """The user when ``password`` is theirs, else None (constant-ish time).
         At most MAX_CONCURRENT_CHECKS run at once; LoginBusy after ``wait_s``."""
-        with self._lock:
-            self._load()
-            raw = self._raw.get(name)
+        raw = self._raw(name)
+        if raw is None:
+            # Perhaps added at another collector a moment ago (one re-read a
+            # second at most; the login throttle bounds the guesses).
+            raw = self._doc.read(max_age_s=1.0).get(name)
         stored = str(raw["password"]) if raw else _dummy()
         if not self._checks.acquire(timeout=wait_s):
             raise LoginBusy("too many logins in progress; try again in a few seconds")
@@ -225,47 +261,47 @@ class UserStore:
         token_id = secrets.token_hex(6)
         token = f"{_TOKEN_PREFIX}{token_id}_{secrets.token_urlsafe(32)}"
         now = time.time()
-        with self._lock:
-            self._load()
-            raw = self._raw.get(name)
+        record = {"id": token_id, "sha256": hashlib.sha256(token.encode()).hexdigest(),
+                  "created_at": _iso(now), "expires_at": _iso(now + expires_days * 86400),
+                  "description": description}
+
+        def add(by_name: dict[str, dict[str, Any]]) -> None:
+            raw = by_name.get(name)
             if raw is None:
                 raise ConfigError(f"no user {name!r}")
-            tokens = [t for t in raw.get("tokens", []) if not _expired(t, now)]  # type: ignore[attr-defined]
+            tokens = [t for t in raw.get("tokens", []) if not _expired(t, now)]
             if len(tokens) >= MAX_TOKENS_PER_USER:
                 raise ConfigError(f"user {name!r} holds {len(tokens)} API tokens, the limit: "
                                   "revoke one first (auditlake users token revoke NAME ID)")
-            tokens.append({"id": token_id, "sha256": hashlib.sha256(token.encode()).hexdigest(),
-                           "created_at": _iso(now), "expires_at": _iso(now + expires_days * 86400),
-                           "description": description})
-            raw["tokens"] = tokens
-            self._save()
+            raw["tokens"] = [*tokens, record]
+
+        self._edit(add)
         return token
 
     def tokens(self, name: str) -> list[TokenInfo]:
         """The API tokens of ``name`` (never their secrets), oldest first."""
-        with self._lock:
-            self._load()
-            raw = self._raw.get(name)
-            if raw is None:
-                raise ConfigError(f"no user {name!r}")
-            return [TokenInfo(str(t.get("id")), str(t.get("created_at", "")), str(t.get("expires_at", "")),
-                              str(t.get("description", "")))
-                    for t in raw.get("tokens", [])]  # type: ignore[attr-defined]
+        raw = self._raw(name)
+        if raw is None:
+            raise ConfigError(f"no user {name!r}")
+        return [TokenInfo(str(t.get("id")), str(t.get("created_at", "")), str(t.get("expires_at", "")),
+                          str(t.get("description", "")))
+                for t in raw.get("tokens", [])]
 
     def revoke_token(self, name: str, token_id: str) -> bool:
         """Remove one API token of ``name``; True if it existed."""
-        with self._lock:
-            self._load()
-            raw = self._raw.get(name)
+
+        def drop(by_name: dict[str, dict[str, Any]]) -> bool:
+            raw = by_name.get(name)
             if raw is None:
                 return False
-            tokens = list(raw.get("tokens", []))  # type: ignore[call-overload]
+            tokens = list(raw.get("tokens", []))
             kept = [t for t in tokens if t.get("id") != token_id]
             if len(kept) == len(tokens):
                 return False
             raw["tokens"] = kept
-            self._save()
             return True
+
+        return self._edit(drop)
 
     def check_token(self, token: str) -> User:
         """The user owning API token ``token``; AuthError otherwise."""
@@ -273,15 +309,29 @@ class UserStore:
             raise AuthError("malformed API token (expected alu_<id>_<secret>)")
         token_id = token[len(_TOKEN_PREFIX):].split("_", 1)[0]
         digest = hashlib.sha256(token.encode()).hexdigest()
-        with self._lock:
-            self._load()
-            for raw in self._raw.values():
-                for t in raw.get("tokens", []):  # type: ignore[attr-defined]
-                    if t.get("id") == token_id and hmac.compare_digest(str(t.get("sha256")), digest):
-                        if _expired(t, time.time()):
-                            raise AuthError(f"API token {token_id} expired on {t.get('expires_at')}")
-                        return self._user(raw)
-        raise AuthError("unknown API token")
+        found = self._find_token(self._doc.read(), token_id, digest)
+        if found is None:
+            # Perhaps made at another collector a moment ago (one re-read a second at most).
+            found = self._find_token(self._doc.read(max_age_s=1.0), token_id, digest)
+        if found is None:
+            raise AuthError("unknown API token")
+        raw, t = found
+        if _expired(t, time.time()):
+            raise AuthError(f"API token {token_id} expired on {t.get('expires_at')}")
+        return self._user(raw)
+
+    @staticmethod
+    def _find_token(users: dict[str, dict[str, Any]], token_id: str,
+                    digest: str) -> tuple[dict[str, Any], dict[str, Any]] | None:
+        for raw in users.values():
+            for t in raw.get("tokens", []):
+                if t.get("id") == token_id and hmac.compare_digest(str(t.get("sha256")), digest):
+                    return raw, t
+        return None
+
+
+def _parse_users(raw: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {str(u["name"]): u for u in raw.get("users", [])}
 
 
 @dataclass(frozen=True)
@@ -312,75 +362,253 @@ class LoginBusy(AuthError):
 # -- sessions --------------------------------------------------------------------
 
 
+#: Folder of the session records inside the fleet state.
+SESSIONS = "sessions"
+#: The key every collector of the lake tags session cookies with.
+SESSION_SECRET = "session-secret.json"
+
+
 @dataclass
 class Session:
-    """A logged-in browser: whose it is, its CSRF token, when it ends."""
+    """A logged-in browser: whose it is, its CSRF token, when it began and
+    was last used (wall-clock seconds: collectors compare them)."""
 
     user: str
     csrf: str
     created: float
     last_seen: float
-    tokens_shown: list[str] = field(default_factory=list)
     #: The user's credential generation at login (UserStore.session_user).
     generation: str = ""
 
+    def to_json(self) -> dict[str, Any]:
+        """The session as its record in the fleet state stores it."""
+        return {"user": self.user, "csrf": self.csrf, "created": self.created, "last_seen": self.last_seen,
+                "generation": self.generation}
+
+
+@dataclass
+class _Held:
+    """A session as this process holds it: the record's version, when it
+    was read (monotonic) and the ``last_seen`` the record holds."""
+
+    session: Session
+    version: str
+    fetched: float
+    stored_seen: float
+
 
 class SessionStore:
-    """Server-side sessions keyed by the SHA-256 of a random cookie value (a
-    leaked memory dump or log of keys does not give a usable cookie)."""
+    """Browser sessions shared by every collector of a lake (see the module
+    docstring): one record per session in the fleet state, cached here for
+    ``cache_s`` (2 s) between reads, its ``last_seen`` written back at most
+    every ``touch_s``.  Cookies carry an HMAC tag under a key of the fleet
+    state, so a made-up cookie costs no request to the store."""
 
-    def __init__(self, *, idle_s: float = 30 * 60, absolute_s: float = 12 * 3600) -> None:
+    def __init__(self, fleet: Store | str | os.PathLike[str], *, idle_s: float = 30 * 60,
+                 absolute_s: float = 12 * 3600, cache_s: float = 2.0, sweep_s: float = 3600.0) -> None:
+        self.store = fleet if isinstance(fleet, Store) else LocalStore(fleet, "keys")
         self.idle_s = idle_s
         self.absolute_s = absolute_s
+        self.cache_s = cache_s
+        #: A busy session's record is rewritten this often at most; another
+        #: collector may see it idle this much longer than it is.
+        self.touch_s = min(60.0, idle_s / 4)
+        self.sweep_s = sweep_s
         self._lock = threading.Lock()
-        self._by_key: dict[str, Session] = {}
+        self._held: OrderedDict[str, _Held] = OrderedDict()
+        self._secret: bytes | None = None
+        self._next_sweep = time.monotonic() + min(60.0, sweep_s)
 
-    @staticmethod
-    def _key(cookie: str) -> str:
-        return hashlib.sha256(cookie.encode("utf-8", "replace")).hexdigest()
+    # -- the cookie ------------------------------------------------------------------
+
+    def _conditional(self) -> ConditionalWrites:
+        cond = self.store.conditional
+        if cond is None:
+            raise StorageError(f"{self.store.uri}: this store has no conditional writes, which sessions need")
+        return cond
+
+    def _key_bytes(self) -> bytes:
+        """The fleet's cookie key, made once by whichever collector needs it first."""
+        if self._secret is None:
+            cond = self._conditional()
+            for _ in range(5):
+                got = cond.read_versioned(SESSION_SECRET)
+                if got is not None:
+                    self._secret = bytes.fromhex(json.loads(got.data)["hmac_sha256_key"])
+                    break
+                mine = secrets.token_hex(32)
+                try:
+                    cond.put_if_absent(SESSION_SECRET, json.dumps({"hmac_sha256_key": mine}).encode())
+                except PreconditionFailed:
+                    continue  # another collector made it first: read theirs
+                _make_private(self.store, SESSION_SECRET)
+                self._secret = bytes.fromhex(mine)
+                break
+            else:
+                raise StorageError(f"{self.store.uri}: cannot read or create {SESSION_SECRET}")
+        return self._secret
+
+    def _tag(self, sid: str) -> str:
+        mac = hmac.new(self._key_bytes(), sid.encode(), hashlib.sha256).digest()[:16]
+        return base64.urlsafe_b64encode(mac).rstrip(b"=").decode()
+
+    def _record_key(self, cookie: str | None) -> str | None:
+        """The record of a well-formed, correctly tagged cookie (no request
+        to the store for any other), named by its SHA-256: a listing of the
+        records does not give a usable cookie."""
+        if not cookie or len(cookie) > 200:
+            return None
+        sid, _, tag = cookie.partition(".")
+        if not sid or not hmac.compare_digest(tag.encode("utf-8", "replace"), self._tag(sid).encode()):
+            return None
+        return f"{SESSIONS}/{hashlib.sha256(cookie.encode()).hexdigest()}.json"
+
+    # -- sessions --------------------------------------------------------------------
 
     def create(self, user: str, generation: str = "") -> tuple[str, Session]:
         """A new session for ``user`` at credential ``generation``; returns
         (cookie value, session)."""
-        cookie = secrets.token_urlsafe(32)
-        now = time.monotonic()
-        s = Session(user, secrets.token_urlsafe(32), now, now, generation=generation)
-        with self._lock:
-            self._expire(now)
-            self._by_key[self._key(cookie)] = s
-        return cookie, s
+        sid = secrets.token_urlsafe(32)
+        cookie = f"{sid}.{self._tag(sid)}"
+        now = time.time()
+        session = Session(user, secrets.token_urlsafe(32), now, now, generation=generation)
+        key = self._record_key(cookie)
+        assert key is not None
+        version = self._conditional().put_if_absent(key, _record(session))
+        _make_private(self.store, key)
+        self._hold(key, _Held(session, version, time.monotonic(), now))
+        self._maybe_sweep()
+        return cookie, session
 
     def get(self, cookie: str | None) -> Session | None:
         """The live session for ``cookie`` (touching it), or None."""
-        if not cookie:
+        try:
+            key = self._record_key(cookie)
+        except (OSError, ValueError) as exc:  # the cookie key cannot be read: nobody is signed in
+            log.warning("cannot check a session cookie: %s", exc)
             return None
-        now = time.monotonic()
+        if key is None:
+            return None
         with self._lock:
-            s = self._by_key.get(self._key(cookie))
-            if s is None:
+            held = self._held.get(key)
+        if held is None or time.monotonic() - held.fetched >= self.cache_s:
+            held = self._fetch(key, held)
+            if held is None:
                 return None
-            if now - s.last_seen > self.idle_s or now - s.created > self.absolute_s:
-                del self._by_key[self._key(cookie)]
-                return None
-            s.last_seen = now
-            return s
+        session, now = held.session, time.time()
+        if now - session.last_seen > self.idle_s or now - session.created > self.absolute_s:
+            self._forget(key)
+            return None
+        session.last_seen = now
+        if now - held.stored_seen >= self.touch_s and not self._touch(key, held):
+            return None
+        return session
 
     def end(self, cookie: str | None) -> None:
-        """Log out."""
-        if cookie:
+        """Log out, at every collector (the others within ``cache_s``)."""
+        try:
+            key = self._record_key(cookie)
+        except (OSError, ValueError):
+            return
+        if key is not None:
+            self._forget(key)
+
+    def _fetch(self, key: str, held: _Held | None) -> _Held | None:
+        """The session's record read again (None: it ended)."""
+        started = time.monotonic()
+        try:
+            got = self._conditional().read_versioned(key)
+            record = json.loads(got.data) if got is not None else None
+        except (OSError, ValueError) as exc:
+            # The store is unreachable: a session seen here before goes on
+            # (and is checked again after the next cache_s); others wait.
+            log.warning("cannot read a session record from %s: %s", self.store.uri, exc)
+            if held is not None:
+                held.fetched = started
+            return held
+        if got is None or not isinstance(record, dict):
             with self._lock:
-                self._by_key.pop(self._key(cookie), None)
+                self._held.pop(key, None)
+            return None
+        stored_seen = float(record.get("last_seen", 0.0))
+        session = Session(str(record.get("user", "")), str(record.get("csrf", "")), float(record.get("created", 0.0)),
+                          max(stored_seen, held.session.last_seen if held else 0.0),
+                          generation=str(record.get("generation", "")))
+        fresh = _Held(session, got.version, started, stored_seen)
+        self._hold(key, fresh)
+        return fresh
 
-    def end_user(self, user: str) -> None:
-        """End every session of ``user`` (removed or changed)."""
+    def _touch(self, key: str, held: _Held) -> bool:
+        """Write the session's ``last_seen`` back, on the version read, so a
+        logout elsewhere (the record deleted) is never undone; False when
+        the session turns out to have ended."""
+        try:
+            held.version = self._conditional().put_if_version(key, _record(held.session), held.version)
+        except PreconditionFailed:
+            return self._fetch(key, held) is not None  # touched elsewhere, or ended
+        except OSError as exc:
+            # Unreachable, or (S3) If-Match on a deleted record: the next read tells.
+            log.warning("cannot write a session record to %s: %s", self.store.uri, exc)
+        held.stored_seen = held.session.last_seen
+        return True
+
+    def _hold(self, key: str, held: _Held) -> None:
         with self._lock:
-            for k in [k for k, s in self._by_key.items() if s.user == user]:
-                del self._by_key[k]
+            self._held[key] = held
+            self._held.move_to_end(key)
+            while len(self._held) > 10_000:  # bound memory; a dropped entry is read again
+                self._held.popitem(last=False)
 
-    def _expire(self, now: float) -> None:
-        for k in [k for k, s in self._by_key.items()
-                  if now - s.last_seen > self.idle_s or now - s.created > self.absolute_s]:
-            del self._by_key[k]
+    def _forget(self, key: str) -> None:
+        with self._lock:
+            self._held.pop(key, None)
+        try:
+            self.store.delete(key)
+        except OSError as exc:
+            log.warning("cannot delete a session record from %s: %s", self.store.uri, exc)
+
+    # -- records nobody comes back to ------------------------------------------------
+
+    def _maybe_sweep(self) -> None:
+        now = time.monotonic()
+        with self._lock:
+            if now < self._next_sweep:
+                return
+            self._next_sweep = now + self.sweep_s
+        threading.Thread(target=self.sweep, name="auditlake-session-sweep", daemon=True).start()
+
+    def sweep(self) -> int:
+        """Delete the records of sessions that have expired (a browser that
+        never came back leaves one); the number deleted."""
+        deleted = 0
+        now = time.time()
+        try:
+            for obj in self.store.list(SESSIONS):
+                try:
+                    record = json.loads(self.store.read(obj.key))
+                except FileNotFoundError:
+                    continue
+                except ValueError:
+                    record = {}
+                # Another collector's last_seen may lag by touch_s; clocks by a little.
+                idle = now - float(record.get("last_seen", 0.0)) > self.idle_s + self.touch_s + 60
+                if idle or now - float(record.get("created", 0.0)) > self.absolute_s + 60:
+                    self.store.delete(obj.key)
+                    deleted += 1
+        except OSError as exc:
+            log.warning("cannot sweep expired sessions in %s: %s", self.store.uri, exc)
+        return deleted
+
+
+def _record(session: Session) -> bytes:
+    return json.dumps(session.to_json()).encode()
+
+
+def _make_private(store: Store, key: str) -> None:
+    # Session records and the cookie key: 0600 in the 0700 keys folder.
+    if isinstance(store, LocalStore):
+        with contextlib.suppress(FileNotFoundError):
+            os.chmod(store.local_path(key), 0o600)
 
 
 @dataclass(frozen=True)
@@ -482,10 +710,11 @@ def _read_password(args: argparse.Namespace) -> str:
 
 def _store(args: argparse.Namespace) -> UserStore:
     from auditlake.collector.storage.datadir import DataDir  # noqa: PLC0415
+    from auditlake.collector.storage.tiers import fleet_state  # noqa: PLC0415
 
     data = DataDir.from_args(args)
     data.create()
-    return UserStore(data.keys)
+    return UserStore(fleet_state(data))
 
 
 def cmd_users_add(args: argparse.Namespace) -> int:

@@ -1,26 +1,37 @@
-"""Ingest keys: tenant-scoped API keys that applications send with each batch.
+"""Ingest keys: tenant-scoped API keys that applications send with each batch,
+kept in the fleet state so that every collector of a lake accepts the same
+keys.
 
-Ingest keys are random 256-bit secrets; only their SHA-256 is stored (a slow
-password hash buys nothing for a key with that much entropy).  The signing
-key that signs checkpoints is integrity's (``integrity/signing.py``).
+    <fleet state>/ingest.json    {"keys": [{key_id, secret_sha256, tenants, created_at, description}]}
+
+The fleet state is ``DIR/keys`` for a local lake and ``URL/_auditlake`` for a
+``--lake URL`` (``storage/tiers.py``: ``fleet_state``).  Ingest keys are
+random 256-bit secrets; only their SHA-256 is stored (a slow password hash
+buys nothing for a key with that much entropy).  The signing key that signs
+checkpoints is integrity's (``integrity/signing.py``).
 """
 
 from __future__ import annotations
 
 import hashlib
 import hmac
-import json
+import logging
 import os
 import secrets
-import threading
 import time
 from dataclasses import dataclass
-from pathlib import Path
+from typing import Any
 
 from auditlake.collector.errors import AuthError, ConfigError
 from auditlake.collector.schema import SYSTEM_TENANT
+from auditlake.collector.storage.fleet_doc import FleetDocument, FreshnessPolicy
+from auditlake.collector.storage.store import LocalStore, Store
+
+log = logging.getLogger(__name__)
 
 _KEY_PREFIX = "alk_"
+#: The document of ingest keys inside the fleet state.
+INGEST_KEYS = "ingest.json"
 
 
 @dataclass(frozen=True)
@@ -33,42 +44,37 @@ class IngestKey:
     created_at: str
     description: str = ""
 
+    def to_json(self) -> dict[str, Any]:
+        """The key as ``ingest.json`` stores it."""
+        return {"key_id": self.key_id, "secret_sha256": self.secret_sha256, "tenants": sorted(self.tenants),
+                "created_at": self.created_at, "description": self.description}
+
+
+def _parse_keys(raw: dict[str, Any]) -> dict[str, IngestKey]:
+    return {
+        k["key_id"]: IngestKey(
+            key_id=k["key_id"],
+            secret_sha256=k["secret_sha256"],
+            tenants=frozenset(k["tenants"]),
+            created_at=k["created_at"],
+            description=k.get("description", ""),
+        )
+        for k in raw.get("keys", [])
+    }
+
 
 class IngestKeyStore:
-    """The ingest keys in ``DIR/keys/ingest.json``; reloads when the file changes."""
+    """The ingest keys of a lake, in ``ingest.json`` of its fleet state
+    (``fleet``: that store; a path means a local keys folder), kept in memory
+    and re-read as :class:`FleetDocument` says."""
 
-    def __init__(self, keys_dir: Path) -> None:
-        self.path = keys_dir / "ingest.json"
-        self._lock = threading.Lock()
-        self._mtime: float | None = None
-        self._by_id: dict[str, IngestKey] = {}
-
-    def _load(self) -> None:
-        try:
-            mtime = self.path.stat().st_mtime_ns
-        except FileNotFoundError:
-            self._by_id, self._mtime = {}, None
-            return
-        if mtime == self._mtime:
-            return
-        raw = json.loads(self.path.read_text())
-        self._by_id = {
-            k["key_id"]: IngestKey(
-                key_id=k["key_id"],
-                secret_sha256=k["secret_sha256"],
-                tenants=frozenset(k["tenants"]),
-                created_at=k["created_at"],
-                description=k.get("description", ""),
-            )
-            for k in raw["keys"]
-        }
-        self._mtime = mtime
+    def __init__(self, fleet: Store | str | os.PathLike[str], *, policy: FreshnessPolicy | None = None) -> None:
+        self.store = fleet if isinstance(fleet, Store) else LocalStore(fleet, "keys")
+        self._doc = FleetDocument(self.store, INGEST_KEYS, _parse_keys, policy=policy)
 
     def keys(self) -> list[IngestKey]:
         """Every stored key (no secrets: those are never stored)."""
-        with self._lock:
-            self._load()
-            return list(self._by_id.values())
+        return list(self._doc.read().values())
 
     def create(self, tenants: list[str], description: str = "") -> str:
         """Store a new key for ``tenants`` and return its secret (shown once)."""
@@ -87,43 +93,25 @@ class IngestKeyStore:
             created_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             description=description,
         )
-        with self._lock:
-            self._load()
-            self._by_id[key_id] = entry
-            self._save()
+
+        def add(raw: dict[str, Any]) -> None:
+            raw["keys"] = [*raw.get("keys", []), entry.to_json()]
+
+        self._doc.update(add)
         return token
 
     def revoke(self, key_id: str) -> bool:
         """Remove a key; True if it existed."""
-        with self._lock:
-            self._load()
-            found = self._by_id.pop(key_id, None) is not None
-            if found:
-                self._save()
-            return found
 
-    def _save(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        body = {
-            "keys": [
-                {
-                    "key_id": k.key_id,
-                    "secret_sha256": k.secret_sha256,
-                    "tenants": sorted(k.tenants),
-                    "created_at": k.created_at,
-                    "description": k.description,
-                }
-                for k in self._by_id.values()
-            ]
-        }
-        tmp = self.path.with_suffix(".tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as f:
-            json.dump(body, f, indent=2)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, self.path)
-        self._mtime = None
+        def drop(raw: dict[str, Any]) -> bool:
+            keys = raw.get("keys", [])
+            kept = [k for k in keys if k.get("key_id") != key_id]
+            if len(kept) == len(keys):
+                return False
+            raw["keys"] = kept
+            return True
+
+        return self._doc.update(drop)
 
     def authenticate(self, token: str | None) -> IngestKey:
         """The key for ``token``; AuthError when missing or unknown."""
@@ -135,9 +123,11 @@ class IngestKeyStore:
             raise AuthError("malformed API key (expected alk_<id>_<secret>)")
         key_id = token[len(_KEY_PREFIX) :].split("_", 1)[0]
         digest = hashlib.sha256(token.encode()).hexdigest()
-        with self._lock:
-            self._load()
-            entry = self._by_id.get(key_id)
+        entry = self._doc.read().get(key_id)
+        if entry is None:
+            # Perhaps created at another collector a moment ago.  At most one
+            # re-read a second, however many unknown keys arrive.
+            entry = self._doc.read(max_age_s=1.0).get(key_id)
         if entry is None or not hmac.compare_digest(entry.secret_sha256, digest):
             raise AuthError("unknown API key")
         return entry

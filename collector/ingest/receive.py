@@ -20,7 +20,7 @@ import pyarrow.compute as pc
 import pyarrow.json as pa_json
 from google.protobuf.message import DecodeError
 
-from auditlake.collector.errors import AuthError
+from auditlake.collector.errors import AuthError, StorageError
 from auditlake.collector.ingest.keys import IngestKey, IngestKeyStore
 from auditlake.collector.lake.batch import AcceptedBatch, BatchIndex
 from auditlake.collector.schema import (
@@ -523,6 +523,10 @@ class AuditService(audit_pb2_grpc.AuditServiceServicer):
             return self._keys.authenticate(_bearer(context))
         except AuthError as exc:
             context.abort(grpc.StatusCode.UNAUTHENTICATED, str(exc))
+        except StorageError as exc:
+            # A shared lake's keys could not be read yet (the bucket is
+            # unreachable at the first check after start): retry later.
+            context.abort(grpc.StatusCode.UNAVAILABLE, f"cannot read the ingest keys: {exc}")
         raise AssertionError("abort() raises")
 
     def _export(self, request: audit_pb2.ExportRequest, key: IngestKey,

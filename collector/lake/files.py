@@ -147,10 +147,13 @@ def stage_table(lake: Store, key: str, table: pa.Table) -> StagedFile:
     )
 
 
-def remove_stale_temps(lake: Store) -> int:
-    """Delete temporary files left by a crash (call after the last seal's own
-    files were published: every temporary file left then is stale)."""
-    stale = partition_files(lake, TMP_SUFFIX)
+def remove_stale_temps(lake: Store, writer_id: str) -> int:
+    """Delete the seal files of ``writer_id`` a crash left staged (call after
+    the last seal's own files were published: every one left then is stale).
+    Only this writer's: in a lake shared by several collectors the others'
+    staged files are seals in progress."""
+    prefix = f"part-{writer_id}-"
+    stale = [k for k in partition_files(lake, TMP_SUFFIX) if k.rpartition("/")[2].startswith(prefix)]
     for key in stale:
         lake.delete(key)
     return len(stale)

@@ -191,7 +191,7 @@ class Sealer:
         WAL batch after the sealed position.  Returns the replayed batches."""
         self.committer.wal = wal
         self.committer.finish_last()
-        removed = remove_stale_temps(self.lake)
+        removed = remove_stale_temps(self.lake, self.writer_id)
         if removed:
             log.info("removed %d temporary files left by an interrupted seal", removed)
         rebuild_recent_ids(self.recent_ids, self.checkpoints, self.lake, self.writer_id)

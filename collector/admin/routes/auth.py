@@ -1,8 +1,9 @@
 """Auth routes: signing in and out, and the signed-in user's API tokens.
 
 - ``GET /login``: the login form (sets the form's CSRF cookie)
-- ``POST /login``: check the password (throttled), start a session, go on to ``next``
-- ``POST /logout``: end the session
+- ``POST /login``: check the password (throttled), start a session (valid at
+  every collector of the lake: ``admin/users.py``), go on to ``next``
+- ``POST /logout``: end the session (at every collector of the lake)
 - ``GET /account``: the account page
 - ``POST /account/tokens``: create an API token, shown once
 """
@@ -64,7 +65,7 @@ async def login_post(request: Request) -> Response:
         return page("login.html", request, None, 401, next=nxt, login_csrf=cookie,
                     error="Wrong user name or password.")
     admin.throttle.succeeded(f"user:{name}", stamp=stamp, reserved=keys)
-    value, _ = admin.sessions.create(user.name, user.generation)
+    value, _ = await run_in_threadpool(admin.sessions.create, user.name, user.generation)
     await record(request, action="login", user=user.name, tenants=None,
                  resource_type="admin_session", details={"role": user.role})
     redirect = RedirectResponse(nxt, status_code=303)
@@ -75,13 +76,14 @@ async def login_post(request: Request) -> Response:
 
 async def logout(request: Request) -> Response:
     """End the browser's session."""
-    who = principal_or_none(request)
+    who = await run_in_threadpool(principal_or_none, request)
     if who is None or who.session is None:
         return RedirectResponse("/login", status_code=303)
     form = await read_form(request)
     if not session_token_ok(who, form.get("csrf")):
         return page("error.html", request, who, 403, title="Form expired", message="Reload the page and try again.")
-    admin_context(request).sessions.end(request.cookies.get(SESSION_COOKIE))
+    # At every collector of the lake: the session's record is deleted.
+    await run_in_threadpool(admin_context(request).sessions.end, request.cookies.get(SESSION_COOKIE))
     await record(request, action="logout", user=who.user.name, tenants=None,
                  resource_type="admin_session", details={})
     resp = RedirectResponse("/login", status_code=303)

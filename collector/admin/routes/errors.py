@@ -4,6 +4,8 @@ A page (``ui_endpoint``) sends a visitor who is not signed in to the login
 form and shows errors as pages; the API (``api_endpoint``) answers JSON:
 
 - no or bad credentials: login redirect (303) / 401 with ``WWW-Authenticate``
+  (credentials are checked on a worker thread: a session or token may need
+  a read of the fleet state, which must not hold up the event loop)
 - QueryParameterError: 400 naming the parameter
 - TenantScopeError: 403, recorded as a denied read
 - no such URL, wrong method: 404, 405 (``not_found``, ``not_allowed``)
@@ -16,6 +18,7 @@ import urllib.parse
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 
@@ -52,7 +55,7 @@ def ui_endpoint(handler: Handler) -> Endpoint:
     @functools.wraps(handler)
     async def endpoint(request: Request) -> Response:
         try:
-            who = authenticate(request)
+            who = await run_in_threadpool(authenticate, request)
         except AuthError:
             who = None
         if who is None:
@@ -78,7 +81,7 @@ def api_endpoint(handler: Handler) -> Endpoint:
     @functools.wraps(handler)
     async def endpoint(request: Request) -> Response:
         try:
-            who = authenticate(request)
+            who = await run_in_threadpool(authenticate, request)
         except AuthError as exc:
             return json_error(401, str(exc), headers={"WWW-Authenticate": "Bearer"})
         if who is None:

@@ -43,6 +43,8 @@ import fnmatch
 import hashlib
 import json
 import logging
+import os
+import sys
 import time
 from collections import defaultdict
 from dataclasses import dataclass
@@ -52,6 +54,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from auditlake.collector.errors import StorageError
 from auditlake.collector.integrity.checkpoint import FileEntry
 from auditlake.collector.lake.files import (
     TMP_SUFFIX,
@@ -323,14 +326,29 @@ class Compactor:
         self.state.save()
         for s in staged:
             self.lake.publish(s.staged)
+        _fail_point("published")
         new_entries = [s.entry() for s in staged]
         checkpoint = self.sealer.append_checkpoint("compact", new_entries, entries)
+        _fail_point("checkpointed")
         self._supersede(old)
         self.state.job = None
         self.state.save()
         log.info("compacted %s: %d files -> %d (%d rows), checkpoint %d",
                  day, len(old), len(staged), rows, checkpoint.seal)
         return CompactionResult(day, len(old), len(staged), rows, checkpoint.seal)
+
+
+#: Test hook: when set to ``published`` (the merged files are in place, no
+#: checkpoint yet) or ``checkpointed`` (signed, the old files still there),
+#: a compaction ``os._exit(137)``s there, as kill -9 would.
+FAIL_ENV = "AUDITLAKE_COMPACT_FAIL_AT"
+
+
+def _fail_point(step: str) -> None:
+    if os.environ.get(FAIL_ENV) == step:
+        log.error("%s=%s: exiting now (fault-injection test hook)", FAIL_ENV, step)
+        logging.shutdown()
+        os._exit(137)
 
 
 def _file_schema(meta: pq.FileMetaData) -> pa.Schema:
@@ -374,13 +392,19 @@ def cmd_compact(args: argparse.Namespace) -> int:
             superseded_grace_s=0.0 if args.delete_now else compactor.policy.superseded_grace_s,
         )
         compactor.policy = policy
-        if args.day:
-            day = dt.date.fromisoformat(args.day)
-            result = compactor.compact_day(day)
-            results = [result] if result is not None else []
-        else:
-            results = compactor.run()
-        compactor.delete_expired()
+        try:
+            # The lake's maintenance lock: in a shared lake, the fleet's lease.
+            with collector.maintenance_lock:
+                if args.day:
+                    day = dt.date.fromisoformat(args.day)
+                    result = compactor.compact_day(day)
+                    results = [result] if result is not None else []
+                else:
+                    results = compactor.run()
+                compactor.delete_expired()
+        except StorageError as exc:  # MaintenanceBusy: another collector holds the lease
+            print(f"auditlake compact: {exc}", file=sys.stderr)
+            return 3
     finally:
         collector.stop()
     for r in results:

@@ -168,6 +168,19 @@ class S3Conditional:
     def put_if_absent(self, key: str, data: bytes) -> str:
         return self._put(key, data, IfNoneMatch="*")
 
+    def delete(self, key: str) -> None:
+        """Delete one object (absent is fine).  Unlike pyarrow's S3 client,
+        which leaves an empty "folder" marker object behind when it deletes
+        a folder's last file, and readers that list the lake then meet it."""
+        from botocore.exceptions import BotoCoreError, ClientError  # noqa: PLC0415
+
+        try:
+            self._client.delete_object(Bucket=self.bucket, Key=self._key(key))
+        except ClientError as exc:
+            raise self._error(key, exc) from exc
+        except BotoCoreError as exc:
+            raise StorageError(f"s3://{self.bucket}/{self._key(key)}: {exc}") from exc
+
     def put_if_version(self, key: str, data: bytes, version: str) -> str:
         return self._put(key, data, IfMatch=version)
 

@@ -43,7 +43,12 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 
 from auditlake.collector.errors import StorageError
-from auditlake.collector.storage.conditional import ConditionalWrites, LocalConditional, PreconditionFailed
+from auditlake.collector.storage.conditional import (
+    ConditionalWrites,
+    LocalConditional,
+    PreconditionFailed,
+    S3Conditional,
+)
 from auditlake.collector.storage.local import fsync_dir
 
 _CHUNK = 8 * 1024 * 1024
@@ -418,7 +423,16 @@ class ObjectStore(Store):
 
     def rename(self, key: str, new_key: str) -> None:
         # Object stores have no rename: a copy, then the delete.
-        self.filesystem.move(self.path(key), self.path(new_key))
+        self.filesystem.copy_file(self.path(key), self.path(new_key))
+        self.delete(key, missing_ok=False)
+
+    def delete(self, key: str, *, missing_ok: bool = True) -> None:
+        if isinstance(self.conditional, S3Conditional):
+            if not missing_ok and not self.exists(key):
+                raise FileNotFoundError(errno.ENOENT, f"{self.name} store: {key} does not exist", self.path(key))
+            self.conditional.delete(key)
+            return
+        super().delete(key, missing_ok=missing_ok)
 
     def _make_parent(self, key: str) -> None:
         # S3 has no folders: creating one is a request and an empty marker object.

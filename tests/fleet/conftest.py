@@ -5,12 +5,9 @@ whose ``events/date=YYYY-MM-DD/part-*.parquet`` objects a collector wrote,
 the s3fs options to reach it, and what auditlake's own `auditlake query`
 says the lake holds (count, distinct ids, id checksum, count per date).
 
-Today the objects get there by upload: a real collector seals into a local
-data directory and the fixture copies ``DIR/lake/events/**`` to the same
-relative keys in the bucket.  When `auditlake serve --lake s3://...` lands,
-only ``_collector_lake`` changes (the collector writes the bucket itself
-and `auditlake query --lake URL` gives the expected digest); the engine
-tests stay as they are.
+Two real collectors write the bucket themselves (`auditlake serve --lake
+s3://...`, each with its own data directory and chain), and `auditlake query
+--lake URL` gives the expected digest.
 """
 
 from __future__ import annotations
@@ -78,10 +75,10 @@ _DIGEST_SQL = ("SELECT count(*) AS n, count(DISTINCT id) AS distinct_ids,"
 _PER_DATE_SQL = "SELECT CAST(date AS VARCHAR) AS date, count(*) AS n FROM events GROUP BY ALL ORDER BY date"
 
 
-def _auditlake_digest(data: Path) -> LakeDigest:
+def _auditlake_digest(data: Path, lake_url: str) -> LakeDigest:
     """The expected answer, from the `auditlake query` command itself."""
     def rows(sql: str) -> list[dict[str, Any]]:
-        out = run_cli("query", "--format", "json", sql, data=data).stdout
+        out = run_cli("query", "--lake", lake_url, "--format", "json", sql, data=data).stdout
         return [json.loads(line) for line in out.splitlines() if line.strip()]
 
     total = rows(_DIGEST_SQL)[0]
@@ -102,37 +99,29 @@ def _events(start: int, day0_us: int) -> list[dict[str, Any]]:
     return events
 
 
-def _collector_lake(data: Path) -> list[str]:
-    """Run a real collector on ``data``, send events through the gRPC wire,
-    wait until each batch is sealed, stop it; the ids sent."""
-    collector = CollectorProcess(data).start()
+def _collector_lake(folder: Path, lake_url: str) -> list[str]:
+    """Run two real collectors on the lake ``lake_url``, send events through
+    the gRPC wire to each in turn, wait until each batch is sealed, stop
+    them; the ids sent."""
+    collectors = [CollectorProcess(folder / name, extra_args=("--lake", lake_url)).start() for name in ("a", "b")]
     sent: list[str] = []
     try:
-        key = collector.api_key(*TENANTS)
+        key = collectors[0].api_key(*TENANTS)  # shared by the lake's collectors
         day0_us = time.time_ns() // 1000 // DAY_US * DAY_US  # today 00:00 UTC: every event is in the past
-        client = WireClient(collector.endpoint)
-        try:
-            for b in range(BATCHES):
+        for b in range(BATCHES):
+            collector = collectors[b % 2]
+            client = WireClient(collector.endpoint)
+            try:
                 batch = _events(b * BATCH_EVENTS, day0_us)
                 client.export(batch, key=key)
-                sent += [e["id"] for e in batch]
-                assert collector.wait_for_count(len(sent)) == len(sent), collector.log()[-5000:]
-        finally:
-            client.close()
+            finally:
+                client.close()
+            sent += [e["id"] for e in batch]
+            assert collector.wait_for_count(len(sent)) == len(sent), collector.log()[-5000:]
     finally:
-        assert collector.stop() == 0, collector.log()[-5000:]
+        for c in collectors:
+            assert c.stop() == 0, c.log()[-5000:]
     return sent
-
-
-def _upload_events(data: Path, fs: s3fs.S3FileSystem, root: str) -> list[str]:
-    """Copy ``DIR/lake/events/**`` to ``root/events/**`` with the same relative keys."""
-    events = data / "lake" / "events"
-    keys = []
-    for path in sorted(p for p in events.rglob("*") if p.is_file()):
-        key = f"{root}/events/{path.relative_to(events).as_posix()}"
-        fs.put_file(str(path), key)
-        keys.append(key)
-    return keys
 
 
 @pytest.fixture(scope="module")
@@ -143,15 +132,18 @@ def s3_lake(s3_server: S3Server, tmp_path_factory: pytest.TempPathFactory) -> It
     bucket = s3_server.bucket("fleet-lake")
     options: dict[str, Any] = {"key": "testing", "secret": "testing", "endpoint_url": s3_server.endpoint,
                                "client_kwargs": {"region_name": "us-east-1"}}
-    data = tmp_path_factory.mktemp("fleet") / "data"
-    sent = _collector_lake(data)
-    expected = _auditlake_digest(data)
+    url = f"s3://{bucket}/lake"
+    folder = tmp_path_factory.mktemp("fleet")
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("AWS_ENDPOINT_URL", s3_server.endpoint)  # the collectors, and this process's queries
+        sent = _collector_lake(folder, url)
+        expected = _auditlake_digest(folder / "a", url)
     # auditlake's own answer must be the events sent, exactly once each, or
     # the engines would be compared with a wrong reference.
     assert expected == LakeDigest(len(sent), len(set(sent)), id_checksum(sent), expected.per_date)
     assert len(expected.per_date) == 3 and sum(expected.per_date.values()) == len(sent)
-    lake = S3Lake(url=f"s3://{bucket}/lake", endpoint=s3_server.endpoint, storage_options=options,
-                  expected=expected)
-    keys = _upload_events(data, lake.filesystem(), f"{bucket}/lake")
+    lake = S3Lake(url=url, endpoint=s3_server.endpoint, storage_options=options, expected=expected)
+    keys = [k for k in lake.filesystem().find(f"{bucket}/lake/events") if k.endswith(".parquet")]
     assert len(keys) >= 3 * BATCHES - 3, keys  # several objects per date partition
+    assert len({k.rsplit("/", 1)[1].split("-")[1] for k in keys}) == 2  # both writers' files
     yield lake

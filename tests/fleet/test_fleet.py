@@ -272,10 +272,10 @@ def test_three_collectors_three_clients_kill_nine_twice_every_event_once(
 # -- maintenance: one collector at a time, under the lake's lease ------------------------------
 
 
-def _fleet_policy(data: Path, cold: Path) -> None:
+def _fleet_policy(data: Path, cold: Path, lease_s: float = 3) -> None:
     data.mkdir(parents=True, exist_ok=True)
     (data / "auditlake.toml").write_text(
-        "[collector]\nmaintenance_lease_s = 3\n\n"
+        f"[collector]\nmaintenance_lease_s = {lease_s}\n\n"
         f"[retention]\nhot_days = 5\ndelete_after_days = 30\nminimum_days = 0\ncold = \"{cold.as_uri()}\"\n")
 
 
@@ -336,3 +336,45 @@ def test_retention_holder_killed_mid_step_another_collector_finishes_after_the_l
     report = json.loads(run_cli("verify", "--lake", lake_url, "--public-key", str(tmp_path / "keys.pem"),
                                 "--format", "json", "--quiet", data=tmp_path / "auditor", check=False).stdout)
     assert report["ok"], report["problems"]
+
+
+@pytest.mark.parametrize("step", ["published", "checkpointed"])
+def test_compaction_holder_killed_mid_step_the_lease_passes_on_and_its_restart_finishes(
+        lake_url: str, tmp_path: Path, step: str) -> None:
+    """Compaction merges a writer's own files, so the writer itself finishes
+    (or rolls back) its interrupted compaction when it comes back, as it
+    seals its WAL; meanwhile the lease passes to another collector once it
+    expires, and the view counts every event once."""
+    from auditlake.collector.lake.compact import FAIL_ENV
+    from tests.retention.conftest import TENANTS, write_history
+
+    a, b, cold = tmp_path / "a", tmp_path / "b", tmp_path / "cold"
+    expected: dict[str, int] = {}
+    for data, start in ((a, 2), (b, 6)):
+        _fleet_policy(data, cold, lease_s=6)
+        src = tmp_path / f"history-{data.name}.jsonl"
+        for day, n in write_history(src, 4, start_days_ago=start).items():
+            expected[day] = expected.get(day, 0) + n
+        for tenant in TENANTS:  # one import per tenant: two files a day to merge
+            part = tmp_path / f"{data.name}-{tenant}.jsonl"
+            part.write_text("".join(ln + "\n" for ln in src.read_text().splitlines()
+                                    if json.loads(ln)["tenant_id"] == tenant))
+            run_cli("import", "--quiet", "--tenant", tenant, "--lake", lake_url, str(part), data=data)
+
+    crashed = run_cli("compact", "--lake", lake_url, "--delete-now", data=a, check=False, env={FAIL_ENV: step})
+    assert crashed.returncode == 137, crashed.stdout + crashed.stderr
+    busy = run_cli("compact", "--lake", lake_url, data=b, check=False)
+    assert busy.returncode == 3 and "running lake maintenance" in busy.stderr
+    assert _lake_counts(b, lake_url) == expected  # a half-done compaction hides nothing, doubles nothing
+    time.sleep(6.5)
+    took_over = run_cli("compact", "--lake", lake_url, "--delete-now", data=b)
+    assert "files ->" in took_over.stdout
+    assert _lake_counts(b, lake_url) == expected
+    again = run_cli("compact", "--lake", lake_url, "--delete-now", data=a)  # a comes back
+    assert _lake_counts(a, lake_url) == expected, again.stdout
+    keys = run_cli("keys", "public", "--lake", lake_url, data=tmp_path / "auditor").stdout
+    (tmp_path / "keys.pem").write_text(keys)
+    report = json.loads(run_cli("verify", "--lake", lake_url, "--public-key", str(tmp_path / "keys.pem"),
+                                "--format", "json", "--quiet", data=tmp_path / "auditor", check=False).stdout)
+    assert report["ok"], report["problems"]
+    assert not report["warnings"], report["warnings"]

@@ -578,7 +578,7 @@ def cmd_export(args: argparse.Namespace) -> int:
         print("auditlake export: --format and --output are required", file=sys.stderr)
         return 2
     data = DataDir.from_args(args)
-    if not hot_tier(data).list(EVENTS):
+    if not hot_tier(data).folders(EVENTS):
         print(f"auditlake export: no lake at {hot_tier(data).uri}", file=sys.stderr)
         return 2
     try:

@@ -27,7 +27,7 @@ import pyarrow.parquet as pq
 
 from auditlake.collector.errors import CollectorError
 from auditlake.collector.lake.cold import cold_generation, prepare_connection, register_cold
-from auditlake.collector.lake.files import partition_files
+from auditlake.collector.lake.files import EVENTS
 from auditlake.collector.lake.query import (
     create_events_view,
     events_view_sql,
@@ -436,11 +436,13 @@ class LakeReader:
         first file's columns and would hide that column (no error to fall
         back on).  One footer read; a later old file is a schema mismatch."""
         tier = hot_tier(self.data)
-        files = partition_files(tier, ".parquet")
-        if not files:
-            return False
-        with tier.open_input(files[0]) as f:
-            return INGEST_KEY_COLUMN not in pq.read_schema(f).names
+        for day in (d for d in tier.folders(EVENTS) if d.startswith("date=")):
+            files = sorted(o.key for o in tier.list(f"{EVENTS}/{day}", recursive=False)
+                           if o.key.endswith(".parquet") and not o.key.rpartition("/")[2].startswith("."))
+            if files:
+                with tier.open_input(files[0]) as f:
+                    return INGEST_KEY_COLUMN not in pq.read_schema(f).names
+        return False
 
     def _has_files(self) -> bool:
         return bool(lake_globs(self.data))

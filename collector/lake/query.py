@@ -15,7 +15,7 @@ from typing import Any
 import duckdb
 
 from auditlake.collector.lake.cold import prepare_connection
-from auditlake.collector.lake.files import EVENTS, partition_files
+from auditlake.collector.lake.files import EVENTS
 from auditlake.collector.schema import EVENT_SCHEMA
 from auditlake.collector.storage.datadir import DataDir
 from auditlake.collector.storage.tiers import hot_tier
@@ -89,7 +89,9 @@ def lake_globs(data: DataDir) -> list[str]:
         if root.exists() and next(root.glob("date=*/*.parquet"), None) is not None:
             return [str(root / "date=*" / "*.parquet")]
         return []
-    if partition_files(hot, ".parquet"):
+    # One listing of the day folders, not of every file (an object store has
+    # no empty folders: a day folder holds objects).
+    if any(f.startswith("date=") for f in hot.folders(EVENTS)):
         return [f"{hot.uri}/{EVENTS}/date=*/*.parquet"]
     return []
 

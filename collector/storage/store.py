@@ -185,6 +185,13 @@ class Store:
                for info in self.filesystem.get_file_info(selector) if info.type == pafs.FileType.File]
         return sorted(out, key=lambda o: o.key)
 
+    def folders(self, prefix: str = "") -> list[str]:
+        """The names of the folders directly under ``prefix`` (one listing
+        request on an object store, however many objects lie below)."""
+        selector = pafs.FileSelector(self.path(prefix), recursive=False, allow_not_found=True)
+        return sorted(info.base_name for info in self.filesystem.get_file_info(selector)
+                      if info.type == pafs.FileType.Directory)
+
     def delete(self, key: str, *, missing_ok: bool = True) -> None:
         """Remove one object."""
         try:

@@ -201,7 +201,7 @@ class Compactor:
             else:
                 log.info("compaction of %s was interrupted before its checkpoint: rolling back", job["day"])
                 for f in job["new"]:
-                    self.lake.delete(f["tmp"])
+                    self.lake.discard(f["tmp"])
                 for key in new:
                     self.lake.delete(key)
                 for folder in {_folder(key) for key in new}:
@@ -213,9 +213,9 @@ class Compactor:
             if key not in listed:  # a crash between the rename and the state save
                 deadline = time.time() + self.policy.superseded_grace_s
                 self.state.superseded.append({"path": key, "delete_after": deadline})
-        for key in partition_files(self.lake, TMP_SUFFIX):
+        for key in self.lake.stage_keys(TMP_SUFFIX):
             if fnmatch.fnmatchcase(key.rpartition("/")[2], f"compact-{self.writer_id}-*{TMP_SUFFIX}"):
-                self.lake.delete(key)
+                self.lake.discard(key)
         self.state.save()
         self.delete_expired()
 

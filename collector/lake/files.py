@@ -153,10 +153,15 @@ def remove_stale_temps(lake: Store, writer_id: str) -> int:
     Only this writer's: in a lake shared by several collectors the others'
     staged files are seals in progress."""
     prefix = f"part-{writer_id}-"
-    stale = [k for k in partition_files(lake, TMP_SUFFIX) if k.rpartition("/")[2].startswith(prefix)]
+    stale = [k for k in lake.stage_keys(TMP_SUFFIX) if _in_partition(k) and k.rpartition("/")[2].startswith(prefix)]
     for key in stale:
-        lake.delete(key)
+        lake.discard(key)
     return len(stale)
+
+
+def _in_partition(key: str) -> bool:
+    parts = key.split("/")
+    return len(parts) == 3 and parts[0] == EVENTS and parts[1].startswith("date=")
 
 
 # -- by path: tools and tests that write a local lake without a Store of their own --

@@ -92,6 +92,9 @@ class Store:
     #: Compare-and-swap on single objects (leases), or None where the store
     #: has no conditional writes.
     conditional: ConditionalWrites | None = None
+    #: Where :meth:`stage` keeps bytes until :meth:`publish`, when not in this
+    #: store itself (an object store writing from a collector's disk).
+    staging: LocalStore | None = None
 
     def child(self, prefix: str, name: str) -> Store:
         """The store rooted at the folder ``prefix`` of this one (checkpoints
@@ -156,6 +159,19 @@ class Store:
         object is dropped.  Different bytes under the key raise
         ``ObjectExistsError`` and keep the temporary object."""
         raise NotImplementedError
+
+    def stage_exists(self, temp_key: str) -> bool:
+        """True when a stage is waiting under ``temp_key``."""
+        return (self.staging or self).exists(temp_key)
+
+    def discard(self, temp_key: str) -> None:
+        """Drop a stage that will not be published (absent is fine)."""
+        (self.staging or self).delete(temp_key)
+
+    def stage_keys(self, suffix: str) -> list[str]:
+        """Temporary keys of the stages waiting here whose names end with
+        ``suffix`` (what a crash may have left), sorted."""
+        return sorted(o.key for o in (self.staging or self).list() if o.key.endswith(suffix))
 
     def rename(self, key: str, new_key: str) -> None:
         """Move an object to ``new_key``, replacing what is there (e.g. a lake
@@ -383,8 +399,20 @@ class ObjectStore(Store):
 
     def child(self, prefix: str, name: str) -> ObjectStore:
         conditional = self.conditional.child(prefix) if self.conditional is not None else None
-        return ObjectStore(self.filesystem, f"{self.root}/{prefix}", name, f"{self._uri.rstrip('/')}/{prefix}",
-                           conditional, self._fsspec_factory)
+        child = ObjectStore(self.filesystem, f"{self.root}/{prefix}", name, f"{self._uri.rstrip('/')}/{prefix}",
+                            conditional, self._fsspec_factory)
+        child.staging = self.staging.child(prefix, f"{name} staging") if self.staging is not None else None
+        return child
+
+    def with_staging(self, folder: str | os.PathLike[str]) -> ObjectStore:
+        """The same store, staging in the local ``folder``: a stage is then a
+        durable local file and publishing it one conditional PUT (instead of
+        a PUT of a temporary object, a COPY and a DELETE), so no request can
+        overwrite another writer's object."""
+        other = ObjectStore(self.filesystem, self.root, self.name, self._uri, self.conditional, self._fsspec_factory)
+        other._fsspec = self._fsspec
+        other.staging = LocalStore(folder, f"{self.name} staging")
+        return other
 
     def read(self, key: str) -> bytes:
         with self.filesystem.open_input_stream(self.path(key)) as f:
@@ -411,13 +439,19 @@ class ObjectStore(Store):
         self.put(key, data)
 
     def stage(self, key: str, data: Data, *, temp_key: str | None = None) -> Staged:
-        # A temporary object rather than a buffer in memory: a stage must
-        # outlive a crash, for recovery to publish it.
+        # Durable bytes rather than a buffer in memory: a stage must outlive
+        # a crash, for recovery to publish it.
         staged = Staged(key, temp_key or f"{key}.tmp")
-        self.put(staged.temp_key, data)
+        if self.staging is not None:
+            self.staging.put(staged.temp_key, data)
+        else:
+            self.put(staged.temp_key, data)
         return staged
 
     def publish(self, staged: Staged) -> None:
+        if self.staging is not None:
+            self._publish_staged(staged, self.staging)
+            return
         if not self.exists(staged.temp_key):
             return  # published before (a repeat after a crash), or discarded
         if self.exists(staged.key):
@@ -427,6 +461,18 @@ class ObjectStore(Store):
         else:
             self.filesystem.copy_file(self.path(staged.temp_key), self.path(staged.key))
         self.delete(staged.temp_key)
+
+    def _publish_staged(self, staged: Staged, staging: LocalStore) -> None:
+        try:
+            data = staging.read(staged.temp_key)
+        except FileNotFoundError:
+            return  # published before (a repeat after a crash), or discarded
+        try:
+            self.create(staged.key, data)  # If-None-Match: * where the store has it
+        except ObjectExistsError:
+            if self.read(staged.key) != data:
+                raise  # another object under the key: never replaced, the stage kept
+        staging.delete(staged.temp_key)
 
     def rename(self, key: str, new_key: str) -> None:
         # Object stores have no rename: a copy, then the delete.

@@ -38,7 +38,7 @@ FLEET = "_auditlake"
 def hot_tier(data: DataDir) -> Tier:
     """The hot lake: DIR/lake, or the ``--lake`` location."""
     if data.lake_uri:
-        return lake_root(data)
+        return _staged(data, lake_root(data))
     return LocalStore(data.lake, "hot")
 
 
@@ -46,8 +46,20 @@ def checkpoint_tier(data: DataDir) -> Store:
     """Where the signed checkpoints are (one folder per writer):
     DIR/checkpoints, or URL/checkpoints of a ``--lake``."""
     if data.lake_uri:
-        return lake_root(data).child(CHECKPOINTS, "checkpoints")
+        return _staged(data, lake_root(data)).child(CHECKPOINTS, "checkpoints")
     return LocalStore(data.checkpoints, "checkpoints")
+
+
+#: Where a collector stages what it publishes to an object-store lake: DIR/state/staging.
+STAGING = "staging"
+
+
+def _staged(data: DataDir, store: Store) -> Store:
+    """``store`` staging in DIR/state/staging when it is an object store (a
+    stage is a local file, publishing it one conditional PUT)."""
+    if isinstance(store, ObjectStore):
+        return store.with_staging(data.state / STAGING)
+    return store
 
 
 def fleet_state(data: DataDir) -> Store:

@@ -12,12 +12,16 @@ from pathlib import Path
 import pyarrow.fs as pafs
 import pytest
 
+from auditlake.collector.storage.conditional import S3Conditional
 from auditlake.collector.storage.store import LocalStore, ObjectExistsError, ObjectStore, Store
 
 
-@pytest.fixture(params=["local", pytest.param("s3", marks=pytest.mark.s3)])
+@pytest.fixture(params=["local", pytest.param("s3", marks=pytest.mark.s3),
+                        pytest.param("s3-staged", marks=pytest.mark.s3)])
 def store(request: pytest.FixtureRequest, tmp_path: Path) -> Store:
-    """A store over a fresh local directory, or over a fresh S3 bucket prefix."""
+    """A store over a fresh local directory, or over a fresh S3 bucket prefix
+    (``s3-staged``: as a collector's lake in a bucket is, staging on local
+    disk and publishing with If-None-Match)."""
     if request.param == "local":
         return LocalStore(tmp_path / "lake", "hot")
     endpoint: str = request.getfixturevalue("s3_endpoint")
@@ -25,7 +29,10 @@ def store(request: pytest.FixtureRequest, tmp_path: Path) -> Store:
                            secret_key="testing", region="us-east-1", allow_bucket_creation=True)
     bucket = f"store-{tmp_path.name.lower().replace('_', '-')}"[:63].rstrip("-")
     fs.create_dir(bucket)
-    return ObjectStore(fs, f"{bucket}/lake", "cold", f"s3://{bucket}/lake")
+    if request.param == "s3":
+        return ObjectStore(fs, f"{bucket}/lake", "cold", f"s3://{bucket}/lake")
+    conditional = S3Conditional(bucket, "lake", endpoint_url=f"http://{endpoint}", region="us-east-1")
+    return ObjectStore(fs, f"{bucket}/lake", "hot", f"s3://{bucket}/lake", conditional).with_staging(tmp_path / "st")
 
 
 KEY = "events/date=2026-01-02/part-w1-0000000001.parquet"
@@ -108,7 +115,7 @@ def test_publishing_the_same_bytes_again_is_harmless_and_other_bytes_are_refused
     with pytest.raises(ObjectExistsError):
         store.publish(staged)
     assert store.read(KEY) == b"signed checkpoint"  # never overwritten
-    assert store.read(staged.temp_key) == b"something else"  # kept for a look
+    assert (store.staging or store).read(staged.temp_key) == b"something else"  # kept for a look
 
 
 def test_staging_again_replaces_the_earlier_stage(store: Store) -> None:
@@ -124,3 +131,22 @@ def test_rename_moves_an_object(store: Store) -> None:
     store.sync("events/date=2026-01-02")
     assert _keys(store, "events") == ["events/date=2026-01-02/a.parquet.superseded"]
     assert store.read("events/date=2026-01-02/a.parquet.superseded") == b"a"
+
+
+def test_a_staged_store_publishes_with_one_conditional_put_and_never_overwrites(tmp_path: Path,
+                                                                               s3_endpoint: str) -> None:
+    fs = pafs.S3FileSystem(endpoint_override=s3_endpoint, scheme="http", access_key="testing",
+                           secret_key="testing", region="us-east-1", allow_bucket_creation=True)
+    fs.create_dir("staged-writes")
+    conditional = S3Conditional("staged-writes", "lake", endpoint_url=f"http://{s3_endpoint}", region="us-east-1")
+    lake = ObjectStore(fs, "staged-writes/lake", "hot", "s3://staged-writes/lake", conditional)
+    a, b = lake.with_staging(tmp_path / "a"), lake.with_staging(tmp_path / "b")  # two collectors
+    staged_a, staged_b = a.stage(KEY, b"writer a"), b.stage(KEY, b"writer b")
+    assert not a.exists(KEY) and a.stage_exists(staged_a.temp_key)  # durable, on local disk only
+    assert (tmp_path / "a" / staged_a.temp_key).read_bytes() == b"writer a"
+    a.publish(staged_a)
+    with pytest.raises(ObjectExistsError):  # the bucket's If-None-Match, not a check before the write
+        b.publish(staged_b)
+    assert a.read(KEY) == b"writer a"
+    assert not a.stage_exists(staged_a.temp_key) and b.stage_exists(staged_b.temp_key)
+    assert _keys(a) == [KEY]  # no temporary object ever went to the bucket

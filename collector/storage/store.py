@@ -29,6 +29,7 @@ Readers that hand files to pyarrow datasets or DuckDB take ``filesystem`` and
 
 from __future__ import annotations
 
+import builtins
 import contextlib
 import errno
 import hashlib
@@ -168,7 +169,7 @@ class Store:
         """Drop a stage that will not be published (absent is fine)."""
         (self.staging or self).delete(temp_key)
 
-    def stage_keys(self, suffix: str) -> list[str]:
+    def stage_keys(self, suffix: str) -> builtins.list[str]:
         """Temporary keys of the stages waiting here whose names end with
         ``suffix`` (what a crash may have left), sorted."""
         return sorted(o.key for o in (self.staging or self).list() if o.key.endswith(suffix))
@@ -201,7 +202,7 @@ class Store:
                for info in self.filesystem.get_file_info(selector) if info.type == pafs.FileType.File]
         return sorted(out, key=lambda o: o.key)
 
-    def folders(self, prefix: str = "") -> list[str]:
+    def folders(self, prefix: str = "") -> builtins.list[str]:
         """The names of the folders directly under ``prefix`` (one listing
         request on an object store, however many objects lie below)."""
         selector = pafs.FileSelector(self.path(prefix), recursive=False, allow_not_found=True)

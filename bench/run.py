@@ -22,7 +22,7 @@ from common import machine, table_text  # noqa: E402
 
 #: Benchmark modules, in table order; each has bench_rows(quick) -> rows.
 MODULES = ("e2e_bench", "sdk_bench", "ingest_bench", "isolation_bench", "verify_bench", "query_bench",
-           "retention_bench")
+           "retention_bench", "fleet_bench")
 
 BEGIN, END = "<!-- BENCH:BEGIN -->", "<!-- BENCH:END -->"
 

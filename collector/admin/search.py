@@ -29,10 +29,12 @@ from auditlake.collector.errors import CollectorError
 from auditlake.collector.lake.cold import cold_generation, prepare_connection, register_cold
 from auditlake.collector.lake.files import EVENTS
 from auditlake.collector.lake.query import (
+    HOT_RELATION,
     create_events_view,
     events_view_sql,
     lake_globs,
-    register_lake,
+    register_hot,
+    remote_lake,
     several_writers,
 )
 from auditlake.collector.schema import COLUMNS, INGEST_KEY_COLUMN, MAX_BYTES, OUTCOMES
@@ -379,6 +381,7 @@ class LakeReader:
         self._empty = True
         self._generation = 0
         self.union_by_name = False
+        self._remote = False
 
     def cursor(self) -> duckdb.DuckDBPyConnection:
         """A cursor on a current connection (the caller closes it)."""
@@ -397,6 +400,8 @@ class LakeReader:
         # Cursors do not see what was registered on the connection: the cold
         # tier of the `events` view is registered on each.
         register_cold(cur, self.data)
+        if self._remote:  # a lake in a bucket: its files as listed at most a second ago
+            register_hot(cur, self.data)
         return cur
 
     def _connect(self) -> duckdb.DuckDBPyConnection:
@@ -414,7 +419,7 @@ class LakeReader:
         # other columns of the winners only) applies up to this many rows;
         # DuckDB's default, 50, just misses a page of 50 plus its look-ahead row.
         con.execute(f"SET late_materialization_max_rows = {DEFAULT_LIMIT + 1}")
-        register_lake(con, self.data)
+        self._remote = remote_lake(self.data)
         hot = lake_globs(self.data)
         if hot and not self.union_by_name and self._first_file_lacks_key_column():
             self.union_by_name = True
@@ -424,6 +429,9 @@ class LakeReader:
                     "hive_types = {'date': DATE})")
         else:
             view = events_view_sql(hot)
+        if self._remote:
+            register_hot(con, self.data)
+            view = f"SELECT * FROM {HOT_RELATION}"
         cold = prepare_connection(con, self.data)  # the cold tier, when files are cold
         if cold:
             view = f"{view} UNION ALL BY NAME {cold}"

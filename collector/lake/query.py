@@ -8,14 +8,18 @@ import csv
 import datetime as dt
 import io
 import json
+import threading
+import time
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
 import duckdb
+import pyarrow as pa
+import pyarrow.dataset as pads
 
 from auditlake.collector.lake.cold import prepare_connection
-from auditlake.collector.lake.files import EVENTS
+from auditlake.collector.lake.files import EVENTS, day_of, partition_files
 from auditlake.collector.schema import EVENT_SCHEMA
 from auditlake.collector.storage.datadir import DataDir
 from auditlake.collector.storage.tiers import hot_tier
@@ -33,10 +37,20 @@ def _empty_select() -> str:
 
 #: The copy of an event the view keeps when several writers stored it (an
 #: SDK that lost an answer retried its batch at another collector): the first
-#: received, then the lowest writer id and seq.  ``date`` leads the partition
-#: so that DuckDB pushes date filters below the window.
-ONE_COPY = ("QUALIFY row_number() OVER (PARTITION BY date, tenant_id, id "
+#: received, then the lowest writer id and seq.  Copies are the same event
+#: (same tenant and id) with the same content; the partition names the
+#: content columns queries filter on, because DuckDB pushes a filter below
+#: the window only on partition columns: a query for one user, tenant, action
+#: or time range reads only its rows (docs/benchmarks.md measures the rule).
+ONE_COPY = ("QUALIFY row_number() OVER (PARTITION BY date, tenant_id, created_at, user_id, action, "
+            "resource_type, resource_id, outcome, service, ip_address, request_id, id "
             "ORDER BY received_at, writer_id, seq) = 1")
+
+#: The DuckDB relation under which a connection sees a lake in object
+#: storage (a pyarrow dataset over one listing of its files).
+HOT_RELATION = "auditlake_hot_events"
+#: How old the listing behind that relation may be when a cursor is handed out.
+HOT_LISTING_MAX_AGE_S = 1.0
 
 
 def create_events_view(con: duckdb.DuckDBPyConnection, view: str, *, one_copy: bool = False) -> None:
@@ -80,36 +94,62 @@ def events_view_sql(globs: Sequence[str]) -> str:
 
 
 def lake_globs(data: DataDir) -> list[str]:
-    """Globs of the hot lake that match at least one file (DuckDB refuses
-    a glob matching nothing).  A lake in object storage is read through
-    fsspec: call :func:`register_lake` on the connection."""
+    """Globs of a local hot lake that match at least one file (DuckDB
+    refuses a glob matching nothing); [] for a lake in object storage, which
+    a connection reads through :func:`register_hot` instead."""
     hot = hot_tier(data)
     if hot.is_local:
         root = Path(hot.path(EVENTS))
         if root.exists() and next(root.glob("date=*/*.parquet"), None) is not None:
             return [str(root / "date=*" / "*.parquet")]
-        return []
-    # One listing of the day folders, not of every file (an object store has
-    # no empty folders: a day folder holds objects).
-    if any(f.startswith("date=") for f in hot.folders(EVENTS)):
-        return [f"{hot.uri}/{EVENTS}/date=*/*.parquet"]
     return []
 
 
-def register_lake(con: duckdb.DuckDBPyConnection, data: DataDir) -> None:
-    """Let ``con`` (and its cursors) read a lake in object storage: DuckDB
-    reads ``s3://`` paths through the store's fsspec filesystem (DuckDB's own
-    httpfs extension is downloaded at first use, which a closed network
-    cannot do)."""
-    fs = hot_tier(data).fsspec()
-    if fs is not None and not con.filesystem_is_registered(_protocol(fs)):
-        con.register_filesystem(fs)
+def remote_lake(data: DataDir) -> bool:
+    """True when the hot lake is in object storage (read through :data:`HOT_RELATION`)."""
+    return not hot_tier(data).is_local
 
 
-def _protocol(fs: Any) -> str:
-    protocol = fs.protocol
-    return str(protocol[0] if isinstance(protocol, tuple | list) else protocol)
+def hot_dataset(data: DataDir) -> pads.Dataset | None:
+    """The hot lake's files as one pyarrow dataset, from one listing, with a
+    ``date`` partition expression per file and the full event schema (a file
+    sealed before a column existed reads it as NULL): DuckDB reads it through
+    pyarrow's own S3 client, pushing column and ``date`` filters down.
+    (Through fsspec, DuckDB lists every day folder and re-reads every footer
+    on every query: hundreds of requests.)  None when the lake is empty."""
+    hot = hot_tier(data)
+    keys = partition_files(hot, ".parquet")
+    if not keys:
+        return None
+    return pads.FileSystemDataset.from_paths(
+        [hot.path(k) for k in keys],
+        schema=EVENT_SCHEMA.append(pa.field("date", pa.date32())),
+        format=pads.ParquetFileFormat(),
+        filesystem=hot.filesystem,
+        partitions=[pads.field("date") == pa.scalar(day_of(k), pa.date32()) for k in keys],
+    )
 
+
+_HOT: dict[str, tuple[float, pads.Dataset | None]] = {}
+_HOT_LOCK = threading.Lock()
+
+
+def register_hot(con: Any, data: DataDir, *, max_age_s: float = HOT_LISTING_MAX_AGE_S) -> None:
+    """Register :data:`HOT_RELATION` on ``con`` — a connection or a cursor
+    (cursors do not see what their connection registered) — over a listing
+    at most ``max_age_s`` old: a long-lived reader that registers it on each
+    cursor sees files sealed a second ago."""
+    key = f"{data.lake_uri}|{sorted(data.lake_options)}"
+    now = time.monotonic()
+    with _HOT_LOCK:
+        made, dataset = _HOT.get(key, (-1e9, None))
+        if now - made > max_age_s:
+            dataset = hot_dataset(data)
+            if len(_HOT) > 16:
+                _HOT.clear()
+            _HOT[key] = (now, dataset)
+    con.register(HOT_RELATION, dataset if dataset is not None
+                 else EVENT_SCHEMA.append(pa.field("date", pa.date32())).empty_table())
 
 def connect(data: DataDir, *, extra_globs: Iterable[str] = (), threads: int | None = None,
             toml: dict[str, Any] | None = None) -> duckdb.DuckDBPyConnection:
@@ -120,9 +160,11 @@ def connect(data: DataDir, *, extra_globs: Iterable[str] = (), threads: int | No
     con = duckdb.connect(config={"threads": threads} if threads else {})
     con.execute("SET TimeZone = 'UTC'")
     con.execute("SET parquet_metadata_cache = true")  # the view is bound twice (create_events_view)
-    register_lake(con, data)
     globs = lake_globs(data) + list(extra_globs)
     view = events_view_sql(globs)
+    if remote_lake(data):  # a snapshot of the lake's files as of now
+        register_hot(con, data, max_age_s=0.0)
+        view = f"SELECT * FROM {HOT_RELATION}" + (f" UNION ALL BY NAME {view}" if globs else "")
     cold = prepare_connection(con, data, toml)  # the cold tier, when retention moved files there
     if cold:
         view = f"{view} UNION ALL BY NAME {cold}"

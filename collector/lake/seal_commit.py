@@ -161,7 +161,7 @@ class Committer:
             return
         for f in last["files"]:
             staged = self._recorded_stage(f)
-            if staged is None or not (self.lake.exists(staged.key) or self.lake.stage_exists(staged.temp_key)):
+            if staged is None or not (self.lake.stage_exists(staged.temp_key) or self.lake.exists(staged.key)):
                 log.error("sealed file %s is missing after a crash", f["final"])
             if staged is not None:
                 self.lake.publish(staged)

@@ -35,10 +35,10 @@ import errno
 import hashlib
 import os
 import secrets
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any, TypeAlias
+from typing import IO, TypeAlias
 
 import pyarrow as pa
 import pyarrow.fs as pafs
@@ -101,12 +101,6 @@ class Store:
         """The store rooted at the folder ``prefix`` of this one (checkpoints
         and fleet state beside a lake's events)."""
         raise NotImplementedError
-
-    def fsspec(self) -> Any:
-        """An fsspec filesystem over the same location, for engines that read
-        through fsspec (DuckDB's ``register_filesystem``), or None for a
-        local store (read by path)."""
-        return None
 
     def path(self, key: str) -> str:
         """The full path of ``key`` inside ``filesystem``."""
@@ -374,25 +368,13 @@ class ObjectStore(Store):
     """Any pyarrow filesystem: S3 (and S3-compatible stores), GCS, fsspec."""
 
     def __init__(self, filesystem: pafs.FileSystem, root: str, name: str = "cold", uri: str = "",
-                 conditional: ConditionalWrites | None = None, fsspec_factory: Callable[[], Any] | None = None) -> None:
+                 conditional: ConditionalWrites | None = None) -> None:
         self.name = name
         self.filesystem = filesystem
         self.root = root.rstrip("/")
         self._uri = uri or root
         #: If-None-Match / If-Match writes, where the store has them (S3 APIs).
         self.conditional = conditional
-        self._fsspec_factory = fsspec_factory
-        self._fsspec: Any = None
-
-    def fsspec(self) -> Any:
-        if self._fsspec is None:
-            if self._fsspec_factory is not None:
-                self._fsspec = self._fsspec_factory()
-            else:
-                import fsspec  # noqa: PLC0415
-
-                self._fsspec = fsspec.core.url_to_fs(self._uri)[0]
-        return self._fsspec
 
     @property
     def uri(self) -> str:
@@ -401,7 +383,7 @@ class ObjectStore(Store):
     def child(self, prefix: str, name: str) -> ObjectStore:
         conditional = self.conditional.child(prefix) if self.conditional is not None else None
         child = ObjectStore(self.filesystem, f"{self.root}/{prefix}", name, f"{self._uri.rstrip('/')}/{prefix}",
-                            conditional, self._fsspec_factory)
+                            conditional)
         child.staging = self.staging.child(prefix, f"{name} staging") if self.staging is not None else None
         return child
 
@@ -410,8 +392,7 @@ class ObjectStore(Store):
         durable local file and publishing it one conditional PUT (instead of
         a PUT of a temporary object, a COPY and a DELETE), so no request can
         overwrite another writer's object."""
-        other = ObjectStore(self.filesystem, self.root, self.name, self._uri, self.conditional, self._fsspec_factory)
-        other._fsspec = self._fsspec
+        other = ObjectStore(self.filesystem, self.root, self.name, self._uri, self.conditional)
         other.staging = LocalStore(folder, f"{self.name} staging")
         return other
 

@@ -136,8 +136,7 @@ def tier_from_uri(uri: str, *, endpoint_url: str = "", region: str = "", name: s
             kwargs["region"] = region
         bucket, _, prefix = rest.strip("/").partition("/")
         conditional = S3Conditional(bucket, prefix, endpoint_url=endpoint, region=region, timeout_s=timeout_s)
-        fsspec_factory = functools.partial(_s3fs, endpoint, region, timeout_s)
-        return ObjectStore(pafs.S3FileSystem(**kwargs), rest.strip("/"), name, uri, conditional, fsspec_factory)
+        return ObjectStore(pafs.S3FileSystem(**kwargs), rest.strip("/"), name, uri, conditional)
     try:
         fs, path = pafs.FileSystem.from_uri(uri)
         return ObjectStore(fs, path.rstrip("/"), name, uri)
@@ -146,17 +145,6 @@ def tier_from_uri(uri: str, *, endpoint_url: str = "", region: str = "", name: s
 
         ffs, fpath = fsspec.core.url_to_fs(uri)
         return ObjectStore(pafs.PyFileSystem(pafs.FSSpecHandler(ffs)), str(fpath).rstrip("/"), name, uri)
-
-
-def _s3fs(endpoint: str, region: str, timeout_s: float) -> Any:
-    """s3fs on the same endpoint, without its listing cache (a long-lived
-    reader must see the files sealed since its last query)."""
-    import s3fs  # noqa: PLC0415
-
-    client: dict[str, Any] = {"region_name": region} if region else {}
-    return s3fs.S3FileSystem(endpoint_url=endpoint or None, client_kwargs=client, use_listings_cache=False,
-                             skip_instance_cache=True,
-                             config_kwargs={"connect_timeout": min(10.0, timeout_s), "read_timeout": timeout_s})
 
 
 # -- where the cold tier is (verify and retention) -------------------------------

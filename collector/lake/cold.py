@@ -20,13 +20,12 @@ import threading
 from dataclasses import dataclass, field
 from typing import Any
 
-import pyarrow as pa
 import pyarrow.dataset as pads
 import pyarrow.fs as pafs
 
 from auditlake.collector.config import load_toml
 from auditlake.collector.integrity.checkpoint import ChainCheckpoint
-from auditlake.collector.schema import EVENT_SCHEMA
+from auditlake.collector.lake.files import DATED_SCHEMA, day_dataset, partition_files
 from auditlake.collector.storage.datadir import DataDir
 from auditlake.collector.storage.store import LocalStore, Store
 from auditlake.collector.storage.tiers import (
@@ -167,7 +166,10 @@ class ColdIndex:
         """Cold files a query reads: committed by a move checkpoint, and whose
         hot copy is gone (while both exist the view reads the hot one, so an
         event is never counted twice)."""
-        return [(rel, e) for rel, e in sorted(self.files.items()) if not hot.exists(e["hot"])]
+        if not self.files:
+            return []
+        hot_files = set(partition_files(hot, ".parquet"))  # one listing, not a request per cold file
+        return [(rel, e) for rel, e in sorted(self.files.items()) if e["hot"] not in hot_files]
 
 
 def _announcement(cp: ChainCheckpoint) -> dict[str, Any]:
@@ -222,19 +224,7 @@ def cold_dataset(data: DataDir, toml: dict[str, Any]) -> pads.Dataset | None:
         return None
     tier = cold_tier_at(index.cold, toml)
     assert tier is not None  # the index names the location of the files it lists
-    # pyarrow datasets read through the filesystem itself: the one place the
-    # store's filesystem and paths are handed out.
-    return pads.FileSystemDataset.from_paths(
-        [tier.path(rel) for rel, _ in live],
-        schema=_cold_schema(),
-        format=pads.ParquetFileFormat(),
-        filesystem=tier.filesystem,
-        partitions=[pads.field("date") == pa.scalar(partition_day(rel), pa.date32()) for rel, _ in live],
-    )
-
-
-def _cold_schema() -> pa.Schema:
-    return EVENT_SCHEMA.append(pa.field("date", pa.date32()))
+    return day_dataset(tier, [rel for rel, _ in live])
 
 
 _DATASETS: dict[tuple[str, int, str], pads.Dataset | None] = {}
@@ -255,7 +245,7 @@ def register_cold(con: Any, data: DataDir, toml: dict[str, Any] | None = None) -
                 _DATASETS.clear()
             _DATASETS[key] = cold_dataset(data, cfg)
         dataset = _DATASETS[key]
-    con.register(COLD_RELATION, dataset if dataset is not None else _cold_schema().empty_table())
+    con.register(COLD_RELATION, dataset if dataset is not None else DATED_SCHEMA.empty_table())
 
 
 def prepare_connection(con: Any, data: DataDir, toml: dict[str, Any] | None = None) -> str | None:

@@ -11,14 +11,17 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 
 from auditlake.collector.integrity.checkpoint import FileEntry
+from auditlake.collector.schema import EVENT_SCHEMA
 from auditlake.collector.storage.store import LocalStore, Staged, Store
 
 #: Parquet settings for sealed files: zstd, big row groups, statistics on.
@@ -112,6 +115,26 @@ def partition_files(lake: Store, suffix: str) -> list[str]:
                 and not parts[2].startswith("."):
             out.append(obj.key)
     return out
+
+
+#: What a reader of the lake sees: every event column and the ``date`` partition.
+DATED_SCHEMA = EVENT_SCHEMA.append(pa.field("date", pa.date32()))
+
+
+def day_dataset(store: Store, keys: Sequence[str]) -> pads.Dataset:
+    """The files ``keys`` (``events/date=D/<name>``) of ``store`` as one
+    pyarrow dataset with a ``date`` partition expression per file and the
+    full event schema (a file sealed before a column existed reads it as
+    NULL); no file is opened to build it.  pyarrow datasets read through the
+    store's filesystem itself: the one place its filesystem and paths are
+    handed out to a reader."""
+    return pads.FileSystemDataset.from_paths(
+        [store.path(k) for k in keys],
+        schema=DATED_SCHEMA,
+        format=pads.ParquetFileFormat(),
+        filesystem=store.filesystem,
+        partitions=[pads.field("date") == pa.scalar(day_of(k), pa.date32()) for k in keys],
+    )
 
 
 def split_by_day(table: pa.Table) -> dict[dt.date, pa.Table]:

@@ -15,11 +15,10 @@ from pathlib import Path
 from typing import Any
 
 import duckdb
-import pyarrow as pa
 import pyarrow.dataset as pads
 
 from auditlake.collector.lake.cold import prepare_connection
-from auditlake.collector.lake.files import EVENTS, day_of, partition_files
+from auditlake.collector.lake.files import DATED_SCHEMA, EVENTS, day_dataset, partition_files
 from auditlake.collector.schema import EVENT_SCHEMA
 from auditlake.collector.storage.datadir import DataDir
 from auditlake.collector.storage.tiers import hot_tier
@@ -119,15 +118,7 @@ def hot_dataset(data: DataDir) -> pads.Dataset | None:
     on every query: hundreds of requests.)  None when the lake is empty."""
     hot = hot_tier(data)
     keys = partition_files(hot, ".parquet")
-    if not keys:
-        return None
-    return pads.FileSystemDataset.from_paths(
-        [hot.path(k) for k in keys],
-        schema=EVENT_SCHEMA.append(pa.field("date", pa.date32())),
-        format=pads.ParquetFileFormat(),
-        filesystem=hot.filesystem,
-        partitions=[pads.field("date") == pa.scalar(day_of(k), pa.date32()) for k in keys],
-    )
+    return day_dataset(hot, keys) if keys else None
 
 
 _HOT: dict[str, tuple[float, pads.Dataset | None]] = {}
@@ -148,8 +139,8 @@ def register_hot(con: Any, data: DataDir, *, max_age_s: float = HOT_LISTING_MAX_
             if len(_HOT) > 16:
                 _HOT.clear()
             _HOT[key] = (now, dataset)
-    con.register(HOT_RELATION, dataset if dataset is not None
-                 else EVENT_SCHEMA.append(pa.field("date", pa.date32())).empty_table())
+    con.register(HOT_RELATION, dataset if dataset is not None else DATED_SCHEMA.empty_table())
+
 
 def connect(data: DataDir, *, extra_globs: Iterable[str] = (), threads: int | None = None,
             toml: dict[str, Any] | None = None) -> duckdb.DuckDBPyConnection:

@@ -134,6 +134,10 @@ class LakeWriter:
 
     def overloaded(self) -> tuple[float, str] | None:
         """(seconds a client should wait before retrying, why), or None when there is room."""
+        if self.claim is not None and self.claim.lost:
+            # Another process holds this writer id now (this one was cut off
+            # from the bucket past the lease): clients go to other collectors.
+            return 5.0, f"writer id {self.claim.writer_id} is held by another process: {self.claim.lost}"
         if self.sealer.pending_rows > self.config.max_unsealed_events:
             # a seal or two clears it: retry soon
             return 0.25, f"over {self.config.max_unsealed_events} unsealed events"

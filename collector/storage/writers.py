@@ -73,7 +73,8 @@ class WriterClaim:
                            ttl_s=ttl_s, margin_s=min(5.0, ttl_s / 3))
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        #: Set when the lease was lost (another holder took the writer id).
+        #: Why the lease was lost (another holder took the writer id), while
+        #: it is; the collector then refuses ingest (``LakeWriter.overloaded``).
         self.lost: str | None = None
 
     def acquire(self) -> None:
@@ -116,9 +117,10 @@ class WriterClaim:
                 self.lost = None
             except LeaseLost as exc:
                 self.lost = str(exc)
-                log.error("writer %s: %s; trying to take it back", self.writer_id, exc)
+                log.error("writer %s: %s; refusing ingest until it is ours again", self.writer_id, exc)
                 try:
-                    self.lease.acquire()
+                    if self.lease.acquire() is not None:
+                        self.lost = None
                 except StorageError as again:
                     log.error("writer %s: %s", self.writer_id, again)
             except (StorageError, OSError) as exc:  # the store is unreachable: try again next round

@@ -5,6 +5,7 @@ local directory and a real S3-API server (If-None-Match / If-Match)."""
 from __future__ import annotations
 
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -108,3 +109,38 @@ def test_simultaneous_acquirers_get_one_lease(cas: ConditionalWrites) -> None:
 def test_a_store_without_conditional_writes_cannot_hold_a_lease() -> None:
     with pytest.raises(LeaseUnavailable):
         Lease(None, KEY, "a")
+
+
+def test_the_same_holder_takes_its_lease_back_at_once_and_others_wait_for_expiry(cas: ConditionalWrites) -> None:
+    """A collector restarted on its own data directory (the same holder name)
+    reclaims its writer lease before expiry; any other holder waits."""
+    clock = Clock()
+    first = Lease(cas, KEY, "host:/data/a", ttl_s=30, clock=clock)
+    assert first.acquire() == 1
+    restarted = Lease(cas, KEY, "host:/data/a", ttl_s=30, clock=clock)  # no version: a new process
+    other = Lease(cas, KEY, "other:/data/a", ttl_s=30, clock=clock)
+    assert restarted.acquire() is None and other.reclaim() is None
+    assert restarted.reclaim() == 2
+    with pytest.raises(LeaseLost):
+        first.check()  # the old process's fence: the lease changed hands
+
+
+def test_a_writer_cut_off_past_its_lease_refuses_ingest_until_it_holds_it_again(tmp_path: Path) -> None:
+    from auditlake.collector.storage.store import LocalStore
+    from auditlake.collector.storage.writers import WriterClaim
+
+    fleet = LocalStore(tmp_path / "fleet", "fleet state")
+    a = WriterClaim(fleet, "w1", "/data/a", b"-----BEGIN PUBLIC KEY-----\n", ttl_s=0.6)
+    a.acquire()
+    time.sleep(0.7)  # a paused past its lease (no renewals running)
+    b = WriterClaim(fleet, "w1", "/data/copy", b"-----BEGIN PUBLIC KEY-----\n", ttl_s=30)
+    b.acquire()  # the copy takes the expired writer id
+    a.start()
+    try:
+        deadline = time.monotonic() + 5
+        while a.lost is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert a.lost is not None and "taken over" in a.lost
+    finally:
+        a.stop()
+        b.stop()

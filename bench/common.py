@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -76,6 +77,52 @@ def stop_process(proc: subprocess.Popen[bytes]) -> None:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+
+
+def send_payloads(export: Any, metadata: list[tuple[str, str]], payloads: list[tuple[bytes, int]],
+                  streams: int, *, rate: float = 0.0, batch: int = 1) -> dict[str, float]:
+    """Send pre-serialised ExportRequests over ``streams`` concurrent calls,
+    retrying RESOURCE_EXHAUSTED answers after 0.2 s; with ``rate`` (events/s),
+    batch i waits until the schedule reaches its first event.  Returns
+    {"start", "end", "acked", "busy"} (busy: refusals retried)."""
+    import threading  # noqa: PLC0415
+
+    import grpc  # noqa: PLC0415
+
+    lock = threading.Lock()
+    it = iter(enumerate(payloads))
+    acked = busy = 0
+    t0 = time.time()
+
+    def worker() -> None:
+        nonlocal acked, busy
+        while True:
+            with lock:
+                item = next(it, None)
+            if item is None:
+                return
+            i, (data, _count) = item
+            if rate > 0:
+                time.sleep(max(0.0, t0 + i * batch / rate - time.time()))
+            while True:
+                try:
+                    resp = export(data, metadata=metadata, timeout=120)
+                    break
+                except grpc.RpcError as exc:
+                    if exc.code() != grpc.StatusCode.RESOURCE_EXHAUSTED:
+                        raise
+                    with lock:
+                        busy += 1
+                    time.sleep(0.2)
+            with lock:
+                acked += resp.accepted
+
+    threads = [threading.Thread(target=worker) for _ in range(streams)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return {"start": t0, "end": time.time(), "acked": acked, "busy": busy}
 
 
 def table_text(rows: list[tuple[str, str, str, str]]) -> str:

@@ -54,7 +54,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))
 
-from common import free_port, stop_process  # noqa: E402
+from common import free_port, send_payloads, stop_process  # noqa: E402
 
 BUCKET = "fleet-bench"
 #: Every tenant the load generator writes (ingest_bench.make_events: tenant-0..19).
@@ -297,7 +297,6 @@ def _load_client(target: str, key: str, n: int, seed: int, rate: float, batch: i
     """In a fresh process: pre-serialize ``n`` events (ingest_bench's rows)
     as ``batch``-event calls, wait for 'go' on stdin, send them over STREAMS
     concurrent calls (paced to ``rate`` events/s when > 0), print JSON."""
-    import threading  # noqa: PLC0415
 
     import grpc  # noqa: PLC0415
     from ingest_bench import make_events  # noqa: PLC0415
@@ -319,40 +318,8 @@ def _load_client(target: str, key: str, n: int, seed: int, rate: float, batch: i
     md = [("authorization", "Bearer " + key)]
     print("ready", flush=True)
     sys.stdin.readline()
-    lock = threading.Lock()
-    it = iter(enumerate(payloads))
-    acked = busy = 0
-    t0 = time.time()
-
-    def worker() -> None:
-        nonlocal acked, busy
-        while True:
-            with lock:
-                item = next(it, None)
-            if item is None:
-                return
-            i, (data, count) = item
-            if rate > 0:  # batch i is due when the schedule reaches its first event
-                time.sleep(max(0.0, t0 + i * batch / rate - time.time()))
-            while True:
-                try:
-                    resp = export(data, metadata=md, timeout=120)
-                    break
-                except grpc.RpcError as exc:
-                    if exc.code() != grpc.StatusCode.RESOURCE_EXHAUSTED:
-                        raise
-                    with lock:
-                        busy += 1
-                    time.sleep(0.2)
-            with lock:
-                acked += resp.accepted
-
-    threads = [threading.Thread(target=worker) for _ in range(STREAMS)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    print(json.dumps({"start": t0, "end": time.time(), "acked": acked, "busy": busy}), flush=True)
+    result = send_payloads(export, md, payloads, STREAMS, rate=rate, batch=batch)
+    print(json.dumps(result), flush=True)
     channel.close()
 
 

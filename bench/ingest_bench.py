@@ -31,7 +31,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))
 
-from common import start_collector, stop_process  # noqa: E402
+from common import send_payloads, start_collector, stop_process  # noqa: E402
 
 BATCH = 4000
 CLIENTS = 2
@@ -110,7 +110,6 @@ def make_events(n: int, seed: int, shape: str = "independent") -> dict[str, list
 def _client(endpoint: str, key: str, n: int, seed: int, shape: str) -> None:
     """In a fresh process: pre-serialize the batches, wait for 'go' on stdin,
     send them over STREAMS concurrent calls, print timings as JSON."""
-    import threading
 
     import grpc
 
@@ -134,39 +133,7 @@ def _client(endpoint: str, key: str, n: int, seed: int, shape: str) -> None:
     md = [("authorization", "Bearer " + key)]
     print("ready", flush=True)
     sys.stdin.readline()
-    lock = threading.Lock()
-    it = iter(payloads)
-    acked = 0
-    busy = 0
-
-    def worker() -> None:
-        nonlocal acked, busy
-        while True:
-            with lock:
-                item = next(it, None)
-            if item is None:
-                return
-            data, count = item
-            while True:
-                try:
-                    resp = export(data, metadata=md, timeout=120)
-                    break
-                except grpc.RpcError as exc:
-                    if exc.code() != grpc.StatusCode.RESOURCE_EXHAUSTED:
-                        raise
-                    with lock:
-                        busy += 1
-                    time.sleep(0.2)
-            with lock:
-                acked += resp.accepted
-
-    t0 = time.time()
-    threads = [threading.Thread(target=worker) for _ in range(STREAMS)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    print(json.dumps({"start": t0, "end": time.time(), "acked": acked, "busy": busy}), flush=True)
+    print(json.dumps(send_payloads(export, md, payloads, STREAMS)), flush=True)
 
 
 def _vm_hwm_kb(pid: int) -> int:

@@ -304,7 +304,7 @@ def _lake_counts(data: Path, lake: str) -> dict[str, int]:
 
 @pytest.mark.parametrize("step", ["move_checkpointed", "hot_removed_partly"])
 def test_retention_holder_killed_mid_step_another_collector_finishes_after_the_lease_expires(
-        lake_url: str, tmp_path: Path, step: str) -> None:
+        s3_server: S3Server, lake_url: str, tmp_path: Path, step: str) -> None:
     from auditlake.collector.retention.interrupts import FAIL_ENV
     from tests.retention.conftest import TENANTS, write_history
 
@@ -344,6 +344,22 @@ def test_retention_holder_killed_mid_step_another_collector_finishes_after_the_l
     report = json.loads(run_cli("verify", "--lake", lake_url, "--public-key", str(tmp_path / "keys.pem"),
                                 "--format", "json", "--quiet", data=tmp_path / "auditor", check=False).stdout)
     assert report["ok"], report["problems"]
+    # The independent recipe (docs/integrity.md section 7) on a copy of the
+    # bucket, where one writer's checkpoints moved and expired the other's files.
+    import pyarrow.fs as pafs
+
+    from tests.collector.test_auditor_script import run_auditor
+
+    copy = tmp_path / "lake-copy"
+    pafs.copy_files(lake_url[len("s3://"):], str(copy), source_filesystem=s3_server.filesystem(),
+                    destination_filesystem=pafs.LocalFileSystem())
+    foreign = [r["path"] for doc in map(json.loads, map(Path.read_text, copy.glob("checkpoints/*/*-move.json")))
+               for r in doc["removed"] if f"-{doc['writer_id']}-" not in r["path"]]
+    assert foreign  # a move by one writer of another writer's files: the case the recipe must follow
+    code, summary = run_auditor(copy, "--public-key", str(tmp_path / "keys.pem"), "--cold", str(cold))
+    assert code == 0, summary["errors"]
+    assert len(summary["writers"]) == 2
+    assert {w["signatures"] for w in summary["writers"].values()} == {"checked with openssl"}
 
 
 @pytest.mark.parametrize("step", ["published", "checkpointed"])

@@ -25,7 +25,7 @@ from typing import Any, Final
 
 from auditlake.sdk._event import reseed_ids
 from auditlake.sdk._exceptions import ConfigurationError, NotConfiguredError
-from auditlake.sdk._exporter import Exporter, GrpcExporter
+from auditlake.sdk._exporter import Exporter, GrpcExporter, parse_endpoint
 from auditlake.sdk._policies import BatchPolicy, RetryPolicy, SpoolPolicy
 from auditlake.sdk._processor import BatchProcessor, Stats
 from auditlake.sdk._trace import resource_service_name
@@ -94,6 +94,10 @@ class Settings:
     def __post_init__(self) -> None:
         if not self.endpoint:
             raise ConfigurationError("endpoint: must not be empty")
+        try:
+            parse_endpoint(self.endpoint)
+        except ValueError as exc:
+            raise ConfigurationError(str(exc)) from exc
         if self.durable_timeout <= 0:
             raise ConfigurationError("durable_timeout: must be positive")
 

@@ -64,17 +64,71 @@ class Exporter(Protocol):
 
 _ROUND_ROBIN = json.dumps({"loadBalancingConfig": [{"round_robin": {}}]})
 
+#: The collector's port when an endpoint names none (gRPC's own default, 443, never is it).
+DEFAULT_PORT = 4317
+_SCHEMES = {"https://": True, "grpcs://": True, "http://": False, "grpc://": False}
+
+
+def _with_port(address: str, endpoint: str) -> str:
+    """``host:port`` of one address, the port added when missing."""
+    host, port = address, ""
+    if address.startswith("["):  # [v6]:port
+        close = address.find("]")
+        if close < 0:
+            raise ValueError(f"endpoint {endpoint!r}: unclosed '[' in {address!r}")
+        host, port = address[: close + 1], address[close + 2 :] if address[close + 1 : close + 2] == ":" else ""
+    elif address.count(":") == 1:
+        host, port = address.split(":")
+    elif ":" in address:  # a bare IPv6 address
+        host = f"[{address}]"
+    if not host or any(c in host for c in " /\\?#@") or host.strip("[]") == "":
+        raise ValueError(f"endpoint {endpoint!r}: {address!r} is not a host name or address")
+    if port and not (port.isdigit() and 0 < int(port) < 65536):
+        raise ValueError(f"endpoint {endpoint!r}: port {port!r} is not a number from 1 to 65535")
+    return f"{host}:{port or DEFAULT_PORT}"
+
+
+def parse_endpoint(endpoint: str) -> tuple[str, bool]:
+    """(gRPC target, TLS) of a configured endpoint: ``host[:port]``,
+    ``https://host[:port]`` (TLS), or a gRPC target naming several
+    collectors (``ipv4:a:4317,b:4317``, ``ipv6:...``, ``dns:///name:4317``,
+    ``unix:/path``).  A missing port is 4317; anything else that is not an
+    address is a ValueError naming it."""
+    text = endpoint.strip()
+    tls = False
+    for scheme, secure in _SCHEMES.items():
+        if text.startswith(scheme):
+            text, tls = text[len(scheme) :], secure
+            break
+    text = text.rstrip("/")
+    if not text:
+        raise ValueError(f"endpoint {endpoint!r}: names no collector")
+    if text.startswith(("unix:", "unix-abstract:")):
+        return text, tls
+    if text.startswith(("ipv4:", "ipv6:")):
+        kind, _, addresses = text.partition(":")
+        parts = [a.strip() for a in addresses.split(",")]
+        if not all(parts):
+            raise ValueError(f"endpoint {endpoint!r}: an empty address in the list")
+        return f"{kind}:" + ",".join(_with_port(a, endpoint) for a in parts), tls
+    if text.startswith("dns:"):
+        prefix, rest = "dns:", text[len("dns:") :]
+        if rest.startswith("//"):  # dns://[authority]/host[:port]
+            authority, _, rest = rest[2:].partition("/")
+            prefix = f"dns://{authority}/"
+        return prefix + _with_port(rest, endpoint), tls
+    if "://" in text or "," in text:
+        raise ValueError(f"endpoint {endpoint!r}: not host:port, https://host:port or a gRPC target "
+                         "(ipv4:a:4317,b:4317 or dns:///name:4317)")
+    return _with_port(text, endpoint), tls
+
 
 class GrpcExporter:
     """Exports to ``AuditService.Export`` with a Bearer API key."""
 
     def __init__(self, endpoint: str, api_key: str = "", *, tls: bool = False) -> None:
-        for scheme in ("https://", "http://", "grpc://", "grpcs://"):
-            if endpoint.startswith(scheme):
-                tls = tls or scheme in ("https://", "grpcs://")
-                endpoint = endpoint[len(scheme) :]
-        self.endpoint = endpoint.rstrip("/")
-        self._tls = tls
+        self.endpoint, secure = parse_endpoint(endpoint)
+        self._tls = tls or secure
         self._metadata: tuple[tuple[str, str], ...] = (
             (("authorization", f"Bearer {api_key}"),) if api_key else ()
         )

@@ -9,6 +9,7 @@ nested values after recording.
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Mapping
 from time import time_ns
@@ -56,8 +57,12 @@ def record(
         _invalid(action, outcome)
     if type(changes) is dict:
         changes = changes.copy()
+    elif changes is not None:
+        changes = _json_object("changes", changes)
     if type(metadata) is dict:
         metadata = metadata.copy()
+    elif metadata is not None:
+        metadata = _json_object("metadata", metadata)
     waiter = Waiter() if durable else None
     event = (
         time_ns(),
@@ -113,6 +118,24 @@ def record_quietly(
 
 
 _warned_unconfigured = False
+
+
+def _json_object(name: str, value: object) -> Mapping[str, Any] | str:
+    """``changes`` / ``metadata`` other than a dict: a mapping (copied) or a
+    JSON object as a string ("" for none), checked here rather than refused
+    by the collector once the call has returned."""
+    if isinstance(value, Mapping):
+        return dict(value)
+    if isinstance(value, str):
+        if value:
+            try:
+                parsed = json.loads(value)
+            except ValueError as exc:
+                raise ValueError(f"{name}: not JSON ({exc}); pass a dict or a JSON object string") from None
+            if not isinstance(parsed, dict):
+                raise ValueError(f"{name}: a JSON object is required, got {type(parsed).__name__}")
+        return value
+    raise ValueError(f"{name}: a dict or a JSON object string is required, got {type(value).__name__}")
 
 
 def _invalid(action: str, outcome: str) -> None:

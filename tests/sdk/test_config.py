@@ -80,3 +80,27 @@ def test_unknown_key_in_the_file_is_refused(tmp_path: Path) -> None:
     config.write_text('endpoint = "x:1"\nendpiont = "typo"\n')
     with pytest.raises(ConfigurationError, match="endpiont"):
         load_settings(environ={"AUDITLAKE_CONFIG": str(config)})
+
+
+@pytest.mark.parametrize("given, target, tls", [
+    ("localhost", "localhost:4317", False),  # gRPC alone would dial 443
+    ("https://audit.example.com", "audit.example.com:4317", True),
+    ("10.0.0.5:5000", "10.0.0.5:5000", False),
+    ("ipv4:10.0.0.1,10.0.0.2:5000", "ipv4:10.0.0.1:4317,10.0.0.2:5000", False),
+    ("dns:///collectors.internal", "dns:///collectors.internal:4317", False),
+    ("::1", "[::1]:4317", False),
+])
+def test_an_endpoint_without_a_port_means_4317(given: str, target: str, tls: bool) -> None:
+    from auditlake.sdk._exporter import parse_endpoint
+
+    assert parse_endpoint(given) == (target, tls)
+    assert load_settings(environ={"AUDITLAKE_ENDPOINT": given}).endpoint == given
+
+
+@pytest.mark.parametrize("given, says", [
+    ("host:abc", "port 'abc'"), ("host:70000", "port '70000'"), ("x y", "not a host"),
+    ("ftp://x", "gRPC target"), ("ipv4:", "empty address"), ("a,b", "gRPC target"),
+])
+def test_a_garbage_endpoint_is_refused_at_configure(given: str, says: str) -> None:
+    with pytest.raises(ConfigurationError, match=says):
+        load_settings(environ={"AUDITLAKE_ENDPOINT": given})

@@ -157,3 +157,18 @@ def test_json_objects_are_exactly_what_the_json_module_writes(value: dict[str, o
     text = to_json_object(value)
     assert json.loads(text) == value
     assert text == json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+
+
+def test_changes_and_metadata_are_checked_at_the_call(memory: AuditEvents) -> None:
+    """Refused here, with the field named, rather than by the collector after
+    record() returned (the event would be gone)."""
+    with pytest.raises(ValueError, match="^changes: not JSON"):
+        sdk.record("update", "doc", changes="not json")
+    with pytest.raises(ValueError, match="^changes: a JSON object is required, got list"):
+        sdk.record("update", "doc", changes="[1, 2]")
+    with pytest.raises(ValueError, match="^metadata: a dict or a JSON object string is required, got list"):
+        sdk.record("read", "doc", metadata=[1, 2])  # type: ignore[arg-type]
+    assert memory.events == []
+    sdk.record("update", "doc", changes='{"title": {"before": "a", "after": "b"}}', metadata="")
+    (event,) = memory.events
+    assert json.loads(event["changes"]) == {"title": {"before": "a", "after": "b"}}

@@ -23,10 +23,20 @@ _FORWARDED_FOR = re.compile(r'for=("[^"]*"|[^;,\s]+)', re.IGNORECASE)
 class TrustedProxies:
     """A set of proxy addresses and networks whose forwarding headers we believe."""
 
-    def __init__(self, proxies: Iterable[str] = ()) -> None:
-        self._networks: tuple[Network, ...] = tuple(
-            ipaddress.ip_network(p.strip(), strict=False) for p in proxies if p.strip()
-        )
+    def __init__(self, proxies: Iterable[str] | str | None = ()) -> None:
+        # A string is one network or a comma-separated list ("10.0.0.0/8" is
+        # not iterated character by character); None is no proxy.
+        items = [] if proxies is None else proxies.split(",") if isinstance(proxies, str) else list(proxies)
+        networks = []
+        for p in items:
+            if not isinstance(p, str):
+                raise ValueError(f"trusted_proxies: {p!r} is not an address or network (a string)")
+            if p.strip():
+                try:
+                    networks.append(ipaddress.ip_network(p.strip(), strict=False))
+                except ValueError as exc:
+                    raise ValueError(f"trusted_proxies: {p.strip()!r} is not an address or network: {exc}") from None
+        self._networks: tuple[Network, ...] = tuple(networks)
         self._cache: dict[str, bool] = {}
 
     def __bool__(self) -> bool:

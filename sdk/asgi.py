@@ -125,7 +125,7 @@ class AuditMiddleware:
         app: ASGIApp,
         *,
         resolver: Resolver | None = None,
-        trusted_proxies: Iterable[str] = (),
+        trusted_proxies: Iterable[str] | str | None = (),
         request_id_header: str = "x-request-id",
         routes: Iterable[RouteRule] = (),
     ) -> None:

@@ -47,7 +47,7 @@ class AuditMiddleware:
         app: WSGIApp,
         *,
         resolver: Resolver | None = None,
-        trusted_proxies: Iterable[str] = (),
+        trusted_proxies: Iterable[str] | str | None = (),
         request_id_header: str = "X-Request-ID",
         routes: Iterable[RouteRule] = (),
     ) -> None:

@@ -230,3 +230,20 @@ def test_a_response_that_ends_without_a_final_body_message_uses_its_status(
     first, second = memory.find(action="export")
     assert (first["outcome"], second["outcome"], second["reason"]) == (
         "success", "failure", "no response")
+
+
+@pytest.mark.parametrize("proxies", ["10.0.0.0/8", "10.0.0.0/8, 192.0.2.1", ["10.0.0.0/8"]])
+def test_trusted_proxies_may_be_one_string_a_comma_list_or_a_list(memory: AuditEvents, proxies: Any) -> None:
+    asyncio.run(call(make_app(trusted_proxies=proxies), "/patients/7", {"x-forwarded-for": "203.0.113.9"},
+                     client=("10.1.2.3", 1234)))
+    assert memory.find(action="read")[0]["ip_address"] == "203.0.113.9"
+
+
+def test_no_trusted_proxies_and_bad_ones() -> None:
+    from auditlake.sdk._http import TrustedProxies
+
+    assert not TrustedProxies(None) and not TrustedProxies("")
+    with pytest.raises(ValueError, match="^trusted_proxies: '10.0.0.300' is not an address or network"):
+        TrustedProxies("10.0.0.300")
+    with pytest.raises(ValueError, match="^trusted_proxies: 8 is not an address or network"):
+        TrustedProxies([8])  # type: ignore[list-item]

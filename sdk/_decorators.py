@@ -14,6 +14,7 @@ from collections.abc import Callable, Mapping
 from typing import Any, ParamSpec, TypeVar, cast
 
 from auditlake.sdk._config import PROVIDER
+from auditlake.sdk._exceptions import NotConfiguredError
 from auditlake.sdk._record import record
 
 P = ParamSpec("P")
@@ -46,6 +47,16 @@ def _reader(
         return default
 
     return read
+
+
+def _require_configured(function: Callable[..., Any]) -> None:
+    """Before an audited call runs: an SDK that is not configured could not
+    record it, so the call does not run either (no side effect without its
+    event, and no exception after a side effect that happened)."""
+    if PROVIDER.processor is None:
+        raise NotConfiguredError(
+            f"{function.__qualname__} is @audited: call auditlake.sdk.configure() before calling it "
+            "(it did not run)")
 
 
 def audited(
@@ -142,6 +153,7 @@ def audited(
 
             @functools.wraps(function)
             async def async_wrapper(*args: Any, **kwargs: Any) -> Any:
+                _require_configured(function)
                 try:
                     result = await async_function(*args, **kwargs)
                 except BaseException as error:
@@ -154,6 +166,7 @@ def audited(
 
         @functools.wraps(function)
         def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+            _require_configured(function)
             try:
                 result = function(*args, **kwargs)
             except BaseException as error:

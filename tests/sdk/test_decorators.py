@@ -124,3 +124,26 @@ def test_events_inside_the_function_see_the_actor(memory: AuditEvents) -> None:
     with sdk.actor(user_id="auditor", tenant_id="t9"):
         export()
     assert (memory.events[0]["user_id"], memory.events[0]["tenant_id"]) == ("auditor", "t9")
+
+
+def test_an_audited_call_before_configure_does_not_run() -> None:
+    """No side effect without its event, and no exception after a side effect:
+    the decorator refuses before the call (sync and async alike)."""
+    import asyncio
+
+    sdk.shutdown(timeout=5.0)
+    done: list[str] = []
+
+    @sdk.audited("invoice.pay", "invoice", resource_id="invoice_id")
+    def pay(invoice_id: str) -> None:
+        done.append(invoice_id)
+
+    @sdk.audited("invoice.void", "invoice", resource_id="invoice_id")
+    async def void(invoice_id: str) -> None:
+        done.append(invoice_id)
+
+    with pytest.raises(sdk.NotConfiguredError, match="pay is @audited.*it did not run"):
+        pay("inv-1")
+    with pytest.raises(sdk.NotConfiguredError, match="void is @audited"):
+        asyncio.run(void("inv-2"))
+    assert done == []

@@ -284,6 +284,22 @@ def start_fleet(workdir: Path, n: int, lake: str, started: list[subprocess.Popen
 # -- load clients (child processes) ------------------------------------------------
 
 
+def _ready_export(target: str, key: str) -> tuple[Any, Any, list[tuple[str, str]]]:
+    """(channel, Export call, metadata) once connected; then "ready" is
+    printed and the parent's go line awaited on stdin."""
+    import grpc  # noqa: PLC0415
+
+    from auditlake.v1 import audit_pb2  # noqa: PLC0415
+
+    channel = _channel(target)
+    export = channel.unary_unary("/auditlake.v1.AuditService/Export", request_serializer=None,
+                                 response_deserializer=audit_pb2.ExportResponse.FromString)
+    grpc.channel_ready_future(channel).result(timeout=30)
+    print("ready", flush=True)
+    sys.stdin.readline()
+    return channel, export, [("authorization", "Bearer " + key)]
+
+
 def _channel(target: str) -> Any:
     import grpc  # noqa: PLC0415
 
@@ -298,26 +314,10 @@ def _load_client(target: str, key: str, n: int, seed: int, rate: float, batch: i
     as ``batch``-event calls, wait for 'go' on stdin, send them over STREAMS
     concurrent calls (paced to ``rate`` events/s when > 0), print JSON."""
 
-    import grpc  # noqa: PLC0415
-    from ingest_bench import make_events  # noqa: PLC0415
+    from ingest_bench import make_events, packed_payloads  # noqa: PLC0415
 
-    from auditlake.packing import pack_columns  # noqa: PLC0415
-    from auditlake.v1 import audit_pb2  # noqa: PLC0415
-
-    cols = make_events(n, seed)
-    payloads = []
-    for start in range(0, n, batch):
-        part = {k: v[start:start + batch] for k, v in cols.items()}
-        req = audit_pb2.ExportRequest(batch_id=str(uuid.uuid4()), packed=pack_columns(part))
-        payloads.append((req.SerializeToString(), len(part["id"])))
-    del cols
-    channel = _channel(target)
-    export = channel.unary_unary("/auditlake.v1.AuditService/Export", request_serializer=None,
-                                 response_deserializer=audit_pb2.ExportResponse.FromString)
-    grpc.channel_ready_future(channel).result(timeout=30)
-    md = [("authorization", "Bearer " + key)]
-    print("ready", flush=True)
-    sys.stdin.readline()
+    payloads = packed_payloads(make_events(n, seed), batch)
+    channel, export, md = _ready_export(target, key)
     result = send_payloads(export, md, payloads, STREAMS, rate=rate, batch=batch)
     print(json.dumps(result), flush=True)
     channel.close()
@@ -327,27 +327,13 @@ def _probe_client(target: str, key: str, count: int, interval: float, tag: str) 
     """In a fresh process: send ``count`` one-event calls ``interval`` apart
     (resource_type 'probe', resource_id '<tag>-<i>'), then print each
     probe's acknowledgement time (wall clock, as JSON)."""
-    import grpc  # noqa: PLC0415
-    from ingest_bench import make_events  # noqa: PLC0415
-
-    from auditlake.packing import pack_columns  # noqa: PLC0415
-    from auditlake.v1 import audit_pb2  # noqa: PLC0415
+    from ingest_bench import make_events, packed_payloads  # noqa: PLC0415
 
     cols = make_events(count, 4242)
     cols["resource_type"] = ["probe"] * count
     cols["resource_id"] = [f"{tag}-{i}" for i in range(count)]
-    payloads = []
-    for i in range(count):
-        part = {k: v[i:i + 1] for k, v in cols.items()}
-        payloads.append(audit_pb2.ExportRequest(batch_id=str(uuid.uuid4()),
-                                                packed=pack_columns(part)).SerializeToString())
-    channel = _channel(target)
-    export = channel.unary_unary("/auditlake.v1.AuditService/Export", request_serializer=None,
-                                 response_deserializer=audit_pb2.ExportResponse.FromString)
-    grpc.channel_ready_future(channel).result(timeout=30)
-    md = [("authorization", "Bearer " + key)]
-    print("ready", flush=True)
-    sys.stdin.readline()
+    payloads = [data for data, _ in packed_payloads(cols, 1)]
+    channel, export, md = _ready_export(target, key)
     acks: dict[str, float] = {}
     t0 = time.time()
     for i, data in enumerate(payloads):

@@ -59,6 +59,20 @@ def _uuid7(ms: int, rnd: random.Random) -> str:
 SHAPES = ("independent", "requests")
 
 
+def packed_payloads(cols: dict[str, list], batch: int) -> list[tuple[bytes, int]]:
+    """``cols`` as serialised ExportRequests of ``batch`` events in packed
+    columns (the SDK's wire form, auditlake.packing), with their event counts."""
+    from auditlake.packing import pack_columns
+    from auditlake.v1 import audit_pb2
+
+    payloads = []
+    for start in range(0, len(cols["id"]), batch):
+        part = {k: v[start:start + batch] for k, v in cols.items()}
+        req = audit_pb2.ExportRequest(batch_id=str(uuid.uuid4()), packed=pack_columns(part))
+        payloads.append((req.SerializeToString(), len(part["id"])))
+    return payloads
+
+
 def make_events(n: int, seed: int, shape: str = "independent") -> dict[str, list]:
     """``n`` synthetic audit events as columns (the wire's column names)."""
     if shape not in SHAPES:
@@ -113,17 +127,9 @@ def _client(endpoint: str, key: str, n: int, seed: int, shape: str) -> None:
 
     import grpc
 
-    from auditlake.packing import pack_columns
     from auditlake.v1 import audit_pb2
 
-    cols = make_events(n, seed, shape)
-    payloads = []
-    for start in range(0, n, BATCH):
-        part = {k: v[start:start + BATCH] for k, v in cols.items()}
-        # packed columns, the SDK's wire form (auditlake.packing)
-        req = audit_pb2.ExportRequest(batch_id=str(uuid.uuid4()), packed=pack_columns(part))
-        payloads.append((req.SerializeToString(), len(part["id"])))
-    del cols
+    payloads = packed_payloads(make_events(n, seed, shape), BATCH)
     channel = grpc.insecure_channel(endpoint, options=[("grpc.max_send_message_length", 64 << 20)])
     export = channel.unary_unary(
         "/auditlake.v1.AuditService/Export",

@@ -22,12 +22,53 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from auditlake.collector.integrity.signing import SigningKey
 from auditlake.collector.storage.store import LocalStore, Store
 
-CHECKPOINT_VERSION = 1
+#: Version 2 signs the writer's Merkle tree head (``tree_size``,
+#: ``tree_root``) and its signed bytes are RFC 8785 (JCS); version 1
+#: checkpoints, written before the tree existed, keep their own bytes.
+CHECKPOINT_VERSION = 2
+
+#: JCS numbers are IEEE doubles: integers beyond this lose precision.
+_JCS_MAX_INT = 2**53 - 1
+
+
+def _check_jcs_domain(value: object, where: str = "body") -> None:
+    """Checkpoint bodies hold objects, arrays, strings, integers, booleans
+    and null only; then Python's sorted, compact, UTF-8 JSON is exactly the
+    RFC 8785 serialisation (floats, whose JCS form needs ECMAScript number
+    formatting, are refused rather than approximated)."""
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if not isinstance(key, str):
+                raise TypeError(f"{where}: a key must be a string, not {key!r}")
+            if any(ord(ch) > 0xFFFF for ch in key):
+                # RFC 8785 sorts keys by UTF-16 code units; Python by code points
+                raise TypeError(f"{where}: key {key!r} is outside the Basic Multilingual Plane")
+            _check_jcs_domain(item, f"{where}.{key}")
+    elif isinstance(value, list | tuple):
+        for i, item in enumerate(value):
+            _check_jcs_domain(item, f"{where}[{i}]")
+    elif isinstance(value, bool) or value is None or isinstance(value, str):
+        return
+    elif isinstance(value, int):
+        if abs(value) > _JCS_MAX_INT:
+            raise TypeError(f"{where}: integer {value} is beyond 2**53 - 1")
+    else:
+        raise TypeError(f"{where}: {type(value).__name__} has no place in a checkpoint body")
 
 
 def canonical_json(body: dict[str, Any]) -> bytes:
-    """The signed bytes: JSON with sorted keys, no spaces, ASCII only."""
-    return json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode()
+    """The signed bytes of a checkpoint ``body``.
+
+    Version 2 (and anything that is not a version-1 checkpoint, e.g. an
+    export manifest): RFC 8785 JSON Canonicalization Scheme, i.e. keys
+    sorted, no whitespace, UTF-8, for the value domain above.  Version 1:
+    the same but with every non-ASCII character escaped as ``\\uXXXX``
+    (``json.dumps(..., ensure_ascii=True)``), as those checkpoints were signed."""
+    if body.get("version") == 1:
+        return json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode()
+    _check_jcs_domain(body)
+    return json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False,
+                      allow_nan=False).encode("utf-8")
 
 
 @dataclass(frozen=True)
@@ -73,11 +114,20 @@ class ChainCheckpoint:
     removed: tuple[FileEntry, ...] = ()
     previous: str = ""  # sha256 of the previous checkpoint's signed bytes
     extra: dict[str, Any] = field(default_factory=dict)
+    #: The writer's Merkle tree over events 1..``seq`` (RFC 9162): its size
+    #: (always ``seq``) and root in hex; None in a version-1 checkpoint.
+    tree_size: int | None = None
+    tree_root: str = ""
+
+    @property
+    def version(self) -> int:
+        """2 when the checkpoint signs a tree head, else 1 (written before trees)."""
+        return 1 if self.tree_size is None else CHECKPOINT_VERSION
 
     def body(self) -> dict[str, Any]:
         """The signed content."""
-        return {
-            "version": CHECKPOINT_VERSION,
+        body: dict[str, Any] = {
+            "version": self.version,
             "writer_id": self.writer_id,
             "seal": self.seal,
             "seq": self.seq,
@@ -89,6 +139,10 @@ class ChainCheckpoint:
             "previous": self.previous,
             "extra": self.extra,
         }
+        if self.tree_size is not None:
+            body["tree_size"] = self.tree_size
+            body["tree_root"] = self.tree_root
+        return body
 
     def digest(self) -> str:
         """sha256 of the signed bytes (what the next checkpoint's ``previous`` holds)."""
@@ -114,6 +168,8 @@ class ChainCheckpoint:
             removed=tuple(FileEntry.from_json(f) for f in body.get("removed", [])),
             previous=body.get("previous", ""),
             extra=dict(body.get("extra", {})),
+            tree_size=None if body.get("tree_size") is None else int(body["tree_size"]),
+            tree_root=str(body.get("tree_root", "")),
         )
 
 

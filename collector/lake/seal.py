@@ -58,6 +58,7 @@ from typing import Any
 import pyarrow as pa
 
 from auditlake.collector.integrity.checkpoint import ChainCheckpoint, FileEntry
+from auditlake.collector.integrity.merkle import CompactTree
 from auditlake.collector.integrity.signing import SigningKey
 from auditlake.collector.lake.batch import AcceptedBatch
 from auditlake.collector.lake.files import StagedFile, remove_stale_temps
@@ -269,7 +270,8 @@ class Sealer:
         with self._chain_lock:
             self.committer.finish()  # a seal committed before an error is finished first
             try:
-                current = self._prepare(self.state.seal + 1, self.state.seq, self.state.chain_hash, None)
+                current = self._prepare(self.state.seal + 1, self.state.seq, self.state.chain_hash, None,
+                                        tree=self._committed_tree())
                 if current is None:
                     return -1
                 inflight.append(current)
@@ -281,7 +283,7 @@ class Sealer:
                         # Only a backlog is worth a seal now; a trickle waits
                         # for the seal interval, so files stay large.
                         nxt = self._prepare(current.next_seal, current.seq, current.chain_hash, current.ids,
-                                            min_rows=self.policy.max_rows // 2)
+                                            min_rows=self.policy.max_rows // 2, tree=current.tree)
                     if nxt is not None:
                         inflight.append(nxt)
                     total += self._commit(current, future.result())
@@ -314,21 +316,30 @@ class Sealer:
             self._inflight_rows += rows
         return items
 
+    def _committed_tree(self) -> CompactTree | None:
+        """The Merkle tree of the committed chain head (None: a chain begun
+        before trees existed)."""
+        tree = self.state.tree
+        return None if tree is None else CompactTree.from_json(tree)
+
     def _prepare(
-        self, seal_no: int, seq: int, chain_hash: str, prior_ids: IdKeys | None, min_rows: int = 1
+        self, seal_no: int, seq: int, chain_hash: str, prior_ids: IdKeys | None, min_rows: int = 1,
+        *, tree: CompactTree | None = None,
     ) -> PreparedSeal | None:
         """Take the oldest queued batches (up to ``max_rows`` events; none
         unless ``min_rows`` wait) and chain them after (``seq``,
-        ``chain_hash``), dropping ids seen before (``prior_ids``: those of a
-        prepared seal not yet committed)."""
+        ``chain_hash``, whose Merkle tree is ``tree``, left unchanged),
+        dropping ids seen before (``prior_ids``: those of a prepared seal not
+        yet committed)."""
         items = self._take_pending(min_rows)
         if not items:
             return None
         try:
             t0 = time.monotonic()
+            tree = None if tree is None else tree.copy()
             rows = stored_table([b for b, _ in items], seq, chain_hash, writer_id=self.writer_id,
                                 skew_flag_us=self.policy.skew_flag_us, recent_ids=self.recent_ids,
-                                prior_ids=prior_ids)
+                                prior_ids=prior_ids, tree=tree)
             self.duplicate_events += rows.duplicates
             table = rows.table
             n = table.num_rows
@@ -340,6 +351,7 @@ class Sealer:
                 chain_hash=table.column("chain_hash")[n - 1].as_py() if n else chain_hash,
                 ids=rows.ids,
                 chain_s=time.monotonic() - t0,
+                tree=tree,
             )
         except BaseException:
             self._untake(items)

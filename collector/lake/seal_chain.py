@@ -22,6 +22,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from auditlake.collector.integrity.chain import CANONICAL_FIELDS
+from auditlake.collector.integrity.merkle import CompactTree
 from auditlake.collector.lake.batch import AcceptedBatch
 from auditlake.collector.lake.seal_dedupe import IdKeys, RecentEventIds, uuid_keys
 from auditlake.collector.lake.wal import LogPosition
@@ -80,9 +81,12 @@ def canonical_prefix(table: pa.Table, received_at_us: int, writer_id: str, inges
     return joined
 
 
-def chain_rows(previous: bytes, prefix: pa.Array, table: pa.Table) -> list[bytes]:
+def chain_rows(
+    previous: bytes, prefix: pa.Array, table: pa.Table, tree: CompactTree | None = None
+) -> list[bytes]:
     """The chain hashes of ``table``'s rows (stored columns) from their
-    canonical ``prefix``: the same values as integrity.chain_table."""
+    canonical ``prefix``: the same values as integrity.chain_table.  The
+    rows' leaf hashes are appended to ``tree`` (the writer's Merkle tree)."""
     seq = pc.cast(table.column("seq"), pa.string())
     suffix = pc.if_else(
         table.column("imported"),
@@ -100,6 +104,8 @@ def chain_rows(previous: bytes, prefix: pa.Array, table: pa.Table) -> list[bytes
     for row in rows:
         h = sha256(h + row).digest()
         append(h)
+    if tree is not None:
+        tree.extend([sha256(b"\x00" + row).digest() for row in rows])
     return out
 
 
@@ -120,6 +126,8 @@ class PreparedSeal:
     chain_hash: str
     ids: IdKeys | None
     chain_s: float
+    #: The writer's Merkle tree after this seal (None: a chain without one).
+    tree: CompactTree | None = None
 
     @property
     def next_seal(self) -> int:
@@ -167,10 +175,11 @@ def stored_table(
     skew_flag_us: int,
     recent_ids: RecentEventIds,
     prior_ids: IdKeys | None,
+    tree: CompactTree | None = None,
 ) -> StoredRows:
     """The batches as stored rows, chained after (``seq``, ``chain_hash``):
     collector columns added, duplicates of recent event ids dropped; and
-    the ids kept."""
+    the ids kept.  The rows' leaves are appended to ``tree``."""
     parts = []
     for b in batches:
         t = b.table
@@ -209,7 +218,7 @@ def stored_table(
     prefix = table.column(PREFIX_COLUMN)
     # one chunk: the canonical join and the sort run faster on contiguous columns
     table = table.select(EVENT_SCHEMA.names).cast(EVENT_SCHEMA).combine_chunks()
-    hashes = chain_rows(bytes.fromhex(chain_hash), prefix, table)
+    hashes = chain_rows(bytes.fromhex(chain_hash), prefix, table, tree)
     table = table.set_column(
         table.schema.get_field_index("chain_hash"),
         EVENT_SCHEMA.field("chain_hash"),

@@ -20,6 +20,7 @@ from dataclasses import replace
 from typing import Any
 
 from auditlake.collector.integrity.checkpoint import ChainCheckpoint, FileEntry, write_checkpoint
+from auditlake.collector.integrity.merkle import CompactTree
 from auditlake.collector.integrity.signing import SigningKey
 from auditlake.collector.lake.files import StagedFile
 from auditlake.collector.lake.seal_chain import PreparedSeal
@@ -32,6 +33,15 @@ log = logging.getLogger(__name__)
 
 def _now() -> str:
     return dt.datetime.now(dt.UTC).isoformat(timespec="microseconds")
+
+
+def _tree_head(tree: dict[str, Any] | None) -> dict[str, Any]:
+    """The signed tree head (``tree_size``, ``tree_root``) of a stored
+    ``CompactTree`` state; nothing for a chain without a tree."""
+    if tree is None:
+        return {}
+    compact = CompactTree.from_json(tree)
+    return {"tree_size": compact.size, "tree_root": compact.root().hex()}
 
 
 class Committer:
@@ -84,7 +94,11 @@ class Committer:
             time=_now(),
             files=tuple(s.entry() for s in staged),
             previous=state.checkpoint_digest,
+            tree_size=None if prepared.tree is None else prepared.tree.size,
+            tree_root="" if prepared.tree is None else prepared.tree.root().hex(),
         )
+        if prepared.tree is not None and prepared.tree.size != prepared.seq:
+            raise RuntimeError("internal error: the Merkle tree does not cover the chain")
         self.progress.state = SealState(
             seal=prepared.seal_no,
             seq=checkpoint.seq,
@@ -96,6 +110,7 @@ class Committer:
                 "files": [{"tmp": self.lake.path(s.temp_key), "final": self.lake.path(s.key)} for s in staged],
                 "checkpoint": checkpoint.body(),
             },
+            tree=None if prepared.tree is None else prepared.tree.to_json(),
         )
         self.progress.save()  # the commit point of the seal
         # From here on the seal is committed: what remains (publish,
@@ -126,6 +141,7 @@ class Committer:
             removed=tuple(removed),
             previous=state.checkpoint_digest,
             extra=dict(extra or {}),
+            **_tree_head(state.tree),
         )
         self.progress.state = replace(
             state,

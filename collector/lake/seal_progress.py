@@ -10,7 +10,7 @@
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +32,9 @@ class SealState:
     checkpoint_digest: str = ""
     #: The last seal's files and checkpoint, so recovery can finish publishing.
     last: dict[str, Any] | None = None
+    #: The writer's Merkle tree over events 1..seq (``CompactTree.to_json``);
+    #: None for a chain begun before trees existed (its checkpoints sign none).
+    tree: dict[str, Any] | None = field(default_factory=lambda: {"size": 0, "frontier": []})
 
     @property
     def position(self) -> LogPosition:
@@ -54,6 +57,8 @@ class SealProgress:
             raw = json.loads(self.state_path.read_text())
         except FileNotFoundError:
             return SealState()
+        if "tree" not in raw:  # sealed before trees existed: none unless nothing was sealed
+            raw["tree"] = {"size": 0, "frontier": []} if not raw.get("seq") else None
         return SealState(**raw)
 
     def save(self) -> None:

@@ -26,8 +26,8 @@ from auditlake.collector.errors import CollectorError
 from auditlake.collector.storage.datadir import DataDir
 
 #: Modules that add subcommands (each defines ``register(subparsers)``).
-STAGE_COMMANDS = ("integrity.verify", "admin.server", "admin.export", "admin.process", "retention.job",
-                  "retention.backfill", "lake.compact")
+STAGE_COMMANDS = ("integrity.verify", "integrity.proof_command", "admin.server", "admin.export", "admin.process",
+                  "retention.job", "retention.backfill", "lake.compact")
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -127,6 +127,16 @@ def _print_fleet_keys(data: DataDir) -> int:
     return 0
 
 
+#: ``auditlake query --format`` values, as --help describes them
+#: (collector/lake/query.py ``format_result`` writes them).
+QUERY_FORMATS = {
+    "table": "aligned text (default)",
+    "csv": "RFC 4180, a header row first",
+    "json": "one JSON document, an array of objects",
+    "jsonl": "JSON Lines, one object per line",
+}
+
+
 def cmd_query(args: argparse.Namespace) -> int:
     import duckdb  # noqa: PLC0415
 
@@ -189,7 +199,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("query", help="run DuckDB SQL over the lake (view: events)")
     add_data_arg(p)
     p.add_argument("--config", metavar="FILE", help=argparse.SUPPRESS)
-    p.add_argument("--format", choices=("table", "csv", "json"), default="table")
+    p.add_argument("--format", choices=tuple(QUERY_FORMATS), default="table",
+                   help="; ".join(f"{name}: {what}" for name, what in QUERY_FORMATS.items()))
     p.add_argument("sql", help="SQL text, or - to read it from stdin")
     p.set_defaults(func=cmd_query)
 
@@ -237,8 +248,10 @@ def _raise_open_files_limit() -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from auditlake.collector.integrity.proof_command import shorthand  # noqa: PLC0415
+
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parser.parse_args(shorthand(sys.argv[1:] if argv is None else list(argv)))
     logging.basicConfig(
         level=getattr(logging, str(args.log_level).upper(), logging.INFO),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",

@@ -138,7 +138,7 @@ def main() -> int:
         # Acknowledged means durable; queryable follows at the next seal (≤ 1 s).
         deadline = time.monotonic() + 15
         while True:
-            out = cli("query", "--data", str(data), "--format", "json",
+            out = cli("query", "--data", str(data), "--format", "jsonl",
                       "SELECT count(*) AS n FROM events WHERE tenant_id <> '_auditlake'").stdout
             stored = json.loads(out)["n"]
             if stored >= recorded or time.monotonic() > deadline:

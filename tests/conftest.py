@@ -153,7 +153,7 @@ class CollectorProcess:
 
     def query(self, sql: str) -> list[dict[str, Any]]:
         """Rows of ``sql`` over this collector's lake, exactly as
-        `auditlake query --format json` prints them (run in this process:
+        `auditlake query --format jsonl` prints them (run in this process:
         a CLI subprocess per poll made the suite slow; the CLI itself is
         tested in tests/e2e/test_demo_and_cli.py)."""
         from auditlake.collector.config import load_toml
@@ -162,12 +162,12 @@ class CollectorProcess:
 
         data = DataDir.resolve(self.data, self.lake)
         toml = load_toml(data.config_file)
-        out = run_query(data, sql, "json", toml=toml)
+        out = run_query(data, sql, "jsonl", toml=toml)
         return [json.loads(line) for line in out.splitlines() if line.strip()]
 
     def query_cli(self, sql: str) -> list[dict[str, Any]]:
         """Rows of ``sql`` through the `auditlake query` command itself."""
-        out = run_cli("query", *self.lake_args, "--format", "json", sql, data=self.data).stdout
+        out = run_cli("query", *self.lake_args, "--format", "jsonl", sql, data=self.data).stdout
         return [json.loads(line) for line in out.splitlines() if line.strip()]
 
     def wait_for_count(self, expected: int, where: str = "true", timeout: float = 30.0) -> int:

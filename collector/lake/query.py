@@ -170,13 +170,17 @@ def _json_default(value: Any) -> Any:
 
 
 def format_result(columns: list[str], rows: list[tuple[Any, ...]], fmt: str) -> str:
-    """Rows as ``table`` (aligned text), ``csv`` (RFC 4180) or ``json`` (lines)."""
-    if fmt == "json":
-        return "".join(
-            json.dumps(dict(zip(columns, r, strict=True)), default=_json_default, ensure_ascii=False)
-            + "\n"
-            for r in rows
-        )
+    """Rows as ``table`` (aligned text), ``csv`` (RFC 4180), ``json`` (one
+    document: an array of objects) or ``jsonl`` (JSON Lines, an object a line)."""
+    if fmt in ("json", "jsonl"):
+        objects = [
+            json.dumps(dict(zip(columns, r, strict=True)), default=_json_default, ensure_ascii=False) for r in rows
+        ]
+        if fmt == "jsonl":
+            return "".join(line + "\n" for line in objects)
+        # One object per line inside the array: one document for json.load
+        # and jq, still readable and greppable.
+        return "[\n" + ",\n".join(objects) + "\n]\n" if objects else "[]\n"
     if fmt == "csv":
         buf = io.StringIO()
         w = csv.writer(buf, lineterminator="\r\n")
@@ -187,7 +191,7 @@ def format_result(columns: list[str], rows: list[tuple[Any, ...]], fmt: str) -> 
             )
         return buf.getvalue()
     if fmt != "table":
-        raise ValueError(f"unknown format {fmt!r} (table, csv or json)")
+        raise ValueError(f"unknown format {fmt!r} (table, csv, json or jsonl)")
     text = [[("" if v is None else _json_default(v) if not isinstance(v, str) else v) for v in r] for r in rows]
     text = [[c if len(c) <= 60 else c[:57] + "..." for c in (str(x) for x in r)] for r in text]
     widths = [len(c) for c in columns]

@@ -40,8 +40,11 @@ def test_query_formats_and_bad_sql(collector) -> None:  # noqa: ANN001
     csv_out = run_cli("query", "--format", "csv", sql, data=collector.data).stdout
     assert csv_out.splitlines()[0] == "resource_id,user_agent"
     assert csv_out.splitlines()[1] == 'p-0,"agent, ""quoted"""'
-    lines = run_cli("query", "--format", "json", sql, data=collector.data).stdout.splitlines()
+    lines = run_cli("query", "--format", "jsonl", sql, data=collector.data).stdout.splitlines()
     assert [json.loads(x)["resource_id"] for x in lines] == ["p-0", "p-1", "p-2"]
+    document = run_cli("query", "--format", "json", sql, data=collector.data).stdout
+    assert json.loads(document) == [{"resource_id": f"p-{i}", "user_agent": 'agent, "quoted"'} for i in range(3)]
+    assert [json.loads(x) for x in lines] == json.loads(document)  # the same rows, two framings
     table = run_cli("query", sql, data=collector.data).stdout
     assert "(3 rows)" in table and "resource_id" in table.splitlines()[0]
     bad = run_cli("query", "SELECT nope FROM events", data=collector.data, check=False)
@@ -52,4 +55,14 @@ def test_query_formats_and_bad_sql(collector) -> None:  # noqa: ANN001
 def test_query_on_an_empty_lake_sees_an_empty_events_view(tmp_path) -> None:  # noqa: ANN001
     out = run_cli("query", "--format", "json", "SELECT count(*) AS n, max(created_at) AS m FROM events",
                   data=tmp_path / "empty")
-    assert json.loads(out.stdout) == {"n": 0, "m": None}
+    assert json.loads(out.stdout) == [{"n": 0, "m": None}]
+    # No rows: json is still one document, jsonl prints nothing.
+    none = "SELECT id FROM events WHERE false"
+    assert json.loads(run_cli("query", "--format", "json", none, data=tmp_path / "empty").stdout) == []
+    assert run_cli("query", "--format", "jsonl", none, data=tmp_path / "empty").stdout == ""
+
+
+def test_query_help_names_every_format() -> None:
+    out = run_cli("query", "--help").stdout
+    for name, says in (("json", "one JSON document"), ("jsonl", "JSON Lines"), ("csv", "RFC 4180")):
+        assert f"{name}: {says}" in " ".join(out.split()), out

@@ -82,7 +82,7 @@ def test_each_event_names_its_ingest_key_in_the_chain_and_the_collectors_own_nam
     run_cli("import", "--quiet", "--tenant", "acme", str(src), data=data)
 
     # The CLI shows the key of each event; the secret is stored nowhere in the lake.
-    out = run_cli("query", "--format", "json", "SELECT tenant_id, ingest_key_id, count(*) AS n FROM events "
+    out = run_cli("query", "--format", "jsonl", "SELECT tenant_id, ingest_key_id, count(*) AS n FROM events "
                   "WHERE service = 'tests' GROUP BY ALL ORDER BY tenant_id", data=data).stdout
     assert [json.loads(line) for line in out.splitlines()] == [
         {"tenant_id": "acme", "ingest_key_id": key_id(key_a), "n": 5},
@@ -177,7 +177,7 @@ def test_a_lake_sealed_before_the_column_still_verifies_queries_and_compacts(tmp
     got = rows(data.root, "SELECT count(*) AS n, count(ingest_key_id) AS keyed, "
                           "count(*) FILTER (WHERE ingest_key_id = '') AS empty FROM events")
     assert got == [{"n": 20, "keyed": 10, "empty": 10}]
-    out = run_cli("query", "--format", "json", "SELECT count(*) AS n FROM events", data=data.root).stdout
+    out = run_cli("query", "--format", "jsonl", "SELECT count(*) AS n FROM events", data=data.root).stdout
     assert json.loads(out) == {"n": 20}
     reader = LakeReader(data)  # the admin UI's reader: its fast path assumes one schema
     try:

@@ -78,7 +78,7 @@ _PER_DATE_SQL = "SELECT CAST(date AS VARCHAR) AS date, count(*) AS n FROM events
 def _auditlake_digest(data: Path, lake_url: str) -> LakeDigest:
     """The expected answer, from the `auditlake query` command itself."""
     def rows(sql: str) -> list[dict[str, Any]]:
-        out = run_cli("query", "--lake", lake_url, "--format", "json", sql, data=data).stdout
+        out = run_cli("query", "--lake", lake_url, "--format", "jsonl", sql, data=data).stdout
         return [json.loads(line) for line in out.splitlines() if line.strip()]
 
     total = rows(_DIGEST_SQL)[0]

@@ -53,7 +53,7 @@ def test_move_to_cold_keeps_each_event_queryable_once_and_verify_clean(small_his
     assert "nothing to do" in again.stdout
     assert counts_by_date(data) == expected
     # The same through the command line query, which also reads both tiers.
-    out = run_cli("query", "--format", "json",
+    out = run_cli("query", "--format", "jsonl",
                   "SELECT count(*) AS n FROM events WHERE tenant_id <> '_auditlake'", data=data).stdout
     assert json.loads(out)["n"] == sum(expected.values())
 
@@ -65,7 +65,7 @@ def test_last_week_query_never_touches_cold(small_history, tmp_path: Path) -> No
     run_retention(data)
     cold.rename(tmp_path / "cold-unreachable")  # the cold store is gone
     week = _day(7)
-    out = run_cli("query", "--format", "json",
+    out = run_cli("query", "--format", "jsonl",
                   f"SELECT count(*) AS n FROM events WHERE date >= DATE '{week}' AND tenant_id <> '_auditlake'",
                   data=data).stdout
     assert json.loads(out)["n"] == sum(n for d, n in expected.items() if d >= week)

@@ -57,7 +57,7 @@ def test_last_week_query_succeeds_while_s3_is_down(small_history, s3_server: S3S
     s3_server.pause()
     try:
         out = subprocess.run(
-            [sys.executable, "-m", "auditlake.collector", "query", "--data", str(data), "--format", "json",
+            [sys.executable, "-m", "auditlake.collector", "query", "--data", str(data), "--format", "jsonl",
              f"SELECT count(*) AS n FROM events WHERE date >= DATE '{week}' AND tenant_id <> '_auditlake'"],
             capture_output=True, text=True, timeout=60)
         assert out.returncode == 0, out.stderr

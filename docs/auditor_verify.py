@@ -1,10 +1,16 @@
 """Re-verify an auditlake lake independently: Python's standard library, DuckDB,
-and (for signatures) the openssl command.  Follows docs/integrity.md step by
-step and imports nothing from auditlake.
+and the openssl command (3.0+) for signatures.  Follows docs/integrity.md step
+by step and imports nothing from auditlake.
 
-    python auditor_verify.py DATA_DIR_OR_LAKE_COPY [--public-key PEM ...] [--cold DIR]
+    python auditor_verify.py DATA_DIR_OR_LAKE_COPY --public-key PEM [--public-key PEM ...]
+                             [--cold DIR] [--skip-signatures]
 
-Prints a JSON summary; exits 0 when everything checks, 1 otherwise.
+Prints a JSON summary.  Fails closed: "ok" is true, and the exit status 0,
+only when every checkpoint's signature was checked with a key given for its
+writer and everything else checks too.  No key, no key for some writer, or
+no openssl 3 is a failure (exit 1).  --skip-signatures checks everything but
+the signatures: "ok" stays false, and the exit status is 3 when all the rest
+checks ("unsigned_checks_ok": true), 1 otherwise.
 """
 
 import argparse
@@ -68,10 +74,20 @@ def signed_bytes(doc):
     return json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode()
 
 
+def openssl_problem():
+    """Step 5 needs openssl 3.0+ (Ed25519 with -rawin): None when it is there,
+    else why not."""
+    if shutil.which("openssl") is None:
+        return "the openssl command is not on PATH"
+    proc = subprocess.run(["openssl", "version"], capture_output=True, text=True)
+    m = re.match(r"OpenSSL (\d+)[.]", proc.stdout)
+    if proc.returncode != 0 or not m or int(m.group(1)) < 3:
+        return f"openssl 3.0+ is needed, found {proc.stdout.strip() or 'none'}"
+    return None
+
+
 def openssl_verify(public_key, message, signature_b64):
-    """Step 5: Ed25519 with the openssl command (None when it is not installed)."""
-    if not public_key or shutil.which("openssl") is None:
-        return None
+    """Step 5: Ed25519 with the openssl command."""
     import base64
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -134,53 +150,102 @@ def rows_writer(path, listed_by):
     return m.group(1) if m else listed_by
 
 
+def files_readers_read(root, prefix):
+    """Step 6: every file under ROOT/events that some reader of the lake reads,
+    as checkpoint paths: each *.parquet at any depth, hidden or not (what
+    read_parquet('events/**/*.parquet') globs), and any other file no part of
+    whose path below events/ starts with _ or . (pyarrow.dataset and Spark
+    read the folder whatever the suffix); not *.parquet.tmp, a seal's or
+    compaction's file being written (present only while it runs)."""
+    found = []
+    events = os.path.join(root, "events")
+    for folder, _dirs, names in os.walk(events):
+        for name in names:
+            rel = os.path.relpath(os.path.join(folder, name), root).replace(os.sep, "/")
+            hidden = any(part.startswith(("_", ".")) for part in rel.split("/")[1:])
+            if name.endswith(".parquet") or not (hidden or name.endswith(".parquet.tmp")):
+                found.append(prefix + rel)
+    return found
+
+
+def own_writer_sealed(data):
+    """Step 6: a data dir whose writer (DIR/writer_id) has sealed, by its
+    state/seal.json (a collector that never sealed has none): (writer, seal)."""
+    try:
+        with open(os.path.join(data, "writer_id")) as f:
+            writer = f.read().strip()
+        seal = load_json(os.path.join(data, "state", "seal.json")).get("seal", 0)
+    except (OSError, ValueError, AttributeError):
+        return None
+    return (writer, seal) if writer and isinstance(seal, int) and seal >= 1 else None
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("data")
     ap.add_argument("--public-key", action="append", default=[])
     ap.add_argument("--cold", help="root of the cold tier (for cold: paths)")
+    ap.add_argument("--skip-signatures", action="store_true",
+                    help="check all but the signatures; the verdict is then never ok (exit 3 at best)")
     args = ap.parse_args()
-    errors = []
+    errors, unsigned = [], []  # unsigned: why signatures were not checked
     summary = {}
     lake, root = lake_folders(args.data)
     tmp = tempfile.mkdtemp()
     keys = split_keys(args.public_key, tmp)
-    listed, removed, expired, docs_of = {}, set(), {}, {}
-    for writer in sorted(os.listdir(root)):
+    if args.skip_signatures:
+        unsigned.append("--skip-signatures: no signature was checked")
+    elif not keys:
+        unsigned.append("no public key given (--public-key PEM): signatures cannot be checked")
+    elif openssl_problem():
+        unsigned.append(f"{openssl_problem()}: signatures cannot be checked")
+    listed, removed, expired, docs_of = {}, {}, {}, {}
+    for writer in sorted(os.listdir(root)) if os.path.isdir(root) else []:
         # Steps 3-5: the writer's checkpoints, in seal order, linked and signed.
         names = sorted(n for n in os.listdir(os.path.join(root, writer)) if n.endswith(".json"))
         docs = [load_json(os.path.join(root, writer, n)) for n in names]
         docs.sort(key=lambda d: d["seal"])
         docs_of[writer] = docs
-        previous, checked = "", True
+        previous = ""
         mine = [path for label, path in keys if label in ("", writer)]
+        if keys and not mine and not unsigned:
+            errors.append(f"{writer}: no public key given for this writer: signatures not checked")
         for i, doc in enumerate(docs):
             if doc["seal"] != i + 1:
                 errors.append(f"{writer}: seal {i + 1} missing (found {doc['seal']})")
             if doc["previous"] != previous:
                 errors.append(f"{writer}: seal {doc['seal']} does not link to seal {i}")
             previous = hashlib.sha256(signed_bytes(doc)).hexdigest()
-            results = [openssl_verify(k, signed_bytes(doc), doc["signature"]) for k in mine]
-            if True in results:
-                pass
-            elif False in results:
+            if mine and not unsigned and not any(
+                    openssl_verify(k, signed_bytes(doc), doc["signature"]) for k in mine):
                 errors.append(f"{writer}: seal {doc['seal']}: bad signature")
-            else:
-                checked = False
             # Step 6: the live files: every file listed and removed by no
             # checkpoint of any writer (a move or expiry may be another's).
             for entry in doc["files"]:
                 listed[entry["path"]] = (entry, rows_writer(entry["path"], writer))
             for entry in doc["removed"]:
-                removed.add(entry["path"])
+                removed[entry["path"]] = f"{writer} seal {doc['seal']} ({doc['kind']})"
             for item in doc["extra"].get("ranges", []) if doc["kind"] == "expire" else []:
                 owner = rows_writer(item["path"], writer)
                 for first, last, last_hash in item["seq_ranges"]:
                     expired.setdefault(owner, {})[first] = (last, last_hash)
-        summary[writer] = {"signatures": "checked with openssl" if checked and mine else
-                           "not checked (no key for this writer, or no openssl)"}
+        summary[writer] = {"signatures": "not checked" if unsigned or not mine else "checked with openssl"}
     shutil.rmtree(tmp, ignore_errors=True)
     live = {rel: v for rel, v in listed.items() if rel not in removed}
+    # Step 6: what readers of the lake read is exactly the live files.
+    present = files_readers_read(lake, "") + (files_readers_read(args.cold, "cold:") if args.cold else [])
+    for rel in sorted(present):
+        if rel in live:
+            continue
+        if rel in removed or rel.removesuffix(".superseded") in removed:
+            errors.append(f"file {rel}: checkpoint {removed[rel.removesuffix('.superseded')]} removed it, "
+                          "yet it is in the lake, where readers count its events again")
+        else:
+            errors.append(f"file {rel} is in the lake but no checkpoint lists it")
+    sealed = own_writer_sealed(args.data)
+    if sealed and sealed[0] not in docs_of:
+        errors.append(f"{sealed[0]}: DIR/writer_id names this writer and its state/seal.json records "
+                      f"seal {sealed[1]}, but no checkpoint of it is left: its checkpoints were deleted")
     for writer, docs in sorted(docs_of.items()):
         paths = []
         for rel, (entry, owner) in sorted(live.items()):
@@ -236,8 +301,12 @@ def main():
         summary[writer].update({"events": count, "last_seq": expected - 1, "last_hash": h.hex(),
                                 "head_seq": head_seq, "head_hash": docs[-1]["chain_hash"] if docs else "",
                                 "checkpoints": len(docs), "mismatches": mismatches})
-    print(json.dumps({"ok": not errors, "writers": summary, "errors": errors}, indent=1))
-    return 0 if not errors else 1
+    ok = not errors and not unsigned
+    out = {"ok": ok, "writers": summary, "errors": unsigned + errors}
+    if args.skip_signatures:
+        out["unsigned_checks_ok"] = not errors  # the chain and digests, never the signatures
+    print(json.dumps(out, indent=1))
+    return 0 if ok else 3 if args.skip_signatures and not errors else 1
 
 
 if __name__ == "__main__":

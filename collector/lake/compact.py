@@ -18,14 +18,28 @@ Steps, each safe to crash after (``state/compact.json`` records the job):
 2. publish the new files (rename); record "published";
 3. the signed "compact" checkpoint (files = new, removed = old) through
    ``Sealer.append_checkpoint``;
-4. rename each old file to ``<name>.superseded`` (invisible to queries);
-   they are deleted after a grace period (default 10 min), kept in state.
+4. move each old file out of ``events/`` to
+   ``_superseded/events/date=D/<name>.parquet.superseded`` (see
+   :func:`superseded_key`); they are deleted after a grace period (default
+   10 min), kept in state.
+
+Why outside ``events/``: engines that read the folder rather than a
+``*.parquet`` glob (``pyarrow.dataset`` with Hive partitioning, Spark, Dask)
+read every file in it whose name does not start with ``_`` or ``.``,
+whatever its suffix, and DuckDB's ``events/**/*.parquet`` descends into
+``_``-named folders: only a sibling of ``events/`` is out of every reader's
+way.  What any reader finds under ``events/`` is exactly the live files, and
+``auditlake verify`` fails on a replaced file found there again.  On an
+object store the move is a copy and a delete (``Store.rename``).
 
 Recovery: a job not yet checkpointed is rolled back (new files deleted, old
 files kept); a checkpointed one is finished (old files superseded).  So after
 any crash either the old files or the new ones are live and present, never
 neither; both are visible to a new query only between steps 2 and 4 (a few
 milliseconds, or until restart if the process dies exactly there).
+Superseded files an older version left in ``events/``
+(``<name>.parquet.superseded`` beside the live files) are moved out at
+recovery.
 
 In-flight queries: a query that already opened an old file keeps reading it
 (Linux keeps renamed and unlinked files open).  A query that listed the old
@@ -38,6 +52,7 @@ few queries target the day and no seal adds to it.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as dt
 import fnmatch
 import hashlib
@@ -67,7 +82,7 @@ from auditlake.collector.lake.files import (
 from auditlake.collector.schema import EVENT_SCHEMA, INGEST_KEY_COLUMN, LEGACY_EVENT_SCHEMA
 from auditlake.collector.storage.datadir import DataDir, try_lock
 from auditlake.collector.storage.local import replace_file
-from auditlake.collector.storage.store import Store
+from auditlake.collector.storage.store import LocalStore, Store
 
 if TYPE_CHECKING:
     from auditlake.collector.lake.seal import Sealer
@@ -75,6 +90,15 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 SUPERSEDED_SUFFIX = ".superseded"
+#: The lake folder, beside ``events/``, where replaced files wait for deletion.
+SUPERSEDED_AREA = "_superseded"
+
+
+def superseded_key(key: str) -> str:
+    """Where the replaced lake file ``key`` (``events/date=D/<name>.parquet``)
+    waits out its grace period: ``_superseded/events/date=D/<name>.parquet.superseded``
+    (outside ``events/``, and matching no ``*.parquet`` glob)."""
+    return f"{SUPERSEDED_AREA}/{key}{SUPERSEDED_SUFFIX}"
 
 
 @dataclass(frozen=True)
@@ -208,11 +232,13 @@ class Compactor:
                     self.lake.sync(folder)
             self.state.job = None
             self.state.save()
+        self._move_legacy_superseded()
         listed = {s["path"] for s in self.state.superseded}
-        for key in partition_files(self.lake, SUPERSEDED_SUFFIX):
-            if key not in listed:  # a crash between the rename and the state save
+        for obj in self.lake.list(SUPERSEDED_AREA):
+            if obj.key.endswith(SUPERSEDED_SUFFIX) and obj.key not in listed:
+                # A crash between the move and the state save.
                 deadline = time.time() + self.policy.superseded_grace_s
-                self.state.superseded.append({"path": key, "delete_after": deadline})
+                self.state.superseded.append({"path": obj.key, "delete_after": deadline})
         for key in self.lake.stage_keys(TMP_SUFFIX):
             if fnmatch.fnmatchcase(key.rpartition("/")[2], f"compact-{self.writer_id}-*{TMP_SUFFIX}"):
                 self.lake.discard(key)
@@ -233,33 +259,75 @@ class Compactor:
                 return True
         return False
 
-    def _supersede(self, old: list[str]) -> None:
-        """Set the replaced files aside (``<name>.superseded``, out of the
-        queries' glob) and list them for deletion after the grace period."""
-        deadline = time.time() + self.policy.superseded_grace_s
-        for key in old:
-            target = key + SUPERSEDED_SUFFIX
-            if self.lake.exists(key):
-                self.lake.rename(key, target)
+    def _move_legacy_superseded(self) -> None:
+        """Move superseded files an older version left in ``events/`` (as
+        ``<name>.parquet.superseded`` beside the live files) out of it,
+        keeping their deletion time."""
+        legacy = set(partition_files(self.lake, SUPERSEDED_SUFFIX))
+        if not legacy:
+            return
+        due = {s["path"]: s["delete_after"] for s in self.state.superseded}
+        self.state.superseded = [s for s in self.state.superseded if s["path"] not in legacy]
+        moved = []
+        for key in sorted(legacy):
+            target = superseded_key(key.removesuffix(SUPERSEDED_SUFFIX))
+            self._set_aside(key, target)
+            moved.append((key, target))
+            deadline = due.get(key, time.time() + self.policy.superseded_grace_s)
             self.state.superseded.append({"path": target, "delete_after": deadline})
-        for folder in {_folder(key) for key in old}:
-            self.lake.sync(folder)
+        self._sync(moved)
         self.state.save()
+        log.info("moved %d superseded files an older version left in events/ to %s/",
+                 len(legacy), SUPERSEDED_AREA)
+
+    def _supersede(self, old: list[str]) -> None:
+        """Set the replaced files aside (:func:`superseded_key`: out of
+        ``events/``, where every reader looks) and list them for deletion
+        after the grace period."""
+        deadline = time.time() + self.policy.superseded_grace_s
+        moved = []
+        for key in old:
+            target = superseded_key(key)
+            if self.lake.exists(key):  # not when a recovery repeats this step
+                self._set_aside(key, target)
+                moved.append((key, target))
+            self.state.superseded.append({"path": target, "delete_after": deadline})
+        self._sync(moved)
+        self.state.save()
+
+    def _set_aside(self, key: str, target: str) -> None:
+        """Move ``key`` to ``target`` (a rename on local disk, a copy and a
+        delete on an object store)."""
+        if isinstance(self.lake, LocalStore):
+            # A rename needs its target folder; object stores have none.
+            self.lake.local_path(target).parent.mkdir(parents=True, exist_ok=True)
+        self.lake.rename(key, target)
+
+    def _sync(self, moved: list[tuple[str, str]]) -> None:
+        """Make the moves (from, to) durable: the folders they left and entered."""
+        for folder in sorted({_folder(k) for pair in moved for k in pair}):
+            self.lake.sync(folder)
 
     def delete_expired(self, now: float | None = None) -> int:
         """Delete superseded files whose grace period is over; returns how many."""
         now = time.time() if now is None else now
-        keep, gone = [], 0
+        keep, gone = [], []
         for s in self.state.superseded:
             if s["delete_after"] <= now:
                 self.lake.delete(s["path"])
-                gone += 1
+                gone.append(s["path"])
             else:
                 keep.append(s)
         if gone:
             self.state.superseded = keep
             self.state.save()
-        return gone
+            if isinstance(self.lake, LocalStore):
+                # Day folders of the superseded area left empty (an object
+                # store has no folders).
+                for folder in sorted({_folder(p) for p in gone if p.startswith(f"{SUPERSEDED_AREA}/")}):
+                    with contextlib.suppress(OSError):
+                        self.lake.local_path(folder).rmdir()  # only when empty
+        return len(gone)
 
     # -- compaction ------------------------------------------------------------------
 

@@ -16,6 +16,8 @@ from pathlib import Path
 
 import duckdb
 import pyarrow as pa
+import pyarrow.dataset as pads
+import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 import pytest
 
@@ -27,7 +29,7 @@ from auditlake.collector.integrity.verify import verify_lake
 from auditlake.collector.lake.files import sha256_file
 from auditlake.collector.schema import EVENT_SCHEMA, STRING_FIELDS
 from auditlake.collector.storage.datadir import DataDir
-from tests.conftest import CollectorProcess, run_cli
+from tests.conftest import CollectorProcess, S3Server, run_cli
 
 DAY_US = 86_400_000_000
 PAST = int((time.time() // 86400 - 3) * DAY_US) + 3_600_000_000  # 01:00 UTC, 3 days ago
@@ -67,6 +69,26 @@ def snapshot(data: DataDir) -> list[tuple[object, ...]]:
     con.execute("SET TimeZone = 'UTC'")
     files = [str(p) for p in sorted(data.events.glob("date=*/*.parquet"))]
     return con.execute("SELECT * FROM read_parquet(?, hive_partitioning = true) ORDER BY seq", [files]).fetchall()
+
+
+def superseded(data: DataDir, day: str = PAST_DAY) -> list[Path]:
+    """The replaced files waiting out their grace period (outside events/)."""
+    return sorted((data.lake / "_superseded" / "events" / f"date={day}").glob("*"))
+
+
+def reader_counts(events: str, filesystem: pafs.FileSystem | None = None) -> dict[str, int]:
+    """Rows that engines reading the events folder count: pyarrow.dataset
+    over the folder (Hive partitioning: every file not named _* or .*) and,
+    for a local lake, DuckDB's recursive glob."""
+    dataset = pads.dataset(events, format="parquet", partitioning="hive", filesystem=filesystem)
+    counts = {"pyarrow.dataset": dataset.count_rows()}
+    if filesystem is None:
+        with duckdb.connect() as con:
+            row = con.execute(
+                f"SELECT count(*) FROM read_parquet('{events}/**/*.parquet', hive_partitioning = 1)").fetchone()
+        assert row is not None
+        counts["duckdb **/*.parquet"] = int(row[0])
+    return counts
 
 
 def assert_lake_verifies(data: DataDir) -> None:
@@ -114,12 +136,16 @@ def test_compaction_keeps_rows_seqs_hashes_and_query_results(tmp_path: Path) -> 
     assert compact[0].seq == cps[-2].seq and compact[0].chain_hash == cps[-2].chain_hash
     assert compact[0].previous == cps[-2].digest()
     assert_lake_verifies(data)
-    # the replaced files wait out their grace period out of the queries' glob
-    assert len(list((data.events / f"date={PAST_DAY}").glob("*.superseded"))) == 6
+    # The replaced files wait out their grace period outside events/, so
+    # whatever reads the folder counts each event once.
+    assert [p.name for p in superseded(data)] == sorted(p.name + ".superseded" for p in before_files)
+    assert [p.name for p in (data.events / f"date={PAST_DAY}").iterdir()] == [after_files[0].name]
+    assert reader_counts(str(data.events)) == {"pyarrow.dataset": 1800, "duckdb **/*.parquet": 1800}
     run_cli("compact", "--delete-now", data=data.root)
-    assert len(list((data.events / f"date={PAST_DAY}").glob("*.superseded"))) == 6  # not yet due
+    assert len(superseded(data)) == 6  # not yet due
     state = json.loads((data.state / "compact.json").read_text())
-    assert len(state["superseded"]) == 6
+    assert sorted(s["path"] for s in state["superseded"]) == [
+        f"_superseded/events/date={PAST_DAY}/{p.name}.superseded" for p in before_files]
 
 
 def test_open_days_and_single_files_are_left_alone(tmp_path: Path) -> None:
@@ -171,6 +197,7 @@ def test_crash_mid_compaction_leaves_one_live_copy(tmp_path: Path, point: str) -
         assert len(names) == 1 and next(iter(names)).startswith("compact-")
     assert snapshot(data) == before
     assert not list(data.events.glob("date=*/*.tmp"))
+    assert not list(data.events.glob("**/*.superseded"))
     assert_lake_verifies(data)
 
 
@@ -208,9 +235,67 @@ def test_superseded_files_are_deleted_after_the_grace_period(tmp_path: Path) -> 
         s["delete_after"] = time.time() - 1  # as if the grace period had passed
     state_path.write_text(json.dumps(state))
     run_cli("compact", data=data.root)
-    assert not list(data.events.glob("date=*/*.superseded"))
+    assert not list(data.lake.glob("**/*.superseded"))
+    assert not (data.lake / "_superseded" / "events" / f"date={PAST_DAY}").exists()  # empty folders go too
     assert json.loads(state_path.read_text())["superseded"] == []
     assert os.path.exists(day_files(data)[0])
+
+
+def test_superseded_files_an_older_version_left_in_events_are_moved_out(tmp_path: Path) -> None:
+    # Older versions renamed replaced files to <name>.parquet.superseded beside
+    # the live files, where pyarrow.dataset counted them (5,800 rows for 4,602
+    # events in one lake).  Any start (here the CLI's recovery) moves them out
+    # and keeps their deletion time.
+    data = build_lake(tmp_path / "data", seals=3, rows=100)
+    run_cli("compact", data=data.root)
+    state_path = data.state / "compact.json"
+    state = json.loads(state_path.read_text())
+    for entry in state["superseded"]:  # put them back where an older version kept them
+        old = data.lake / entry["path"]
+        legacy = data.lake / entry["path"].removeprefix("_superseded/")
+        old.rename(legacy)
+        entry["path"] = legacy.relative_to(data.lake).as_posix()
+        entry["delete_after"] = 4_000_000_000.0
+    state_path.write_text(json.dumps(state))
+    assert reader_counts(str(data.events))["pyarrow.dataset"] == 600  # 300 events, counted twice
+    assert "removed_file" in {p.kind for p in verify_lake(data).problems}
+
+    run_cli("compact", "--day", "1970-01-01", data=data.root)
+    assert not list(data.events.glob("**/*.superseded"))
+    assert len(superseded(data)) == 3
+    assert reader_counts(str(data.events)) == {"pyarrow.dataset": 300, "duckdb **/*.parquet": 300}
+    state = json.loads(state_path.read_text())
+    assert {s["delete_after"] for s in state["superseded"]} == {4_000_000_000.0}
+    assert all(s["path"].startswith("_superseded/events/") for s in state["superseded"])
+    assert_lake_verifies(data)
+
+
+def test_compaction_in_a_bucket_sets_replaced_files_aside_outside_events(
+        s3_server: S3Server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # A lake on object storage: the move out of events/ is a copy and a
+    # delete through the Store; readers of the bucket's events/ count each
+    # event once.
+    monkeypatch.setenv("AWS_ENDPOINT_URL", s3_server.endpoint)
+    bucket = s3_server.bucket(f"compact-{uuid.uuid4().hex[:12]}")
+    url = f"s3://{bucket}/lake"
+    data = DataDir.resolve(tmp_path / "data", lake=url)
+    for k in range(3):
+        submit(data, wire_table(100, PAST + k * 100_000), imported=True)
+    out = run_cli("compact", "--lake", url, data=data.root).stdout
+    assert f"{PAST_DAY}: 3 files -> 1 (300 rows)" in out
+    fs = s3_server.filesystem()
+    keys = sorted(i.path.removeprefix(f"{bucket}/lake/") for i in fs.get_file_info(
+        pafs.FileSelector(f"{bucket}/lake", recursive=True)) if i.type == pafs.FileType.File)
+    events = [k for k in keys if k.startswith("events/")]
+    assert len(events) == 1 and events[0].split("/")[-1].startswith("compact-")
+    aside = [k for k in keys if k.startswith("_superseded/")]
+    assert len(aside) == 3 and all(k.startswith(f"_superseded/events/date={PAST_DAY}/part-")
+                                   and k.endswith(".parquet.superseded") for k in aside)
+    assert reader_counts(f"{bucket}/lake/events", fs) == {"pyarrow.dataset": 300}
+    report = json.loads(run_cli("verify", "--lake", url, "--format", "json", "--quiet", data=data.root,
+                                check=False).stdout)
+    assert report["ok"], report["problems"]
+    assert report["events"] == 300
 
 
 def test_append_checkpoint_interleaves_safely_with_sealing(tmp_path: Path) -> None:

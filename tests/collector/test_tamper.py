@@ -12,11 +12,12 @@ from __future__ import annotations
 import json
 import shutil
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 import pytest
 
@@ -413,3 +414,108 @@ def test_event_replaced_with_a_recomputed_hash_is_named(lake: Path) -> None:
     assert "recomputed chain_hash" in p.message
     find(report, "changed_file", file=key_of(lake, target))
     assert {q.seq for q in report.problems if q.kind == "changed_event"} == {seq}
+
+
+# -- what readers read, and who wrote it ------------------------------------------------
+
+
+def query_count(lake: Path) -> int:
+    """What `auditlake query` counts: the rows every analyst sees."""
+    out = run_cli("query", "--format", "csv", "SELECT count(*) AS n FROM events", data=lake / "data").stdout
+    return int(out.splitlines()[1])
+
+
+def test_forged_file_of_correctly_chained_events_is_unlisted(lake: Path) -> None:
+    # A new file with a plausible name, its events chained on from the signed
+    # head with correct hashes: every reader returns them, so verify must fail.
+    all_rows = pa.concat_tables([pq.read_table(f) for f in files(lake)]).sort_by("seq")
+    head = all_rows.slice(all_rows.num_rows - 1, 1)
+    forged, prev = [], head.column("chain_hash")[0].as_py()
+    for k in range(3):
+        row = set_cell(set_cell(head, "seq", 0, 401 + k), "user_id", 0, "mallory")
+        prev = chain_link(prev, canonical_rows(row)[0])
+        forged.append(set_cell(row, "chain_hash", 0, prev))
+    target = newest_seal_files(lake)[0]
+    writer = json.loads(checkpoints(lake)[-1].read_text())["writer_id"]
+    path = target.parent / f"part-{writer}-0000000005.parquet"
+    rewrite(path, pa.concat_tables(forged))
+    assert query_count(lake) == SEALS * PER_SEAL + 3  # what readers see
+
+    proc = run_cli("verify", data=lake / "data", check=False)
+    assert proc.returncode == 1
+    report = verify(lake)
+    find(report, "unlisted_file", file=key_of(lake, path))
+    find(report, "unsigned_events", seq=401, file=key_of(lake, path))
+
+
+def test_superseded_file_renamed_back_fails_verify(lake: Path) -> None:
+    # Compaction sets replaced files aside outside events/; putting one back
+    # makes every reader count its events twice: verify fails (it used to
+    # exit 0 with a warning).
+    day = files(lake)[0].parent
+    before = sorted(day.glob("*.parquet"))
+    assert len(before) >= 2
+    out = run_cli("compact", "--day", day.name[5:], data=lake / "data").stdout
+    assert f"{len(before)} files -> 1" in out
+    assert query_count(lake) == SEALS * PER_SEAL
+    # Engines reading the folder count each event once too.
+    dataset = pads.dataset(lake / "data/lake/events", format="parquet", partitioning="hive")
+    assert dataset.count_rows() == SEALS * PER_SEAL
+    assert verify(lake).ok
+
+    aside = lake / "data/lake/_superseded/events" / day.name / (before[0].name + ".superseded")
+    assert aside.exists()
+    aside.rename(before[0])
+    n = pq.read_metadata(before[0]).num_rows
+    assert query_count(lake) == SEALS * PER_SEAL + n  # the double count
+
+    proc = run_cli("verify", "--format", "json", data=lake / "data", check=False)
+    assert proc.returncode == 1
+    doc = json.loads(proc.stdout)
+    [p] = [p for p in doc["problems"] if p["kind"] == "removed_file"]
+    assert p["file"] == key_of(lake, before[0]) and "compact checkpoint seal 5" in p["message"]
+    assert {q["kind"] for q in doc["problems"]} == {"removed_file"}
+    assert doc["events"] == SEALS * PER_SEAL  # its events are not counted twice by verify itself
+
+
+def test_lake_and_checkpoints_deleted_together_fail_verify(lake: Path) -> None:
+    # DIR/writer_id names a writer that has sealed (state/seal.json), and
+    # nothing of it is left: evidence of deletion, not an empty lake.
+    shutil.rmtree(lake / "data/lake/events")
+    (lake / "data/lake/events").mkdir()
+    for path in checkpoints(lake):
+        path.unlink()
+    proc = run_cli("verify", data=lake / "data", check=False)
+    assert proc.returncode == 1, proc.stdout
+    report = verify(lake)
+    writer = (lake / "data/writer_id").read_text().strip()
+    p = find(report, "missing_writer", writer_id=writer)
+    assert "seal 4" in p.message
+    assert kinds(report) == {"missing_writer"}
+
+
+def test_collector_that_never_sealed_verifies_clean(
+        collector_factory: Callable[..., CollectorProcess]) -> None:
+    collector = collector_factory()
+    assert collector.stop() == 0
+    assert (collector.data / "writer_id").exists()
+    proc = run_cli("verify", data=collector.data)
+    assert proc.stdout.startswith("auditlake verify: OK") and "0 stored" in proc.stdout
+
+
+def test_changed_writer_id_names_the_column_and_seq(lake: Path) -> None:
+    target = files(lake)[1]
+    table = pq.read_table(target)
+    seq = table.column("seq")[2].as_py()
+    writer = table.column("writer_id")[2].as_py()
+    rewrite(target, set_cell(table, "writer_id", 2, "w00000000beef"))
+
+    proc = run_cli("verify", "--format", "json", data=lake / "data", check=False)
+    assert proc.returncode == 1
+    changed = [p for p in json.loads(proc.stdout)["problems"] if p["kind"] == "changed_event"]
+    assert [(p["seq"], p["column"], p["file"], p["writer_id"]) for p in changed] == [
+        (seq, "writer_id", key_of(lake, target), writer)]
+    assert "writer_id is the only column changed" in changed[0]["message"]
+    report = verify(lake)
+    assert "unknown_writer" not in kinds(report)  # the event is the file's writer's, edited
+    assert kinds(report) <= {"changed_event", "changed_file", "missing_events"}

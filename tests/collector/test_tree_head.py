@@ -123,3 +123,37 @@ def test_a_chain_sealed_before_trees_keeps_checkpoints_without_one(tmp_path: Pat
     assert latest.seq == 500 and latest.version == 1 and latest.tree_size is None
     assert duckdb.sql(
         f"SELECT count(*) FROM read_parquet('{tmp_path}/lake/events/*/*.parquet')").fetchall() == [(500,)]
+
+
+def test_verify_rebuilds_each_tree_and_names_a_wrong_signed_head(tmp_path: Path) -> None:
+    import base64
+
+    from auditlake.collector.integrity.signing import SigningKey
+    from auditlake.collector.integrity.verify import verify_lake
+
+    sealer = _sealer(tmp_path, max_rows=250)
+    _queue(sealer, 4)
+    sealer.seal_pending()
+    sealer.stop()
+    report = verify_lake(tmp_path)
+    assert report.ok, report.to_text()
+    signed = read_checkpoints(DataDir(tmp_path).checkpoints)
+    assert report.tree_heads == len(signed) >= 3
+    assert "tree heads:    " in report.to_text()
+
+    # a checkpoint whose tree head is not the events' tree, validly signed
+    # (a writer bug, or whoever holds the key): verify names it
+    victim = signed[1]
+    body = {**victim.checkpoint.body(), "tree_root": hashlib.sha256(b"other").hexdigest()}
+    key = SigningKey.load_or_create(tmp_path / "keys")
+    doc = {**body, "signature": base64.b64encode(key.sign(canonical_json(body))).decode()}
+    victim.path.write_text(json.dumps(doc))
+    # the next checkpoint links to the old digest: re-link the rest as that signer would
+    previous = hashlib.sha256(canonical_json(body)).hexdigest()
+    for later in signed[2:]:
+        b = {**later.checkpoint.body(), "previous": previous}
+        later.path.write_text(json.dumps({**b, "signature": base64.b64encode(key.sign(canonical_json(b))).decode()}))
+        previous = hashlib.sha256(canonical_json(b)).hexdigest()
+    report = verify_lake(tmp_path)
+    kinds = {(p.kind, p.file) for p in report.problems}
+    assert kinds == {("tree_head", victim.path.name)}, report.to_text()

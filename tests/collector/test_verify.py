@@ -122,12 +122,53 @@ def test_compaction_verifies_clean(writer: SyntheticWriter) -> None:
     assert report.events == 65
 
 
-def test_compaction_leftover_is_a_warning_not_a_problem(writer: SyntheticWriter) -> None:
+def test_a_file_compaction_replaced_is_a_problem_while_readers_still_see_it(writer: SyntheticWriter) -> None:
+    # Every reader globbing events/ counts such a file's events twice: an
+    # error, not a warning (hole: it used to pass with a warning).
+    old = day_files(writer, "2026-03-02")
     compact(writer, "2026-03-02", delete_old=False)
     report = verify_lake(writer.data)
-    assert report.ok, report.to_text()
-    assert any("removed by a checkpoint" in w for w in report.warnings)
-    assert report.events == 60  # the replaced files are not counted twice
+    removed = [p for p in report.problems if p.kind == "removed_file"]
+    assert sorted(p.file for p in removed) == [e.path for e in old]
+    assert kinds(report) == {"removed_file"}, report.to_text()
+    assert all("compact checkpoint seal 4" in p.message and "counts its events a second time" in p.message
+               for p in removed)
+    assert report.events == 60  # not read: its events are counted once, in the file that replaced it
+    # Outside --from/--to it is not digested, but its path alone is wrong.
+    ranged = verify_lake(writer.data, date_from="2026-03-03", date_to="2026-03-03")
+    assert sorted(p.file for p in ranged.problems if p.kind == "removed_file") == [e.path for e in old]
+
+
+def test_old_style_superseded_copy_inside_events_is_a_removed_file(writer: SyntheticWriter) -> None:
+    # What compaction of older versions left beside the live files, which
+    # pyarrow.dataset reads whatever the suffix.
+    old = day_files(writer, "2026-03-02")
+    compact(writer, "2026-03-02", delete_old=False)
+    for e in old:
+        path = writer.data.lake / e.path
+        path.rename(path.with_name(path.name + ".superseded"))
+    report = verify_lake(writer.data)
+    assert sorted(p.file for p in report.problems if p.kind == "removed_file") == [
+        e.path + ".superseded" for e in old]
+    assert kinds(report) == {"removed_file"}
+
+
+def test_any_file_a_folder_reader_reads_must_be_listed(writer: SyntheticWriter) -> None:
+    day = writer.data.events / "date=2026-03-01"
+    source = day_files(writer, "2026-03-01")[0]
+    # pyarrow.dataset and Spark read every file not named _* or .*, whatever its suffix.
+    shutil.copy(writer.data.lake / source.path, day / "extra.data")
+    (day / "sub").mkdir()
+    (day / "sub" / "notes.txt").write_text("hello")
+    # Names no reader reads: hidden, underscore-prefixed, a stage in flight.
+    (day / ".hidden").write_text("x")
+    (writer.data.events / "_meta").mkdir()
+    (writer.data.events / "_meta" / "x.json").write_text("{}")
+    (day / "part-wtest00000001-0000000099.parquet.tmp").write_text("x")
+    report = verify_lake(writer.data)
+    unlisted = sorted(p.file for p in report.problems if p.kind == "unlisted_file")
+    assert unlisted == ["events/date=2026-03-01/extra.data", "events/date=2026-03-01/sub/notes.txt"]
+    assert kinds(report) == {"unlisted_file"}
 
 
 def test_move_to_cold_then_expire_verifies_clean(writer: SyntheticWriter, tmp_path: Path) -> None:
@@ -359,3 +400,37 @@ def test_cold_tier_on_a_non_local_filesystem_is_read_through_pyarrow(
     report = verify_lake(writer.data, cold_tier=tier)
     assert {p.kind for p in report.problems} == {"changed_file", "changed_event"}
     assert {p.file for p in report.problems} == {moved[0].path}
+
+
+def test_verify_checks_every_file_pyarrow_and_duckdb_read(tmp_path: Path) -> None:
+    # What a reader globs is what verify checks, tried against the readers
+    # themselves rather than assumed: pyarrow.dataset over events/ (Hive
+    # partitioning) and DuckDB's events/**/*.parquet.
+    import duckdb
+    import pyarrow.dataset as pads
+
+    from auditlake.collector.integrity.verify.listing import list_lake
+
+    root = tmp_path / "lake"
+    names = ["date=2026-03-01/a.parquet", "date=2026-03-01/.hidden.parquet", "date=2026-03-01/_u.parquet",
+             "date=2026-03-01/b.parquet.superseded", "date=2026-03-01/c.data", "date=2026-03-01/sub/d.parquet",
+             "date=2026-03-01/e.parquet.tmp", "_superseded/date=2026-03-01/f.parquet", "g.parquet",
+             ".meta/h.parquet"]
+    for name in names:
+        (root / "events" / name).parent.mkdir(parents=True, exist_ok=True)
+        pq.write_table(pa.table({"x": [1]}), root / "events" / name)
+    events = root / "events"
+    by_pyarrow = {Path(f).relative_to(root).as_posix()
+                  for f in pads.dataset(events, format="parquet", partitioning="hive").files}
+    with duckdb.connect() as con:
+        by_duckdb = {Path(r[0]).relative_to(root).as_posix() for r in con.execute(
+            f"SELECT DISTINCT filename FROM read_parquet('{events}/**/*.parquet', filename = true)").fetchall()}
+    listing = list_lake({"hot": LocalStore(root)})
+    checked = set(listing.files) | set(listing.strays)
+    # A stage being written is the one file a reader may meet unchecked
+    # (only while a seal or compaction runs).
+    assert (by_pyarrow | by_duckdb) - checked == {"events/date=2026-03-01/e.parquet.tmp"}
+    # Why replaced files wait outside events/: a suffix does not hide them
+    # from pyarrow, and an _-named folder does not hide them from DuckDB.
+    assert "events/date=2026-03-01/b.parquet.superseded" in by_pyarrow
+    assert "events/_superseded/date=2026-03-01/f.parquet" in by_duckdb

@@ -290,3 +290,54 @@ def read_checkpoints(primary: Store, mirrors: Sequence[Store], key: KeyRing | No
                 checkpoints=len(seals)))
     report.checkpoints = sum(len(s) for s in merged.values())
     return merged
+
+
+# -- the data dir's own writer -----------------------------------------------------------
+
+#: The sealer's progress record in ``DIR/state`` (lake.seal_progress, a layer
+#: above): ``seal`` is the number of the newest checkpoint its writer committed.
+_SEAL_STATE = "seal.json"
+
+
+def sealed_without_checkpoints(data: DataDir, writers: ByWriter) -> tuple[str, str, int] | None:
+    """(writer id, what says it sealed, its seal number; 0 when unreadable)
+    when ``DIR/writer_id`` names a writer
+    that, by ``DIR/state/seal.json``, has committed checkpoints, and yet no
+    checkpoint of it is in the lake: its checkpoints (and with them its files'
+    place in the lake) were deleted.  None otherwise, and for a collector
+    that never sealed: it has a writer id and keys but no seal record."""
+    try:
+        writer = (data.root / "writer_id").read_text().strip()
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    if not writer or writer in writers:
+        return None
+    try:
+        raw = (data.state / _SEAL_STATE).read_bytes()
+    except (FileNotFoundError, NotADirectoryError):
+        return None  # never sealed
+    try:
+        seal = int(json.loads(raw).get("seal", 0))
+    except (ValueError, TypeError, AttributeError):
+        return writer, f"{data.state / _SEAL_STATE} exists but cannot be read", 0
+    if seal < 1:
+        return None
+    return writer, f"{data.state / _SEAL_STATE} records seal {seal}", seal
+
+
+def check_own_writer(data: DataDir, writers: ByWriter, report: VerifyReport) -> None:
+    """Report the data dir's writer when it sealed but has no checkpoint left."""
+    found = sealed_without_checkpoints(data, writers)
+    if found is None:
+        return
+    writer, evidence, seal = found
+    # Only the newest commit can be unfinished (committed, not yet signed):
+    # with seal 1 that is the whole chain, so a crash there looks the same.
+    unfinished = (" (or the collector stopped between committing its first seal and signing it: "
+                  "it finishes that when it starts again)" if seal == 1 else "")
+    report.add(
+        "missing_writer",
+        f"this data dir's writer {writer} (DIR/writer_id) has sealed events ({evidence}), "
+        "but the lake holds no checkpoint of it: its checkpoints were deleted, and with "
+        f"them every file and event it sealed is unaccounted for or gone{unfinished}",
+        writer_id=writer)

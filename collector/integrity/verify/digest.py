@@ -1,14 +1,15 @@
 """Digesting the files: each listed file in the date range read once through
 its Store (sha256, and the bytes of non-local files for DuckDB), its Parquet
 footer read, and the digests compared with what the checkpoints signed:
-changed, moved, missing and unlisted files."""
+changed, moved, missing and unlisted files, and files a checkpoint removed
+that are back where readers read them."""
 
 from __future__ import annotations
 
 import hashlib
 import time
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from dataclasses import dataclass, field
 
 import pyarrow as pa
@@ -17,6 +18,10 @@ import pyarrow.parquet as pq
 from auditlake.collector.integrity.chain import canonical_fields
 from auditlake.collector.integrity.verify.listing import DateRange, DiskFile, ExpectedFiles, LakeChanged
 from auditlake.collector.integrity.verify.report import ProgressFn, VerifyReport
+
+#: What compaction of older versions appended to a replaced file's name,
+#: leaving it beside the live files (lake.compact now moves it out of events/).
+SUPERSEDED_SUFFIX = ".superseded"
 
 
 @dataclass
@@ -29,7 +34,7 @@ class FileReads:
     unreadable: set[str] = field(default_factory=set)
     #: Files whose statistics admit a NULL in a hashed column.
     maybe_null: set[str] = field(default_factory=set)
-    #: Files a checkpoint removed that are still on disk (not read further).
+    #: Files a checkpoint removed that are back in the lake (reported, not read further).
     leftovers: set[str] = field(default_factory=set)
 
     def readable(self, keys: Iterable[str]) -> list[str]:
@@ -130,26 +135,37 @@ def digest_files(disk: dict[str, DiskFile], expected: ExpectedFiles, dates: Date
     reads = FileReads()
     _digest_in_range([f for f in disk.values() if dates.contains(f.key)], reads, progress, report)
     _count_rows(disk.values(), reads, report)
-    reads.leftovers = compare_files(disk, expected, report)
+    reads.leftovers = compare_files(disk, expected, report, reads.unreadable)
     return reads
 
 
 # -- digests against the checkpoints -----------------------------------------------------
 
 
-def compare_files(disk: dict[str, DiskFile], expected: ExpectedFiles, report: VerifyReport) -> set[str]:
+def compare_files(disk: dict[str, DiskFile], expected: ExpectedFiles, report: VerifyReport,
+                  unreadable: Collection[str] = ()) -> set[str]:
     """Name every file whose digest differs from its checkpoint, or that is
-    unlisted, moved or missing; returns the files checkpoints removed that are
-    still on disk."""
+    unlisted, moved, missing, or removed by a checkpoint yet back in the
+    lake; returns the removed ones (not read further: their events are in
+    the files that replaced them)."""
     by_sha: dict[str, list[str]] = defaultdict(list)
     for path, live in expected.live.items():
         by_sha[live.entry.sha256].append(path)
     leftovers: set[str] = set()
     explained: set[str] = set()  # live paths whose content was found elsewhere
     for key, f in sorted(disk.items()):
-        if not f.sha256:
-            continue  # out of range or unreadable
         lf = expected.live.get(key)
+        if not f.sha256:
+            # Out of --from/--to (or unreadable): not digested, but a path no
+            # checkpoint leaves live is wrong whatever its bytes.
+            if key in unreadable or lf is not None:
+                continue
+            if key in expected.history:
+                leftovers.add(key)
+                _removed(f, expected, report, digested=False)
+            else:
+                _unlisted(f, report)
+            continue
         if lf is not None and lf.entry.sha256 == f.sha256:
             continue
         others = [p for p in by_sha.get(f.sha256, []) if p != key]
@@ -164,16 +180,62 @@ def compare_files(disk: dict[str, DiskFile], expected: ExpectedFiles, report: Ve
                 "rewritten after sealing", file=key, writer_id=lf.writer_id)
         elif key in expected.history and expected.history[key].sha256 == f.sha256:
             leftovers.add(key)
-            report.warnings.append(
-                f"{key} was removed by a checkpoint (compaction or retention) but is still "
-                "on disk; it was not read (its events are in the files that replaced it)")
+            _removed(f, expected, report, digested=True)
+        else:
+            _unlisted(f, report)
+    _missing(disk, expected, explained, report)
+    return leftovers
+
+
+def _unlisted(f: DiskFile, report: VerifyReport) -> None:
+    rows = f"{f.rows} rows" if f.rows >= 0 else "not read"
+    report.add(
+        "unlisted_file",
+        f"{f.key} ({rows}) is not listed in any checkpoint, yet every reader of the lake "
+        "reads it: a file added to the lake after sealing (inserted events)", file=f.key)
+
+
+_REMOVAL = {"compact": "compaction replaced it", "move": "retention moved it to the cold tier",
+            "expire": "retention expired it"}
+
+
+def _removed(f: DiskFile, expected: ExpectedFiles, report: VerifyReport, *, digested: bool) -> None:
+    """A file a checkpoint removed is in the lake again, where readers count it."""
+    e = expected.history[f.key]
+    writer, seal, kind = expected.removed_by[f.key]
+    same = "with the bytes it removed" if digested else "(not digested: outside --from/--to)"
+    report.add(
+        "removed_file",
+        f"{f.key} ({e.rows} events, seq {e.first_seq}..{e.last_seq}) is in the lake {same}, "
+        f"but {kind} checkpoint seal {seal} of writer {writer} removed it "
+        f"({_REMOVAL.get(kind, 'it is no longer part of the lake')}): every reader counts its "
+        "events a second time.  A collector that stopped between that checkpoint and setting "
+        "the file aside finishes the step when it starts again; otherwise the file was put "
+        "back (for example a superseded copy renamed to .parquet)",
+        file=f.key, writer_id=writer, seq=e.first_seq)
+
+
+def check_strays(strays: dict[str, DiskFile], expected: ExpectedFiles, report: VerifyReport) -> None:
+    """Files under ``events/`` that are not ``*.parquet`` but that engines
+    reading the folder (pyarrow.dataset, Spark) read all the same."""
+    for key, f in sorted(strays.items()):
+        replaced = key.removesuffix(SUPERSEDED_SUFFIX)
+        if replaced != key and replaced in expected.history:
+            e = expected.history[replaced]
+            writer, seal, kind = expected.removed_by[replaced]
+            report.add(
+                "removed_file",
+                f"{key} is the copy of {replaced} ({e.rows} events) that {kind} checkpoint "
+                f"seal {seal} of writer {writer} removed, left inside events/ by an older "
+                "collector: engines that read the folder (pyarrow.dataset, Spark) count its "
+                "events a second time.  A collector of this version moves it out of events/ "
+                "when it starts; or delete it", file=key, writer_id=writer, seq=e.first_seq)
         else:
             report.add(
                 "unlisted_file",
-                f"{key} ({f.rows} rows) is not listed in any checkpoint: a file added to "
-                "the lake after sealing (inserted events)", file=key)
-    _missing(disk, expected, explained, report)
-    return leftovers
+                f"{key} ({f.size} bytes) is not listed in any checkpoint, and although its "
+                "name is not *.parquet, engines that read the events/ folder (pyarrow.dataset, "
+                "Spark) read it as part of the lake: a file added after sealing", file=key)
 
 
 def _moved(f: DiskFile, listed_at: str, expected: ExpectedFiles, report: VerifyReport) -> None:

@@ -19,6 +19,7 @@ from auditlake.collector.integrity.verify.index import LakeScan
 from auditlake.collector.integrity.verify.links import Links
 from auditlake.collector.integrity.verify.listing import partition_date
 from auditlake.collector.integrity.verify.report import VerifyReport
+from auditlake.collector.integrity.verify.rows import ChangedWriterId
 from auditlake.collector.schema import (
     EVENT_SCHEMA,
     INGEST_KEY_COLUMN,
@@ -33,7 +34,8 @@ _DETAIL_LIMIT = 500
 #: Failing positions (and disturbed hashes) tried when looking for where a moved event belongs.
 _SWAP_CANDIDATES = 64
 
-_PART_RE = re.compile(r"^part-(?P<writer>.+)-(?P<seal>\d{10})(?:-.*)?\.parquet$")
+#: The writer a lake file's name carries (sealed and compacted files; a moved file keeps its name).
+_FILE_WRITER_RE = re.compile(r"^(?:part|compact)-(?P<writer>w[^-/]+)-[^/]*\.parquet$")
 _UUID_RE = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
 _HEX_RE = {"trace_id": re.compile(r"^([0-9a-f]{32})?$"), "span_id": re.compile(r"^([0-9a-f]{16})?$")}
 _HASH_RE = re.compile(r"[0-9a-f]{64}")
@@ -66,6 +68,49 @@ def explain_failures(con: duckdb.DuckDBPyConnection, scan: LakeScan, links: Link
             "changed_event",
             f"{len(rest)} further events do not hash to their stored chain_hash (first: "
             f"writer {w} seq {s}); not examined one by one", seq=s, writer_id=w)
+
+
+def explain_writer_ids(con: duckdb.DuckDBPyConnection, scan: LakeScan, changed: list[ChangedWriterId],
+                       starts: dict[tuple[str, int], str], report: VerifyReport) -> None:
+    """Name the events whose ``writer_id`` column was changed to a writer
+    without checkpoints (rows.check_writers found them in a file a known
+    writer wrote), one problem per event with its seq and the column; and
+    when the event, given back the file's writer, hashes to its stored
+    chain_hash, say that this column alone was changed."""
+    shown = 0
+    for file, stored, owner in changed:
+        if file not in scan.disk:
+            continue
+        fields = scan.disk[file].fields
+        cur = con.execute(
+            f"SELECT r.seq, r.id, r.chain_hash, {canonical_sql('r.', fields)} AS _canon, p.chain_hash "
+            f"FROM (SELECT * REPLACE (? AS writer_id) FROM (SELECT * FROM ({scan.sql([file], '*')}) "
+            "WHERE writer_id = ?)) r "
+            "LEFT JOIN idx p ON p.writer_id = ? AND p.seq = r.seq - 1 ORDER BY r.seq",
+            [owner, stored, owner])
+        rows = cur.fetchall()
+        detailed = rows[:max(_DETAIL_LIMIT - shown, 0)]
+        shown += len(detailed)
+        for seq, event_id, chain_hash, canon, prev in detailed:
+            prev = prev if prev is not None else starts.get((owner, seq))
+            alone = (prev is not None and canon is not None and _HASH_RE.fullmatch(str(prev)) is not None
+                     and chain_link(prev, canon) == chain_hash)
+            report.add(
+                "changed_event",
+                f"{file}: writer {owner} seq {seq} (id {event_id}) was changed after sealing; "
+                f"column writer_id: it reads {stored!r}, a writer without any signed checkpoint, "
+                f"but the file is writer {owner}'s (its name and its checkpoint)"
+                + (f"; with writer_id {owner!r} the event hashes to its stored chain_hash: "
+                   "writer_id is the only column changed" if alone else
+                   "; other columns may have changed too (the event does not hash to its stored "
+                   f"chain_hash with writer_id {owner!r} either)"),
+                file=file, seq=seq, column="writer_id", writer_id=owner)
+        if len(rows) > len(detailed):
+            report.add(
+                "changed_event",
+                f"{file}: {len(rows) - len(detailed)} further events of writer {owner} have their "
+                f"writer_id changed to {stored!r}; not listed one by one",
+                file=file, column="writer_id", writer_id=owner)
 
 
 def _rows_around(con: duckdb.DuckDBPyConnection, scan: LakeScan,
@@ -258,7 +303,7 @@ def guess_column(row: Row, file: str) -> tuple[str | None, str]:
     for name in canonical_fields(row):
         if row.get(name) is None:
             return name, "it is NULL (every stored column is non-nullable)"
-    m = _PART_RE.match(file.rsplit("/", 1)[-1])
+    m = _FILE_WRITER_RE.match(file.rsplit("/", 1)[-1])
     if m and row["writer_id"] != m.group("writer"):
         return "writer_id", f"{row['writer_id']!r} differs from the writer {m.group('writer')!r} that wrote the file"
     day = partition_date(file)

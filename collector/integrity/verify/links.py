@@ -16,12 +16,15 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from auditlake.collector.integrity.chain import GENESIS, canonical_sql, null_check_sql
+from auditlake.collector.integrity.merkle import CompactTree
 from auditlake.collector.integrity.verify.index import LakeScan
 from auditlake.collector.integrity.verify.listing import ExpectedFiles
 from auditlake.collector.integrity.verify.report import ProgressFn
 
 #: (writer, seq, previous hash) of an event whose link fails.
 Failure = tuple[str, int, str | None]
+#: A signed tree head: size, root (32 bytes), the checkpoint's file name.
+TreeHead = tuple[int, bytes, str]
 #: The last event streamed: writer, seq, stored hash.
 _Carry = tuple[str | None, int, bytes | None]
 
@@ -35,6 +38,63 @@ class Links:
     failing: list[Failure] = field(default_factory=list)
     #: The previous hash each failing event was checked against.
     prev: dict[tuple[str, int], str] = field(default_factory=dict)
+    #: Signed tree heads whose root is not the tree of the stored events:
+    #: (writer, size, checkpoint file name, the root of the stored events).
+    tree_mismatches: list[tuple[str, int, str, str]] = field(default_factory=list)
+    #: Signed tree heads checked against the events.
+    tree_heads_checked: int = 0
+    #: Writers whose tree could not be rebuilt (a gap, a duplicate, a partial verify), and why.
+    trees_unchecked: dict[str, str] = field(default_factory=dict)
+
+
+class _Trees:
+    """Each writer's Merkle tree rebuilt from its events in seq order, and
+    each signed tree head checked when the tree reaches its size.  A writer
+    whose events do not run 1, 2, 3, … without a gap (an expired range, a
+    missing or duplicated event: the sequence check names those) is not
+    rebuilt."""
+
+    def __init__(self, heads: dict[str, list[TreeHead]], links: Links) -> None:
+        self.heads = {w: sorted(h) for w, h in heads.items() if h}
+        self.links = links
+        self.trees: dict[str, CompactTree] = {}
+
+    def stop(self, writer: str, why: str) -> None:
+        self.links.trees_unchecked.setdefault(writer, why)
+        self.trees.pop(writer, None)
+        self.heads.pop(writer, None)
+
+    def add(self, writer: str, first_seq: int, leaves: list[bytes]) -> None:
+        """Append ``writer``'s leaves for seqs ``first_seq``, ``first_seq + 1``, …"""
+        heads = self.heads.get(writer)
+        if not heads:
+            return
+        tree = self.trees.setdefault(writer, CompactTree())
+        if first_seq != tree.size + 1:
+            self.stop(writer, f"its events do not run without a gap from seq 1 (seq {first_seq} follows "
+                               f"{tree.size})")
+            return
+        start = tree.size
+        at = 0
+        while heads and heads[0][0] <= start + len(leaves):
+            size, root, name = heads.pop(0)
+            tree.extend(leaves[at:size - start])
+            at = max(at, size - start)
+            self._check(writer, tree, size, root, name)
+        tree.extend(leaves[at:])
+
+    def _check(self, writer: str, tree: CompactTree, size: int, root: bytes, name: str) -> None:
+        self.links.tree_heads_checked += 1
+        if tree.size != size or tree.root() != root:
+            self.links.tree_mismatches.append((writer, size, name, tree.root().hex()))
+
+    def finish(self) -> None:
+        """Check the heads of writers without events (size 0); heads beyond
+        the stored events (a truncated lake) are left to the sequence check."""
+        for writer, heads in self.heads.items():
+            while heads and heads[0][0] == 0 and writer not in self.trees:
+                self._check(writer, CompactTree(), 0, heads[0][1], heads[0][2])
+                heads.pop(0)
 
 
 def chain_starts(writers: set[str], expected: ExpectedFiles) -> dict[tuple[str, int], str]:
@@ -84,14 +144,18 @@ def _events_sql(con: duckdb.DuckDBPyConnection, scan: LakeScan, keys: list[str],
 
 def hash_links(con: duckdb.DuckDBPyConnection, scan: LakeScan, keys: list[str], context: list[str],
                starts: dict[tuple[str, int], str], maybe_null: set[str], total: int,
-               progress: ProgressFn) -> Links:
+               progress: ProgressFn, tree_heads: dict[str, list[TreeHead]] | None = None) -> Links:
     """Check the link of every event of ``keys`` (``context`` files supply
-    previous hashes only); ``total`` events are expected, for progress."""
+    previous hashes only); ``total`` events are expected, for progress.
+    With ``tree_heads`` (a whole-lake verify), also rebuild each writer's
+    Merkle tree from the same encodings and check each signed tree head."""
     failing = _null_events(con, scan, [k for k in keys if k in maybe_null])
     query = _events_sql(con, scan, keys, context)
     if query is None:
         return Links()
-    walk = _LinkWalk(starts, failing)
+    links = Links()
+    trees = _Trees(tree_heads, links) if tree_heads else None
+    walk = _LinkWalk(starts, failing, trees)
     last_report = time.monotonic()
     for batch in con.sql(query).to_arrow_reader(100_000):
         walk.batch(batch)
@@ -99,7 +163,9 @@ def hash_links(con: duckdb.DuckDBPyConnection, scan: LakeScan, keys: list[str], 
             progress("hash", walk.done, total)
             last_report = time.monotonic()
     progress("hash", walk.done, total)
-    links = Links(walk.done, failing)
+    if trees is not None:
+        trees.finish()
+    links.hashed, links.failing = walk.done, failing
     for w, s_, p in failing:
         if p is not None:
             links.prev.setdefault((w, s_), p)
@@ -109,9 +175,11 @@ def hash_links(con: duckdb.DuckDBPyConnection, scan: LakeScan, keys: list[str], 
 class _LinkWalk:
     """The streaming check: carries the last event across batches."""
 
-    def __init__(self, starts: dict[tuple[str, int], str], failing: list[Failure]) -> None:
+    def __init__(self, starts: dict[tuple[str, int], str], failing: list[Failure],
+                 trees: _Trees | None = None) -> None:
         self.starts = starts
         self.failing = failing
+        self.trees = trees
         self.done = 0
         self.carry: _Carry = (None, 0, None)
         #: The previous hash for the current seq (shared by duplicates).
@@ -157,6 +225,9 @@ class _LinkWalk:
             if prev is not None and sha256(prev + data[offsets[i]:offsets[i + 1]]).digest() != h:
                 failing.append((w0, s0 + i, prev.hex()))
             prev = h
+        if self.trees is not None:
+            self.trees.add(w0, s0, [sha256(b"\x00" + data[offsets[i]:offsets[i + 1]]).digest()
+                                    for i in range(n)])
         self.done += n
         self.carry = (w0, s0 + n - 1, hashes[-1])
         self.group_prev = hashes[-2] if n > 1 else self.carry[2]
@@ -171,6 +242,7 @@ class _LinkWalk:
         data = memoryview(canon.buffers()[2]) if canon.buffers()[2] is not None else memoryview(b"")
         last_w, last_s, last_h = self.carry
         group_prev = self.group_prev
+        trees = self.trees
         for i, (writer, seq, h) in enumerate(zip(writers, seqs, hashes, strict=True)):
             if writer != last_w or seq != last_s:
                 if writer == last_w and seq == last_s + 1:
@@ -179,6 +251,13 @@ class _LinkWalk:
                     start = self.starts.get((writer, seq))
                     group_prev = bytes.fromhex(start) if start else None
                 last_w, last_s, last_h = writer, seq, h
+            elif trees is not None:
+                trees.stop(writer, f"seq {seq} is stored twice")
+            if trees is not None:
+                if valid[i]:
+                    trees.add(writer, seq, [hashlib.sha256(b"\x00" + data[offsets[i]:offsets[i + 1]]).digest()])
+                else:
+                    trees.stop(writer, "a partial verify (--from/--to) does not rebuild trees")
             if not valid[i]:
                 continue  # context only (outside --from/--to)
             self.done += 1

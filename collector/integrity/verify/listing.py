@@ -96,6 +96,8 @@ class ExpectedFiles:
     live: dict[str, LiveFile] = field(default_factory=dict)
     #: Every removed entry, by path.
     history: dict[str, FileEntry] = field(default_factory=dict)
+    #: The checkpoint that removed each of them: writer, seal, kind.
+    removed_by: dict[str, tuple[str, int, str]] = field(default_factory=dict)
     #: Seq ranges an expire checkpoint removed, by writer.
     expired: dict[str, list[ExpiredRange]] = field(default_factory=lambda: defaultdict(list))
     #: Signed chain heads: writer, seq, chain_hash, checkpoint file name.
@@ -176,6 +178,7 @@ def _apply_removed(out: ExpectedFiles, listed: dict[str, LiveFile], writer: str,
                 "earlier checkpoint of this lake lists with that digest",
                 file=r.path, writer_id=writer)
         out.history[r.path] = r
+        out.removed_by[r.path] = (writer, cp.seal, cp.kind)
 
 
 def _expire_ranges(out: ExpectedFiles, listed: dict[str, LiveFile], writer: str, s: SignedCheckpoint,
@@ -243,12 +246,41 @@ class DiskFile:
             return False
 
 
-def _list_tier(tier: Tier, prefix: str) -> list[DiskFile]:
+#: The name a seal or compaction stages a file under before publishing it
+#: (lake.files.TMP_SUFFIX, a layer above): a write in flight, not a lake file.
+STAGE_SUFFIX = ".parquet.tmp"
+
+
+def folder_reader_sees(key: str) -> bool:
+    """True when engines that read the ``events/`` folder itself
+    (``pyarrow.dataset`` with Hive partitioning, Spark, Dask) read the file
+    ``key``: they skip any name, file or folder below ``events/``, that
+    starts with ``_`` or ``.``, and read every other file whatever its suffix."""
+    return not any(part.startswith(("_", ".")) for part in key.split("/")[1:])
+
+
+@dataclass
+class LakeListing:
+    """What a tier's ``events/`` folder holds, as readers see it."""
+
+    #: Every ``*.parquet`` file, at any depth and hidden or not (what
+    #: ``read_parquet('events/**/*.parquet')`` globs), by checkpoint path.
+    files: dict[str, DiskFile] = field(default_factory=dict)
+    #: Every other file a folder reader reads (not a stage in flight).
+    strays: dict[str, DiskFile] = field(default_factory=dict)
+
+
+def _list_tier(tier: Tier, prefix: str, out: LakeListing) -> None:
     try:
         found = tier.list("events")
     except (OSError, pa.ArrowException):
-        return []
-    return [DiskFile(prefix + o.key, tier, o.key, o.size) for o in found if o.key.endswith(".parquet")]
+        return
+    for o in found:
+        f = DiskFile(prefix + o.key, tier, o.key, o.size)
+        if o.key.endswith(".parquet"):
+            out.files[f.key] = f
+        elif not o.key.endswith(STAGE_SUFFIX) and folder_reader_sees(o.key):
+            out.strays[f.key] = f
 
 
 def _moved_to(writers: ByWriter) -> str:
@@ -275,9 +307,11 @@ def lake_tiers(data: DataDir, toml: dict[str, Any], writers: ByWriter, cold: Tie
     return tiers
 
 
-def list_lake(tiers: dict[str, Tier]) -> dict[str, DiskFile]:
-    """Every Parquet file under ``events/`` of each tier, by checkpoint path."""
-    disk = _list_tier(tiers["hot"], "")
+def list_lake(tiers: dict[str, Tier]) -> LakeListing:
+    """Every file under ``events/`` of each tier that some reader reads, by
+    checkpoint path: what a reader globs is what verify checks."""
+    out = LakeListing()
+    _list_tier(tiers["hot"], "", out)
     if "cold" in tiers:
-        disk += _list_tier(tiers["cold"], COLD_PREFIX)
-    return {f.key: f for f in disk}
+        _list_tier(tiers["cold"], COLD_PREFIX, out)
+    return out

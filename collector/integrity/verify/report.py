@@ -19,10 +19,13 @@ PROBLEM_KINDS: dict[str, str] = {
     "duplicate_seq": "two stored events carry the same writer and sequence number",
     "unsigned_events": "events after the newest signed chain head",
     "unknown_writer": "events of a writer that has no signed checkpoint",
+    "missing_writer": "the data dir's writer has sealed, but the lake has no checkpoint of it left",
     "head_mismatch": "the stored chain_hash at a checkpoint's seq differs from the signed one",
+    "tree_head": "a checkpoint's signed Merkle tree head is not the tree of the stored events",
     "changed_file": "a file's bytes differ from the sha256 its checkpoint signed",
     "missing_file": "a file a checkpoint lists (and none removes) is not in the lake",
     "unlisted_file": "a file in the lake that no checkpoint lists",
+    "removed_file": "a file a checkpoint removed (compaction, move, expiry) is in the lake again",
     "moved_file": "a listed file is at another path than its checkpoint says",
     "misplaced_event": "an event is in another file than the one its checkpoint lists",
     "file_rows": "a file holds other rows than its checkpoint lists",
@@ -90,6 +93,8 @@ class VerifyReport:
     files_digested: int = 0
     bytes_digested: int = 0
     checkpoints: int = 0
+    #: Signed Merkle tree heads checked against the tree of the stored events.
+    tree_heads: int = 0
     mirrors: list[str] = field(default_factory=list)
     public_key: str = ""
     date_from: str | None = None
@@ -121,6 +126,7 @@ class VerifyReport:
             "files_digested": self.files_digested,
             "bytes_digested": self.bytes_digested,
             "checkpoints": self.checkpoints,
+            "tree_heads": self.tree_heads,
             "mirrors": self.mirrors,
             "public_key": self.public_key,
             "range": {"from": self.date_from, "to": self.date_to},
@@ -142,6 +148,7 @@ class VerifyReport:
             f"{self.bytes_digested:,} bytes)",
             f"checkpoints:   {self.checkpoints:,}"
             + (f" (mirrors: {', '.join(self.mirrors)})" if self.mirrors else ""),
+            f"tree heads:    {self.tree_heads:,} checked against the events",
         ]
         for w in self.writers:
             seqs = f"{w.first_seq}..{w.last_seq}" if w.first_seq is not None else "none"

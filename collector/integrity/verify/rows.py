@@ -11,24 +11,47 @@ import duckdb
 
 from auditlake.collector.integrity.checkpoint import ChainCheckpoint
 from auditlake.collector.integrity.verify.checkpoints import ByWriter
-from auditlake.collector.integrity.verify.listing import DiskFile, ExpectedFiles, LiveFile, partition_date
+from auditlake.collector.integrity.verify.listing import (
+    DiskFile,
+    ExpectedFiles,
+    LiveFile,
+    partition_date,
+    rows_writer,
+)
 from auditlake.collector.integrity.verify.report import VerifyReport
 
 #: Misplaced events named one by one per file; the rest are counted.
 _MISPLACED_SHOWN = 5
 
 
-def check_writers(con: duckdb.DuckDBPyConnection, known: set[str], report: VerifyReport) -> None:
-    """Events of a writer without any signed checkpoint."""
+#: A file's events whose ``writer_id`` names a writer without checkpoints
+#: although a known writer wrote the file: (file, stored writer_id, the file's writer).
+ChangedWriterId = tuple[str, str, str]
+
+
+def check_writers(con: duckdb.DuckDBPyConnection, known: set[str], expected: ExpectedFiles,
+                  report: VerifyReport) -> list[ChangedWriterId]:
+    """Events of a writer without any signed checkpoint.  In a file a known
+    writer wrote (its name, its checkpoint) they are that writer's events
+    with their ``writer_id`` column changed: returned, for
+    explain.explain_writer_ids to name, rather than reported here."""
+    changed: list[ChangedWriterId] = []
     for writer, file, n, lo, hi in con.execute(
             "SELECT writer_id, _file, count(*), min(seq), max(seq) FROM idx "
             "GROUP BY ALL ORDER BY ALL").fetchall():
-        if writer not in known:
-            report.add(
-                "unknown_writer",
-                f"{file} holds {n} events (seq {lo}..{hi}) of writer {writer!r}, which has no "
-                "signed checkpoint: forged or inserted events", file=file, seq=lo,
-                writer_id=writer)
+        if writer in known:
+            continue
+        lf = expected.live.get(file)
+        owner = lf.writer_id if lf is not None else rows_writer(file, "")
+        if owner in known:
+            changed.append((file, writer, owner))
+            continue
+        report.add(
+            "unknown_writer",
+            f"{file} holds {n} events (seq {lo}..{hi}) of writer {writer!r}, which has no "
+            "signed checkpoint: forged or inserted events", file=file, seq=lo,
+            writer_id=writer)
+    return changed
 
 
 # -- sequences ---------------------------------------------------------------------------
@@ -100,10 +123,15 @@ def _tail(con: duckdb.DuckDBPyConnection, writer: str, seal: int, head: ChainChe
 
 
 def check_file_rows(con: duckdb.DuckDBPyConnection, disk: dict[str, DiskFile], expected: ExpectedFiles,
-                    report: VerifyReport) -> None:
-    """Each file's events against its partition and its checkpoint entry."""
+                    known: set[str], report: VerifyReport) -> None:
+    """Each file's events against its partition and its checkpoint entry
+    (``known``: the writers with checkpoints; an event naming another one is
+    a changed writer_id or an unknown writer, reported as such)."""
     moved = {p.file for p in report.problems if p.kind == "moved_file"}
     _file_info_table(con, disk, expected, moved)
+    con.execute("CREATE OR REPLACE TEMP TABLE known_writers (writer_id VARCHAR)")
+    if known:
+        con.executemany("INSERT INTO known_writers VALUES (?)", [(w,) for w in sorted(known)])
     stats = {r[0]: r[1:] for r in con.execute(
         "SELECT _file, count(*), min(seq), max(seq), "
         "count(*) FILTER (WHERE created_date IS DISTINCT FROM f.day), "
@@ -155,7 +183,8 @@ def _outside_events(con: duckdb.DuckDBPyConnection) -> tuple[dict[str, list[tupl
             "SELECT _file, seq, created_date, row_number() OVER (PARTITION BY _file ORDER BY seq) "
             "AS k, count(*) OVER (PARTITION BY _file) AS n FROM idx JOIN fileinfo f USING (_file) "
             "WHERE f.writer IS NOT NULL AND (seq < f.first_seq OR seq > f.last_seq "
-            f"OR writer_id <> f.writer)) WHERE k <= {_MISPLACED_SHOWN} ORDER BY ALL").fetchall():
+            "OR writer_id <> f.writer) AND writer_id IN (SELECT writer_id FROM known_writers)"
+            f") WHERE k <= {_MISPLACED_SHOWN} ORDER BY ALL").fetchall():
         outside[key].append((seq, day))
         counts[key] = total
     return outside, counts

@@ -19,14 +19,16 @@ from auditlake.collector.errors import ConfigError, StorageError
 from auditlake.collector.integrity.verify.checkpoints import (
     ByWriter,
     PublicKeys,
+    check_own_writer,
     checkpoint_listing,
     load_key,
     read_checkpoints,
+    sealed_without_checkpoints,
 )
-from auditlake.collector.integrity.verify.digest import FileReads, digest_files
-from auditlake.collector.integrity.verify.explain import explain_failures
+from auditlake.collector.integrity.verify.digest import FileReads, check_strays, digest_files
+from auditlake.collector.integrity.verify.explain import explain_failures, explain_writer_ids
 from auditlake.collector.integrity.verify.index import LakeScan, build_index, summarize
-from auditlake.collector.integrity.verify.links import chain_starts, hash_links
+from auditlake.collector.integrity.verify.links import Links, TreeHead, chain_starts, hash_links
 from auditlake.collector.integrity.verify.listing import (
     DateRange,
     DiskFile,
@@ -88,7 +90,10 @@ class _Snapshot:
 
     writers: ByWriter
     expected: ExpectedFiles
+    #: The ``*.parquet`` files of the tiers' events/ folders.
     disk: dict[str, DiskFile]
+    #: Other files there that folder readers (pyarrow.dataset) read.
+    strays: dict[str, DiskFile]
 
 
 class _Verification:
@@ -125,6 +130,42 @@ class _Verification:
             started=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         )
 
+    def _tree_heads(self, snap: _Snapshot) -> dict[str, list[TreeHead]]:
+        """Each writer's signed tree heads (version-2 checkpoints); a head
+        whose size is not its chain head's seq breaks the contract."""
+        heads: dict[str, list[TreeHead]] = {}
+        for writer, seals in snap.writers.items():
+            for seal in sorted(seals):
+                cp = seals[seal].checkpoint
+                if cp.tree_size is None:
+                    continue
+                name = seals[seal].path.name
+                if cp.tree_size != cp.seq:
+                    self.report.add("bad_checkpoint", f"{name}: tree_size {cp.tree_size} is not its seq {cp.seq}",
+                                    file=name, writer_id=writer)
+                    continue
+                try:
+                    root = bytes.fromhex(cp.tree_root)
+                except ValueError:
+                    root = b""
+                if len(root) != 32:
+                    self.report.add("bad_checkpoint", f"{name}: tree_root {cp.tree_root!r:.80} is not 64 hex digits",
+                                    file=name, writer_id=writer)
+                    continue
+                heads.setdefault(writer, []).append((cp.tree_size, root, name))
+        return heads
+
+    def _report_trees(self, links: Links, snap: _Snapshot) -> None:
+        self.report.tree_heads = links.tree_heads_checked
+        for writer, size, name, actual in links.tree_mismatches:
+            self.report.add("tree_head", f"{name}: the signed tree of {size} events is not the tree of "
+                            f"writer {writer}'s stored events 1..{size} (root {actual})",
+                            file=name, seq=size or None, writer_id=writer)
+        for writer, why in sorted(links.trees_unchecked.items()):
+            if snap.expected.expired.get(writer):
+                why = "retention expired some of its events"
+            self.report.warnings.append(f"writer {writer}'s Merkle tree was not rebuilt: {why}")
+
     def run(self) -> VerifyReport:
         """Every phase; the report with its problems sorted."""
         t0 = time.monotonic()
@@ -133,7 +174,9 @@ class _Verification:
             self.report.add("no_public_key",
                             "no public key: the data dir has no keys/signing.pub.pem and none was "
                             "given (--public-key FILE); checkpoint signatures were not checked")
+        check_own_writer(self.data, snap.writers, self.report)
         reads = digest_files(snap.disk, snap.expected, self.dates, self.progress, self.report)
+        check_strays(snap.strays, snap.expected, self.report)
         con = duckdb.connect()
         try:
             con.execute("SET TimeZone = 'UTC'")
@@ -151,9 +194,12 @@ class _Verification:
     def _snapshot(self) -> _Snapshot:
         """Checkpoints and file listing that belong together, on a lake that a
         running collector keeps sealing, compacting and moving: the checkpoint
-        folders must not change while the lake is listed, and files no
-        checkpoint accounts for get a moment for their checkpoint to appear
-        (a seal publishes its files just before signing)."""
+        folders must not change while the lake is listed, and what only a
+        step in progress explains gets a moment to settle: files no
+        checkpoint lists (a seal publishes its files just before signing),
+        files a checkpoint just removed (compaction and retention set them
+        aside right after signing), a first seal committed but not yet
+        signed."""
         folders: list[Store] = [checkpoint_tier(self.data),
                                 *(LocalStore(m, "mirror") for m in self.mirrors)]
         snap: _Snapshot | None = None
@@ -162,9 +208,9 @@ class _Verification:
             snap = self._read_lake(folders)
             if checkpoint_listing(folders) != before:
                 continue
-            live, removed = snap.expected.live, snap.expected.history
-            unaccounted = [k for k in snap.disk if k not in live and k not in removed]
-            if not unaccounted or attempt == _SNAPSHOT_TRIES - 1:
+            unsettled = (any(k not in snap.expected.live for k in snap.disk)
+                         or sealed_without_checkpoints(self.data, snap.writers) is not None)
+            if not unsettled or attempt == _SNAPSHOT_TRIES - 1:
                 break
             time.sleep(0.25)
         assert snap is not None
@@ -177,9 +223,9 @@ class _Verification:
         self.report.writers.clear()
         writers = read_checkpoints(folders[0], folders[1:], self.key, self.report)
         expected = expected_files(writers, self.report)
-        disk = list_lake(lake_tiers(self.data, self.toml, writers, self.cold))
-        self.report.files = len(disk)
-        return _Snapshot(writers, expected, disk)
+        listing = list_lake(lake_tiers(self.data, self.toml, writers, self.cold))
+        self.report.files = len(listing.files)
+        return _Snapshot(writers, expected, listing.files, listing.strays)
 
     def _check_rows(self, con: duckdb.DuckDBPyConnection, snap: _Snapshot, reads: FileReads) -> None:
         """Index the readable files, check their rows, then re-hash the chain."""
@@ -188,16 +234,21 @@ class _Verification:
         build_index(scan, readable)
         self.progress("index", 1, 1)
         summarize(con, snap.expected, self.report)
-        check_writers(con, set(snap.writers), self.report)
+        changed_writer_ids = check_writers(con, set(snap.writers), snap.expected, self.report)
         check_sequences(con, snap.writers, snap.expected, self.report)
-        check_file_rows(con, snap.disk, snap.expected, self.report)
+        check_file_rows(con, snap.disk, snap.expected, set(snap.writers), self.report)
         check_anchors(con, snap.expected, self.report)
         keys = [k for k in readable if self.dates.contains(k)]
         hashed = set(keys)
+        whole = self.dates.first is None and self.dates.last is None
         links = hash_links(
             con, scan, keys, [k for k in readable if k not in hashed],
             chain_starts(set(snap.writers), snap.expected), reads.maybe_null,
-            sum(max(snap.disk[k].rows, 0) for k in keys), self.progress)
+            sum(max(snap.disk[k].rows, 0) for k in keys), self.progress,
+            tree_heads=self._tree_heads(snap) if whole else None)
         self.report.events_hashed = links.hashed
+        self._report_trees(links, snap)
         if links.failing:
             explain_failures(con, scan, links, set(snap.writers), snap.expected.anchored, self.report)
+        explain_writer_ids(con, scan, changed_writer_ids, chain_starts(set(snap.writers), snap.expected),
+                           self.report)

@@ -236,8 +236,9 @@ def bench_rows(quick: bool = False) -> list[tuple[str, str, str, str]]:
                 raise RuntimeError(f"verify failed:\n{proc.stdout}\n{proc.stderr}")
 
         def auditor() -> None:
-            proc = subprocess.run([sys.executable, str(ROOT / "docs" / "auditor_verify.py"),
-                                   str(data.root)], capture_output=True, text=True)
+            proc = subprocess.run([sys.executable, str(ROOT / "docs" / "auditor_verify.py"), str(data.root),
+                                   "--public-key", str(data.keys / "signing.pub.pem")],
+                                  capture_output=True, text=True)
             if proc.returncode != 0:
                 raise RuntimeError(f"auditor script failed:\n{proc.stdout}")
 

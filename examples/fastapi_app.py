@@ -3,11 +3,15 @@
     AUDITLAKE_API_KEY=alk_... AUDITLAKE_SERVICE_NAME=patients \\
         uvicorn examples.fastapi_app:app
 
-* ``AuditMiddleware`` sets the actor of every request (user and tenant from
-  the demo bearer token ``Bearer <user>@<tenant>``, client address behind a
-  trusted proxy, user agent, request id) and records every ``GET
-  /patients/{id}`` as a ``read`` of a ``patient`` and the CSV export as an
-  ``export``, when the response really ends.
+* ``AuditMiddleware`` sets the actor of every request (client address behind
+  a trusted proxy, user agent, request id) and records every ``GET
+  /patients/{patient_id}`` as a ``read`` of a ``patient`` (a rule keyed by
+  the route's own template) and the CSV export as an ``export`` (the
+  endpoint marked with ``@audit_route``), when the response really ends.
+* Who the user is, the app's own ``Depends()`` dependency works out (the
+  demo bearer token ``Bearer <user>@<tenant>``) and hands to
+  ``sdk.set_actor()``: the route's event and every event of the request
+  carry it.
 * ``@audited`` on the service layer records updates (with a redacted diff)
   and deletions, ``denied`` when the caller is not allowed.
 """
@@ -15,15 +19,16 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, MutableMapping
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Any
+from dataclasses import dataclass
+from typing import Annotated, Any
 
-from fastapi import FastAPI, HTTPException, Request
+from fastapi import Depends, FastAPI, Header, HTTPException, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
 from auditlake import sdk
-from auditlake.sdk.asgi import AuditMiddleware, RouteRule
+from auditlake.sdk.asgi import AuditMiddleware, RouteRule, audit_route
 
 PATIENTS: dict[str, dict[str, Any]] = {
     "p1": {"name": "Ada Lovelace", "dob": "1815-12-10", "ssn": "123-45-6789", "ward": "A"},
@@ -31,13 +36,29 @@ PATIENTS: dict[str, dict[str, Any]] = {
 }
 
 
-def resolve_user(scope: MutableMapping[str, Any]) -> dict[str, str] | None:
-    """Demo authentication: ``Authorization: Bearer user@tenant``."""
-    for name, value in scope.get("headers", ()):
-        if name == b"authorization" and value.startswith(b"Bearer "):
-            user, _, tenant = value[7:].decode().partition("@")
-            return {"user_id": user, "tenant_id": tenant}
-    return None
+@dataclass
+class User:
+    """The authenticated caller."""
+
+    id: str
+    tenant: str
+
+
+def current_user(authorization: Annotated[str, Header()] = "") -> User:
+    """Demo authentication: ``Authorization: Bearer user@tenant``.
+
+    Once the user is known, ``set_actor`` hands it to the audit log (a plain
+    ``def`` dependency runs in a worker thread; the request's actor is
+    amended all the same).
+    """
+    if not authorization.startswith("Bearer "):
+        raise HTTPException(401)
+    user, _, tenant = authorization[7:].partition("@")
+    sdk.set_actor(user_id=user, tenant_id=tenant)
+    return User(user, tenant)
+
+
+CurrentUser = Annotated[User, Depends(current_user)]
 
 
 class PatientService:
@@ -82,22 +103,22 @@ def create_app() -> FastAPI:
         return JSONResponse({"detail": str(error)}, status_code=403)
 
     @api.get("/patients/{patient_id}")
-    async def get_patient(patient_id: str) -> dict[str, Any]:
+    async def get_patient(patient_id: str, user: CurrentUser) -> dict[str, Any]:
         if patient_id not in PATIENTS:
             raise HTTPException(404)
         return {k: v for k, v in PATIENTS[patient_id].items() if k != "ssn"}
 
     @api.patch("/patients/{patient_id}")
-    async def patch_patient(patient_id: str, patch: dict[str, Any]) -> dict[str, Any]:
+    async def patch_patient(patient_id: str, patch: dict[str, Any], user: CurrentUser) -> dict[str, Any]:
         if patient_id not in PATIENTS:
             raise HTTPException(404)
         after = await service.update(patient_id, dict(PATIENTS[patient_id]), patch)
         return {k: v for k, v in after.items() if k != "ssn"}
 
     @api.delete("/patients/{patient_id}", status_code=204)
-    def delete_patient(patient_id: str, request: Request) -> None:
+    def delete_patient(patient_id: str, user: CurrentUser) -> None:
         # A sync endpoint runs in a worker thread; the actor scope follows it.
-        service.delete(patient_id, sdk.current_actor().user_id or "")
+        service.delete(patient_id, user.id)
 
     @api.post("/login")
     async def login(credentials: dict[str, str]) -> dict[str, str]:
@@ -110,7 +131,8 @@ def create_app() -> FastAPI:
         return {"token": f"{credentials['user']}@{credentials.get('tenant', '')}"}
 
     @api.get("/export.csv")
-    async def export_csv() -> StreamingResponse:
+    @audit_route("export", "patient")  # the endpoint itself says what it records
+    async def export_csv(user: CurrentUser) -> StreamingResponse:
         async def rows() -> AsyncIterator[str]:
             yield "id,name\n"
             for patient_id, patient in list(PATIENTS.items()):
@@ -121,12 +143,9 @@ def create_app() -> FastAPI:
 
     api.add_middleware(
         AuditMiddleware,  # pure ASGI: wraps the whole app, streaming included
-        resolver=resolve_user,
         trusted_proxies=["127.0.0.1", "10.0.0.0/8"],
-        routes=[
-            RouteRule("GET", "/patients/{patient_id}", "read", "patient"),
-            RouteRule("GET", "/export.csv", "export", "patient"),
-        ],
+        # Checked against the app's routes at start-up: a typo is logged.
+        routes=[RouteRule("GET", "/patients/{patient_id}", "read", "patient")],
     )
     return api
 

@@ -12,7 +12,7 @@ retries and spools to disk while the collector is away.  See docs/sdk.md.
 The modules, in the order an event meets them (all but the last three are
 private; their public names are re-exported here):
 
-    _context      actor(): who acts, for which tenant, from where (a ContextVar)
+    _context      actor(), set_actor(): who acts, for which tenant, from where
     _record       record(): capture and enqueue, the caller's whole cost
     _decorators   @audited: one event per call, with its outcome
     _compliance   login/logout/permission/data-access helpers (fixed actions)
@@ -21,7 +21,7 @@ private; their public names are re-exported here):
     _event        the captured event and its packed wire form
     _processor    the export thread: batches, retries, spools
     _exporter     one batch to the collector, and what its answer means
-    _spool        batches on disk while the collector is away
+    _spool        batches on disk: the spool, and the dead-letter spool of refused ones
     _policies     Retry, Batch and Spool policies (frozen, validated)
     _config       configure(): arguments, then AUDITLAKE_*, then TOML
     _exceptions   the exception tree
@@ -45,10 +45,11 @@ from auditlake.sdk._config import (
     configure,
     flush,
     is_configured,
+    replay_dead_letters,
     shutdown,
     stats,
 )
-from auditlake.sdk._context import Actor, actor, current_actor, start_thread
+from auditlake.sdk._context import Actor, actor, current_actor, set_actor, start_thread
 from auditlake.sdk._decorators import audited
 from auditlake.sdk._diff import diff
 from auditlake.sdk._exceptions import (
@@ -61,7 +62,7 @@ from auditlake.sdk._exceptions import (
 )
 from auditlake.sdk._exporter import Exporter, ExportResult, ExportStatus
 from auditlake.sdk._policies import BatchPolicy, RetryPolicy, SpoolPolicy
-from auditlake.sdk._processor import Stats
+from auditlake.sdk._processor import DroppedEvents, ReplayResult, Stats
 from auditlake.sdk._record import record
 
 __all__ = [
@@ -72,10 +73,12 @@ __all__ = [
     "DeliveryError",
     "DeliveryRejected",
     "DeliveryTimeout",
+    "DroppedEvents",
     "ExportResult",
     "ExportStatus",
     "Exporter",
     "NotConfiguredError",
+    "ReplayResult",
     "RetryPolicy",
     "Settings",
     "SpoolPolicy",
@@ -94,6 +97,8 @@ __all__ = [
     "permission_grant",
     "permission_revoke",
     "record",
+    "replay_dead_letters",
+    "set_actor",
     "shutdown",
     "start_thread",
     "stats",

@@ -7,7 +7,11 @@ Every setting has one name, used three ways, in this order of precedence:
 3. a key in the TOML file named by ``AUDITLAKE_CONFIG`` or ``configure(config_file=...)``
    (``spool_dir = "..."`` at the top level or under an ``[auditlake]`` table),
 
-then the default below.  ``docs/sdk.md`` has the same table.
+then the default below.  ``docs/sdk.md`` has the same table, and
+tests/sdk/test_settings_table.py holds the two together.  Settings that
+belong to a policy object (``BatchPolicy``, ``RetryPolicy``, ``SpoolPolicy``)
+are listed in ``POLICY_FIELDS``; ``configure(batch=...)`` passes the whole
+object as an argument instead, and never together with one of its settings.
 """
 
 from __future__ import annotations
@@ -21,13 +25,14 @@ import tomllib
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, TypeVar
 
-from auditlake.sdk._event import reseed_ids
+from auditlake.sdk._event import ANONYMOUS_TENANT, reseed_ids
 from auditlake.sdk._exceptions import ConfigurationError, NotConfiguredError
 from auditlake.sdk._exporter import Exporter, GrpcExporter, parse_endpoint
-from auditlake.sdk._policies import BatchPolicy, RetryPolicy, SpoolPolicy
-from auditlake.sdk._processor import BatchProcessor, Stats
+from auditlake.sdk._policies import BatchPolicy, FullPolicy, RetryPolicy, SpoolPolicy
+from auditlake.sdk._processor import BatchProcessor, DroppedEvents, ReplayResult, Stats
+from auditlake.sdk._spool import DEAD_LETTER_MAX_BYTES
 from auditlake.sdk._trace import resource_service_name
 
 ENV_CONFIG: Final = "AUDITLAKE_CONFIG"
@@ -54,6 +59,7 @@ SETTINGS: Final[dict[str, tuple[str, Callable[[str], Any], Any]]] = {
     "api_key": ("AUDITLAKE_API_KEY", str, ""),
     "service_name": ("AUDITLAKE_SERVICE_NAME", str, ""),
     "tenant_id": ("AUDITLAKE_TENANT_ID", str, ""),
+    "anonymous_tenant": ("AUDITLAKE_ANONYMOUS_TENANT", str, ANONYMOUS_TENANT),
     "tls": ("AUDITLAKE_TLS", _boolean, False),
     "durable_timeout": ("AUDITLAKE_DURABLE_TIMEOUT", float, 5.0),
     "redact": ("AUDITLAKE_REDACT", _names, ()),
@@ -68,11 +74,74 @@ SETTINGS: Final[dict[str, tuple[str, Callable[[str], Any], Any]]] = {
         _RETRY.initial_backoff,
     ),
     "retry_max_backoff": ("AUDITLAKE_RETRY_MAX_BACKOFF", float, _RETRY.max_backoff),
+    "retry_multiplier": ("AUDITLAKE_RETRY_MULTIPLIER", float, _RETRY.multiplier),
+    "retry_jitter": ("AUDITLAKE_RETRY_JITTER", float, _RETRY.jitter),
     "spool_dir": ("AUDITLAKE_SPOOL_DIR", str, ""),
     "spool_max_bytes": ("AUDITLAKE_SPOOL_MAX_BYTES", int, _SPOOL.max_bytes),
     "spool_full": ("AUDITLAKE_SPOOL_FULL", str, _SPOOL.full),
     "spool_enabled": ("AUDITLAKE_SPOOL_ENABLED", _boolean, _SPOOL.enabled),
+    "dead_letter_max_bytes": ("AUDITLAKE_DEAD_LETTER_MAX_BYTES", int, DEAD_LETTER_MAX_BYTES),
 }
+
+#: setting -> (the ``configure()`` argument of its policy object, the field in it).
+#: Every field of the three policies is here: one value, reachable by its setting
+#: name (argument, variable, TOML key) or as a field of the policy object.
+POLICY_FIELDS: Final[dict[str, tuple[str, str]]] = {
+    "batch_max_size": ("batch", "max_batch_size"),
+    "batch_delay": ("batch", "schedule_delay"),
+    "queue_max_size": ("batch", "max_queue_size"),
+    "export_timeout": ("batch", "export_timeout"),
+    "retry_max_attempts": ("retry", "max_attempts"),
+    "retry_initial_backoff": ("retry", "initial_backoff"),
+    "retry_max_backoff": ("retry", "max_backoff"),
+    "retry_multiplier": ("retry", "multiplier"),
+    "retry_jitter": ("retry", "jitter"),
+    "spool_dir": ("spool", "directory"),
+    "spool_max_bytes": ("spool", "max_bytes"),
+    "spool_full": ("spool", "full"),
+    "spool_enabled": ("spool", "enabled"),
+}
+
+_POLICY_TYPES: Final[dict[str, type[BatchPolicy | RetryPolicy | SpoolPolicy]]] = {
+    "batch": BatchPolicy,
+    "retry": RetryPolicy,
+    "spool": SpoolPolicy,
+}
+
+# What a non-text value (an argument, a TOML value) may be, per parser of text.
+# bool is an int to Python, never a count or a duration here.
+_ACCEPTED: Final[dict[Callable[[str], Any], tuple[type, ...]]] = {
+    str: (str,),
+    int: (int,),
+    float: (int, float),
+    _boolean: (bool,),
+    _names: (list, tuple),
+}
+
+
+def _coerce(name: str, value: Any) -> Any:
+    """``value`` of setting ``name`` as the SDK uses it: text is parsed as
+    its variable would be (``tls = "true"`` in TOML is True, not a truthy
+    string); other values must have the setting's type."""
+    _, parse, _ = SETTINGS[name]
+    if isinstance(value, os.PathLike):
+        value = os.fspath(value)
+    if isinstance(value, str):
+        try:
+            return parse(value)
+        except ValueError as error:
+            raise ConfigurationError(f"{name}: {error}") from error
+    accepted = _ACCEPTED.get(parse)
+    if accepted is None:  # a setting with its own parser checks its value itself
+        return value
+    wrong = isinstance(value, bool) and bool not in accepted or not isinstance(value, accepted)
+    if wrong:
+        raise ConfigurationError(f"{name}: expected {' or '.join(t.__name__ for t in accepted)}, got {value!r}")
+    if parse is float:
+        return float(value)
+    if parse is _names:
+        return tuple(str(part) for part in value)
+    return value
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,6 +152,9 @@ class Settings:
     api_key: str = ""
     service_name: str = ""
     tenant_id: str = ""
+    #: The tenant of events that name none when ``tenant_id`` is not set
+    #: (anonymous requests of a multi-tenant service); "" refuses them.
+    anonymous_tenant: str = ANONYMOUS_TENANT
     tls: bool = False
     durable_timeout: float = 5.0
     redact: tuple[str, ...] = ()
@@ -90,6 +162,8 @@ class Settings:
     retry: RetryPolicy = field(default_factory=RetryPolicy)
     spool: SpoolPolicy = field(default_factory=SpoolPolicy)
     denied_exceptions: tuple[type[BaseException], ...] = (PermissionError,)
+    #: Bound of the dead-letter spool (refused batches); 0 keeps none.
+    dead_letter_max_bytes: int = DEAD_LETTER_MAX_BYTES
 
     def __post_init__(self) -> None:
         if not self.endpoint:
@@ -100,6 +174,8 @@ class Settings:
             raise ConfigurationError(str(exc)) from exc
         if self.durable_timeout <= 0:
             raise ConfigurationError("durable_timeout: must be positive")
+        if self.dead_letter_max_bytes < 0:
+            raise ConfigurationError("dead_letter_max_bytes: must be 0 (none kept) or more")
 
     @property
     def spool_directory(self) -> Path:
@@ -117,6 +193,17 @@ class Settings:
         service = re.sub(r"[^A-Za-z0-9_.-]", "_", self.service_name or "default")
         return cache / "auditlake" / "spool" / service
 
+    def get(self, name: str) -> Any:
+        """The value of the setting called ``name`` (a key of the settings
+        table): ``get("batch_delay")`` is ``batch.schedule_delay``.  A setting
+        not kept in a policy object is the field of the same name."""
+        if name not in SETTINGS:
+            raise KeyError(f"{name}: unknown setting")
+        if name in POLICY_FIELDS:
+            policy, field_name = POLICY_FIELDS[name]
+            return getattr(getattr(self, policy), field_name)
+        return getattr(self, name)
+
 
 def _read_file(path: str) -> dict[str, Any]:
     try:
@@ -133,6 +220,24 @@ def _read_file(path: str) -> dict[str, Any]:
     return table
 
 
+_Policy = TypeVar("_Policy", BatchPolicy, RetryPolicy, SpoolPolicy)
+
+
+def _policy(cls: type[_Policy], kind: str, values: Mapping[str, Any]) -> _Policy:
+    """Policy ``kind`` built from its settings; a bad value names the setting."""
+    fields = {name: field_name for name, (k, field_name) in POLICY_FIELDS.items() if k == kind}
+    arguments = {field_name: values[name] for name, field_name in fields.items()}
+    if "directory" in arguments:  # spool_dir: "" is the per-service default
+        directory = arguments["directory"]
+        arguments["directory"] = Path(directory).expanduser() if directory else None
+    try:
+        return cls(**arguments)
+    except ConfigurationError as error:
+        field_name, _, message = str(error).partition(": ")
+        setting = next((name for name, f in fields.items() if f == field_name), field_name)
+        raise ConfigurationError(f"{setting}: {message} ({cls.__name__}.{field_name})") from error
+
+
 def load_settings(
     arguments: Mapping[str, Any] | None = None,
     *,
@@ -146,10 +251,12 @@ def load_settings(
     """Resolve settings: arguments, then environment, then the TOML file, then defaults."""
     environ = os.environ if environ is None else environ
     values = {name: default for name, (_, _, default) in SETTINGS.items()}
+    given: set[str] = set()  # settings that some source set
     path = config_file if config_file is not None else environ.get(ENV_CONFIG)
     if path:
         for name, value in _read_file(os.fspath(path)).items():
-            values[name] = tuple(value) if name == "redact" else value
+            values[name] = _coerce(name, value)
+            given.add(name)
     for name, (variable, parse, _) in SETTINGS.items():
         text = environ.get(variable)
         if text is not None and text != "":
@@ -157,43 +264,35 @@ def load_settings(
                 values[name] = parse(text)
             except ValueError as error:
                 raise ConfigurationError(f"{variable}: {error}") from error
+            given.add(name)
+    objects: dict[str, object | None] = {"batch": batch, "retry": retry, "spool": spool}
     for name, value in (arguments or {}).items():
         if name not in SETTINGS:
             raise ConfigurationError(f"{name}: unknown setting")
-        if value is not None:
-            values[name] = tuple(value) if name == "redact" else value
+        if value is None:
+            continue
+        kind, field_name = POLICY_FIELDS.get(name, ("", ""))
+        if objects.get(kind) is not None:
+            # Which of the two was meant is a guess either way: say so.
+            raise ConfigurationError(
+                f"{name}: given together with {kind}=; set {_POLICY_TYPES[kind].__name__}"
+                f"({field_name}=...) instead, or leave {kind}= out"
+            )
+        values[name] = _coerce(name, value)
+        given.add(name)
+    if "retry_max_backoff" not in given:
+        # A longer first backoff alone must not trip over the default ceiling.
+        values["retry_max_backoff"] = max(values["retry_max_backoff"], values["retry_initial_backoff"])
     try:
-        batch = batch or BatchPolicy(
-            max_batch_size=int(values["batch_max_size"]),
-            schedule_delay=float(values["batch_delay"]),
-            max_queue_size=int(values["queue_max_size"]),
-            export_timeout=float(values["export_timeout"]),
-        )
-        retry = retry or RetryPolicy(
-            max_attempts=int(values["retry_max_attempts"]),
-            initial_backoff=float(values["retry_initial_backoff"]),
-            max_backoff=max(float(values["retry_max_backoff"]), float(values["retry_initial_backoff"])),
-        )
-        spool_dir = values["spool_dir"]
-        if spool is None:
-            spool = SpoolPolicy(
-                directory=Path(spool_dir).expanduser() if spool_dir else None,
-                max_bytes=int(values["spool_max_bytes"]),
-                full=values["spool_full"],
-                enabled=bool(values["spool_enabled"]),
-            )
-        elif arguments and arguments.get("spool_dir"):
-            spool = SpoolPolicy(
-                directory=Path(spool_dir).expanduser(),
-                max_bytes=spool.max_bytes,
-                full=spool.full,
-                enabled=spool.enabled,
-            )
+        batch = batch or _policy(BatchPolicy, "batch", values)
+        retry = retry or _policy(RetryPolicy, "retry", values)
+        spool = spool or _policy(SpoolPolicy, "spool", values)
         return Settings(
             endpoint=str(values["endpoint"]),
             api_key=str(values["api_key"]),
             service_name=str(values["service_name"]),
             tenant_id=str(values["tenant_id"]),
+            anonymous_tenant=str(values["anonymous_tenant"]),
             tls=bool(values["tls"]),
             durable_timeout=float(values["durable_timeout"]),
             redact=tuple(values["redact"]),
@@ -201,6 +300,7 @@ def load_settings(
             retry=retry,
             spool=spool,
             denied_exceptions=tuple(denied_exceptions or (PermissionError,)),
+            dead_letter_max_bytes=int(values["dead_letter_max_bytes"]),
         )
     except (TypeError, ValueError) as error:
         if isinstance(error, ConfigurationError):
@@ -229,37 +329,54 @@ def configure(
     service_name: str | None = None,
     *,
     tenant_id: str | None = None,
-    spool_dir: str | os.PathLike[str] | None = None,
+    anonymous_tenant: str | None = None,
     tls: bool | None = None,
     durable_timeout: float | None = None,
-    redact: Sequence[str] | None = None,
+    redact: Sequence[str] | str | None = None,
+    batch_max_size: int | None = None,
+    batch_delay: float | None = None,
+    queue_max_size: int | None = None,
+    export_timeout: float | None = None,
+    retry_max_attempts: int | None = None,
+    retry_initial_backoff: float | None = None,
+    retry_max_backoff: float | None = None,
+    retry_multiplier: float | None = None,
+    retry_jitter: float | None = None,
+    spool_dir: str | os.PathLike[str] | None = None,
+    spool_max_bytes: int | None = None,
+    dead_letter_max_bytes: int | None = None,
+    spool_full: FullPolicy | None = None,
+    spool_enabled: bool | None = None,
     batch: BatchPolicy | None = None,
     retry: RetryPolicy | None = None,
     spool: SpoolPolicy | None = None,
     denied_exceptions: Sequence[type[BaseException]] | None = None,
+    on_drop: Callable[[DroppedEvents], object] | None = None,
     exporter: Exporter | None = None,
     config_file: str | os.PathLike[str] | None = None,
 ) -> Settings:
     """Start (or restart) the SDK; returns the resolved settings.
 
-    Arguments win over ``AUDITLAKE_*`` variables, which win over the TOML
-    file.  A previous configuration is shut down first (its queue flushed or
+    Every keyword down to ``spool_enabled`` is a setting of the table in
+    docs/sdk.md (``SETTINGS``): the same name is an ``AUDITLAKE_*``
+    variable and a TOML key.  Arguments win over the variables, which win
+    over the TOML file; ``None`` leaves a setting to them.
+    ``batch``, ``retry`` and ``spool`` give a whole policy object instead
+    (it wins over variables and file); giving one together with one of its
+    own settings (``batch=..., batch_delay=...``) is a ConfigurationError.
+    A previous configuration is shut down first (its queue flushed or
     spooled).  Batches left in the spool by an earlier run are delivered.
     ``tenant_id`` is the tenant of events that name none (single-tenant
     services); the collector refuses events without a tenant.
     ``exporter`` replaces the gRPC exporter (see ``auditlake.sdk.testing``).
+    ``on_drop(dropped: DroppedEvents)`` is called on the export thread for
+    every group of events refused or dropped (an exception it raises is
+    logged and ignored).
     """
     global _atexit_registered
-    arguments = {
-        "endpoint": endpoint,
-        "api_key": api_key,
-        "service_name": service_name,
-        "tenant_id": tenant_id,
-        "spool_dir": os.fspath(spool_dir) if spool_dir is not None else None,
-        "tls": tls,
-        "durable_timeout": durable_timeout,
-        "redact": redact,
-    }
+    # Every parameter named like a setting is that setting: read them all
+    # here, before any other local exists, so no keyword can be forgotten.
+    arguments = {name: value for name, value in locals().items() if name in SETTINGS}
     settings = load_settings(
         arguments,
         config_file=config_file,
@@ -292,6 +409,9 @@ def configure(
             spool_dir=settings.spool_directory if settings.spool.enabled else None,
             service=service,
             default_tenant=settings.tenant_id,
+            anonymous_tenant=settings.anonymous_tenant,
+            dead_letter_max_bytes=settings.dead_letter_max_bytes,
+            on_drop=on_drop,
         )
         if not _atexit_registered:
             atexit.register(_shutdown_at_exit)
@@ -347,6 +467,21 @@ def stats() -> Stats:
     if processor is None:
         return Stats(0, 0, 0, 0, 0, 0, 0, 0)
     return processor.stats()
+
+
+def replay_dead_letters() -> ReplayResult:
+    """Resend the events the collector refused (kept in ``<spool>/dead-letter/``)
+    once the cause is fixed: a new API key, a key granted the tenant.
+
+    Each kept batch is sent once, with its events' ids (the collector stores
+    an id once); events naming no tenant get ``tenant_id`` or
+    ``anonymous_tenant``.  Returns the events delivered, refused again (still
+    kept, with the new refusal) and pending (the collector was unavailable).
+    """
+    processor = PROVIDER.processor
+    if processor is None:
+        raise NotConfiguredError("call auditlake.sdk.configure() first")
+    return processor.replay_dead_letters()
 
 
 def _shutdown_at_exit() -> None:

@@ -1,9 +1,19 @@
 """The actor scope: who is acting, for which tenant, from where.
 
-One ``ContextVar`` holds an immutable :class:`Actor` (or, inside the ASGI
-middleware, an equally immutable request actor that formats its address,
-agent and request id only when an event needs them); ``record()`` reads it
-once on the caller's thread, so the export thread never needs the request.
+One ``ContextVar`` holds an immutable :class:`Actor`, or inside a
+middleware the request's :class:`RequestActor`.  ``record()`` keeps
+``captured()`` of it, read once on the caller's thread: an immutable value,
+so the export thread never needs the request and a later change never
+rewrites an event already recorded.
+
+A request's actor can be amended after the framework has authenticated the
+user (:func:`set_actor`, or the middleware reading the framework's user).
+An amendment never mutates what an event captured: it makes a new
+:class:`AmendedActor` version that the request holds in one mutable slot,
+shared by every context copied from the request (FastAPI runs ``def``
+dependencies and endpoints in a thread with a *copy* of the context, so a
+``ContextVar.set`` there would not come back; the slot does).
+
 asyncio tasks inherit the scope of the code that created them; threads do
 only when started with a copied context (Python 3.11's ``threading.Thread``
 does not copy it: use :func:`start_thread` or ``contextvars.copy_context()``).
@@ -30,6 +40,10 @@ class Actor(NamedTuple):
     request_id: str | None = None
     metadata: Mapping[str, Any] | None = None
 
+    def captured(self) -> Actor:
+        """What an event recorded now keeps: this actor (it never changes)."""
+        return self
+
 
 class ActorFields(Protocol):
     """What the SDK reads from a scope: an :class:`Actor`, or a request's
@@ -47,6 +61,9 @@ class ActorFields(Protocol):
     def request_id(self) -> str | None: ...
     @property
     def metadata(self) -> Mapping[str, Any] | None: ...
+    def captured(self) -> ActorFields:
+        """The fields as they stand now, as an object that never changes
+        (what ``record()`` keeps for the export thread)."""
 
 
 EMPTY_ACTOR = Actor()
@@ -70,8 +87,12 @@ def as_actor(scope: ActorFields) -> Actor:
 
 
 def current_actor() -> Actor:
-    """The actor of the current context (an empty one outside any scope)."""
-    return as_actor(ACTOR.get())
+    """The actor of the current context (an empty one outside any scope).
+
+    A snapshot: to change the actor, use :func:`set_actor` or :func:`actor`
+    (``current_actor().user_id = ...`` raises ``AttributeError``).
+    """
+    return as_actor(ACTOR.get().captured())
 
 
 def merged_actor(
@@ -110,13 +131,167 @@ def actor(
     Usable in sync and async code (``with actor(...)`` around ``await``).
     """
     scope = merged_actor(
-        ACTOR.get(), user_id, tenant_id, ip_address, user_agent, request_id, metadata
+        ACTOR.get().captured(), user_id, tenant_id, ip_address, user_agent, request_id, metadata
     )
     token = ACTOR.set(scope)
     try:
         yield scope
     finally:
         ACTOR.reset(token)
+
+
+def set_actor(
+    user_id: str | None = None,
+    tenant_id: str | None = None,
+    *,
+    metadata: Mapping[str, Any] | None = None,
+) -> None:
+    """Amend the actor from here on: for the rest of the request inside a middleware.
+
+    Call it once the application knows who the user is, e.g. in a FastAPI
+    ``Depends()`` dependency (``async def`` or ``def``) or a Flask
+    ``before_request``: the request's route event and every event recorded
+    later in the request carry the new values (events recorded before keep
+    theirs).  A field left ``None`` keeps its value; ``metadata`` is merged.
+
+    Outside a middleware's request it sets the actor of the current context
+    until that context ends (the asyncio task, the thread, the
+    ``contextvars.Context``), like entering :func:`actor` without leaving it;
+    inside a ``with actor(...)`` block it lasts until the block ends.
+    """
+    scope = ACTOR.get()
+    if isinstance(scope, (RequestActor, AmendedActor)):
+        scope.request().amend(user_id, tenant_id, metadata)
+    else:
+        ACTOR.set(merged_actor(scope, user_id, tenant_id, metadata=metadata))
+
+
+# One lock for every request's amendments: they are rare (once or twice a
+# request), and two dependencies amending at once must not lose a field.
+_AMEND = threading.Lock()
+
+
+class RequestActor:
+    """The actor of one request in a middleware (subclassed by asgi and wsgi).
+
+    Its own fields never change once made.  Amendments (:func:`set_actor`,
+    or the user the framework authenticated, from :meth:`framework_user`)
+    become :class:`AmendedActor` versions; ``_latest`` is the one mutable
+    slot, read by :meth:`captured` on the caller's thread and never by the
+    export thread.
+    """
+
+    __slots__ = ("_base", "_latest", "tenant_id", "user_id")
+
+    def __init__(self, base: ActorFields, user_id: str | None, tenant_id: str | None) -> None:
+        self._base = base
+        self.user_id = base.user_id if user_id is None else user_id
+        self.tenant_id = base.tenant_id if tenant_id is None else tenant_id
+        self._latest: AmendedActor | None = None
+
+    @property
+    def ip_address(self) -> str | None:
+        """The client address."""
+        raise NotImplementedError
+
+    @property
+    def user_agent(self) -> str | None:
+        """The request's User-Agent."""
+        raise NotImplementedError
+
+    @property
+    def request_id(self) -> str | None:
+        """The request id."""
+        raise NotImplementedError
+
+    @property
+    def metadata(self) -> Mapping[str, Any] | None:
+        """Metadata of the enclosing scope."""
+        return self._base.metadata
+
+    def request(self) -> RequestActor:
+        """The request this actor belongs to (itself)."""
+        return self
+
+    def framework_user(self) -> tuple[str | None, str | None] | None:
+        """(user_id, tenant_id) of the user the framework authenticated, if
+        it can be read now on the caller's thread; None otherwise."""
+        return None
+
+    def captured(self) -> ActorFields:
+        """The newest version; a user the framework authenticated fills a
+        missing user id (kept, so it is read once)."""
+        latest: ActorFields = self._latest or self
+        if latest.user_id is None:
+            found = self.framework_user()
+            if found is not None and found[0] is not None:
+                latest = self.amend(found[0], found[1], None, fill=True)
+        return latest
+
+    def amend(
+        self,
+        user_id: str | None,
+        tenant_id: str | None,
+        metadata: Mapping[str, Any] | None,
+        *,
+        fill: bool = False,
+    ) -> AmendedActor:
+        """Make the request's newest version: given fields replace the current
+        ones (``fill``: only fill the missing ones)."""
+        with _AMEND:
+            latest: ActorFields = self._latest or self
+            if fill:
+                user_id = latest.user_id or user_id
+                tenant_id = latest.tenant_id or tenant_id
+            self._latest = amended = AmendedActor(
+                latest.user_id if user_id is None else user_id,
+                latest.tenant_id if tenant_id is None else tenant_id,
+                {**(latest.metadata or {}), **metadata} if metadata else latest.metadata,
+                self,
+            )
+        return amended
+
+
+class AmendedActor:
+    """One amended version of a request's actor: identity of its own, the
+    request's address, agent and request id.  Never changes once made."""
+
+    __slots__ = ("_request", "metadata", "tenant_id", "user_id")
+
+    def __init__(
+        self,
+        user_id: str | None,
+        tenant_id: str | None,
+        metadata: Mapping[str, Any] | None,
+        request: RequestActor,
+    ) -> None:
+        self.user_id = user_id
+        self.tenant_id = tenant_id
+        self.metadata = metadata
+        self._request = request
+
+    @property
+    def ip_address(self) -> str | None:
+        """The request's client address."""
+        return self._request.ip_address
+
+    @property
+    def user_agent(self) -> str | None:
+        """The request's User-Agent."""
+        return self._request.user_agent
+
+    @property
+    def request_id(self) -> str | None:
+        """The request id."""
+        return self._request.request_id
+
+    def request(self) -> RequestActor:
+        """The request this version belongs to."""
+        return self._request
+
+    def captured(self) -> ActorFields:
+        """The request's newest version (this one or a later amendment)."""
+        return self._request.captured()
 
 
 def start_thread(

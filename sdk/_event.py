@@ -41,6 +41,9 @@ REQUEST_ID: Final = 15
 WAITER: Final = 16
 
 OUTCOMES: Final = frozenset({"success", "failure", "denied"})
+#: The tenant of events naming none, when no ``tenant_id`` is configured:
+#: unauthenticated traffic of a multi-tenant service (setting ``anonymous_tenant``).
+ANONYMOUS_TENANT: Final = "anonymous"
 SEQ_BITS: Final = 42
 
 CapturedEvent = tuple[Any, ...]
@@ -150,22 +153,20 @@ def _texts(values: Sequence[object]) -> Sequence[str]:
     return cast("Sequence[str]", values)
 
 
-def _with_scope(
-    values: Sequence[object], scopes: Sequence[ActorFields], field: str, default: str = ""
-) -> list[str]:
-    """The explicit value, else the actor scope's, else ``default``."""
+def _with_scope(values: Sequence[object], scopes: Sequence[ActorFields], field: str) -> list[str]:
+    """The explicit value, else the actor scope's."""
     return [
         (v if type(v) is str else _text(v))
         if v is not None
-        else (getattr(scope, field) or default)
+        else (getattr(scope, field) or "")
         for v, scope in zip(values, scopes, strict=True)
     ]
 
 
 def missing_required(event: CapturedEvent, default_tenant: str) -> str:
     """The first required field (tenant_id, action, resource_type) the event lacks, or ""."""
-    tenant = event[TENANT_ID]
-    if not (tenant if tenant is not None else event[ACTOR].tenant_id) and not default_tenant:
+    # An empty tenant is no tenant: the scope's, then the default, fill it.
+    if not (event[TENANT_ID] or event[ACTOR].tenant_id or default_tenant):
         return "tenant_id"
     if not event[ACTION]:
         return "action"
@@ -196,7 +197,13 @@ def encode_batch(
         c.id,
         [format_uuid7(ns // 1_000_000, seq, getrandbits(32)) for ns, seq in zip(cols[NS], cols[SEQ], strict=True)],
     )
-    set_strings(c.tenant_id, _with_scope(cols[TENANT_ID], scopes, "tenant_id", default_tenant))
+    set_strings(
+        c.tenant_id,
+        [
+            (v if type(v) is str else _text(v)) or scope.tenant_id or default_tenant
+            for v, scope in zip(cols[TENANT_ID], scopes, strict=True)
+        ],
+    )
     set_strings(c.user_id, _with_scope(cols[USER_ID], scopes, "user_id"))
     set_strings(c.action, _texts(cols[ACTION]))
     set_strings(c.resource_type, _texts(cols[RESOURCE_TYPE]))
@@ -267,12 +274,54 @@ def split_request(
     """
     rows = decode_columns(request)
     middle = len(rows) // 2
-    halves = []
-    for part, chunk in enumerate((rows[:middle], rows[middle:])):
-        half = audit_pb2.ExportRequest(batch_id=f"{request.batch_id}.{part}")
-        half.packed.CopyFrom(pack_columns({name: [r[name] for r in chunk] for name in COLUMN_NAMES}))
-        halves.append(half)
-    return halves[0], halves[1]
+    return (
+        request_of(rows[:middle], f"{request.batch_id}.0"),
+        request_of(rows[middle:], f"{request.batch_id}.1"),
+    )
+
+
+def split_by_tenant(request: audit_pb2.ExportRequest) -> list[audit_pb2.ExportRequest]:
+    """A request's events, one request per tenant (in order of first
+    appearance), with ids ``<batch_id>.t0``, ``.t1``... derived from its batch
+    id: deterministic, so a part that is retried or spooled is stored once."""
+    groups: dict[str, list[dict[str, Any]]] = {}
+    for row in decode_columns(request):
+        groups.setdefault(str(row["tenant_id"]), []).append(row)
+    return [
+        request_of(rows, f"{request.batch_id}.t{n}") for n, rows in enumerate(groups.values())
+    ]
+
+
+def tenants_of(request: audit_pb2.ExportRequest) -> set[str]:
+    """The distinct tenant ids of a request's events."""
+    return {str(row["tenant_id"]) for row in decode_columns(request)}
+
+
+def select_rows(
+    request: audit_pb2.ExportRequest, rows: Sequence[int], batch_id: str
+) -> audit_pb2.ExportRequest:
+    """The events at positions ``rows`` of a request (in its order), as a new
+    request with ``batch_id``."""
+    events = decode_columns(request)
+    return request_of([events[i] for i in sorted(set(rows))], batch_id)
+
+
+def fill_tenant(request: audit_pb2.ExportRequest, tenant: str) -> audit_pb2.ExportRequest | None:
+    """The request with ``tenant`` for its events that have none (same batch
+    id), or None when every event has one."""
+    rows = decode_columns(request)
+    if not tenant or all(row["tenant_id"] for row in rows):
+        return None
+    for row in rows:
+        row["tenant_id"] = row["tenant_id"] or tenant
+    return request_of(rows, request.batch_id)
+
+
+def request_of(rows: Sequence[Mapping[str, Any]], batch_id: str) -> audit_pb2.ExportRequest:
+    """A packed request of events given as dicts of columns (``decode_columns``)."""
+    request = audit_pb2.ExportRequest(batch_id=batch_id)
+    request.packed.CopyFrom(pack_columns({name: [r[name] for r in rows] for name in COLUMN_NAMES}))
+    return request
 
 
 def decode_columns(request: audit_pb2.ExportRequest) -> list[dict[str, Any]]:

@@ -2,14 +2,20 @@
 
 gRPC statuses are mapped here, once, to :class:`ExportResult`:
 OK -> ``ok``; UNAUTHENTICATED, PERMISSION_DENIED, INVALID_ARGUMENT ->
-``rejected`` (never retried, never spooled); every other status -> ``retry``,
-with the collector's google.rpc.RetryInfo delay when it sent one.
+``rejected`` (never retried; the processor keeps them in the dead-letter
+spool); every other status -> ``retry``, with the collector's
+google.rpc.RetryInfo delay when it sent one.  A batch the collector stored
+in part says so in its trailing metadata: ``auditlake-accepted`` (events
+stored) and every refused row, as ranges (``auditlake-rejected: 3,5-9``) or
+a bitmap (``auditlake-rejected-bin``); a collector older than those names
+the first 20 refused events in its message only.  All of it is read here, once.
 """
 
 from __future__ import annotations
 
 import enum
 import json
+import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -48,6 +54,15 @@ class ExportResult:
     #: The collector stored the batch's valid events and refused the rest
     #: (``accepted`` of them stored; trailer ``auditlake-accepted``).
     partial: bool = False
+    #: For a partial refusal: how many events were refused (0: not said),
+    #: and the positions in the batch of the refused events: every one when
+    #: ``refused_listed`` (the collector's ``auditlake-rejected`` trailers),
+    #: else those the message names (an older collector names the first 20),
+    #: with their ids in ``refused_ids`` for the caller to check.
+    refused: int = 0
+    refused_rows: tuple[int, ...] = ()
+    refused_ids: tuple[str, ...] = ()
+    refused_listed: bool = False
 
 
 class Exporter(Protocol):
@@ -187,13 +202,71 @@ def result_from_error(error: grpc.RpcError) -> ExportResult:
     name = code.name if code is not None else ""
     trailing = error.trailing_metadata() if hasattr(error, "trailing_metadata") else None
     if code in _REJECTED:
-        for key, value in trailing or ():
-            if key == "auditlake-accepted":
-                return ExportResult(
-                    ExportStatus.REJECTED, message, code=name, accepted=int(value), partial=True
-                )
-        return ExportResult(ExportStatus.REJECTED, message, code=name)
+        trailers = dict(trailing or ())
+        accepted = str(trailers.get("auditlake-accepted", ""))
+        if not accepted.isdigit():
+            return ExportResult(ExportStatus.REJECTED, message, code=name)
+        listed = refused_rows(trailers)
+        if listed is not None:
+            return ExportResult(
+                ExportStatus.REJECTED, message, code=name, accepted=int(accepted), partial=True,
+                refused=len(listed), refused_rows=listed, refused_listed=True,
+            )
+        refused, rows, ids = refused_events(str(details))
+        return ExportResult(
+            ExportStatus.REJECTED, message, code=name, accepted=int(accepted), partial=True,
+            refused=refused, refused_rows=rows, refused_ids=ids,
+        )
     return ExportResult(ExportStatus.RETRY, message, code=name, retry_after=retry_delay(trailing))
+
+
+def refused_rows(trailers: dict[str, Any]) -> tuple[int, ...] | None:
+    """Every refused row of a partly stored batch, from the collector's
+    trailers: ``auditlake-rejected`` (ASCII ranges ``3,5-9,12``) or
+    ``auditlake-rejected-bin`` (a bitmap: row i is bit ``i % 8``, least
+    significant first, of byte ``i // 8``).  None when neither is there or
+    well formed: the caller falls back on the message."""
+    bitmap = trailers.get("auditlake-rejected-bin")
+    if isinstance(bitmap, bytes) and bitmap:
+        return tuple(
+            8 * index + bit for index, byte in enumerate(bitmap) if byte for bit in range(8) if byte >> bit & 1
+        )
+    text = trailers.get("auditlake-rejected")
+    if not isinstance(text, str) or not _RANGES.fullmatch(text):
+        return None
+    rows: list[int] = []
+    for part in text.split(","):
+        first, _, last = part.partition("-")
+        if len(rows) + int(last or first) - int(first) >= _MAX_LISTED:
+            return None  # not a batch's rows: no list that long is built
+        rows.extend(range(int(first), int(last or first) + 1))
+    return tuple(rows)
+
+
+_RANGES = re.compile(r"[0-9]+(?:-[0-9]+)?(?:,[0-9]+(?:-[0-9]+)?)*")
+#: More rows than any batch holds (the collector takes 100,000 at most by default).
+_MAX_LISTED = 1 << 24
+
+# The collector's message for a batch stored in part (ingest/receive.py):
+# "3 of 20 events rejected (17 valid events stored): event 4 (id=...): field
+# 'x' ...; event 9 (id=...): ...; and 1 more".
+_REFUSED_COUNT = re.compile(r"^(\d+) of \d+ events rejected")
+_REFUSED_EVENT = re.compile(r"(?:^|; |: )event (\d+) \(id=([^)]*)\): field '")
+
+
+def refused_events(details: str) -> tuple[int, tuple[int, ...], tuple[str, ...]]:
+    """(events refused, rows named, their ids) from a partial refusal's message.
+
+    The rows are checked against the batch's ids by the caller, so a message
+    of another form (or a field value that looks like one) names nothing.
+    """
+    count = _REFUSED_COUNT.match(details)
+    named = [(int(m.group(1)), m.group(2)) for m in _REFUSED_EVENT.finditer(details)]
+    return (
+        int(count.group(1)) if count else 0,
+        tuple(row for row, _ in named),
+        tuple(event_id for _, event_id in named),
+    )
 
 
 def retry_delay(trailing: Sequence[tuple[str, Any]] | None) -> float | None:

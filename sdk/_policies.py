@@ -1,6 +1,9 @@
 """Retry, batch and spool policies: small frozen values, validated when built.
 
-Every default lives here, once; ``docs/sdk.md`` lists them.
+Every default lives here, once; ``docs/sdk.md`` lists them.  Each field is
+also a setting of ``configure()`` (a keyword, an ``AUDITLAKE_*`` variable
+and a TOML key): ``_config.POLICY_FIELDS`` maps one to the other, and the
+docstrings below name the setting of each field.
 """
 
 from __future__ import annotations
@@ -28,6 +31,19 @@ class RetryPolicy:
     tries), then spooled; spooled batches are retried for ever, the backoff
     growing up to ``max_backoff``.  A RetryInfo delay sent by the collector
     replaces the computed backoff (capped at ``max_backoff``).
+
+    Fields (setting in brackets):
+
+    - ``max_attempts`` (``retry_max_attempts``): tries of a new batch before
+      it is spooled.
+    - ``initial_backoff`` (``retry_initial_backoff``): seconds before the
+      second try.
+    - ``max_backoff`` (``retry_max_backoff``): ceiling of the backoff, and of
+      a RetryInfo delay.
+    - ``multiplier`` (``retry_multiplier``): growth of the backoff per try.
+    - ``jitter`` (``retry_jitter``): each backoff is scaled by a random
+      factor in ``[1 - jitter, 1 + jitter]`` so that many processes do not
+      retry in step.
     """
 
     max_attempts: int = 4
@@ -57,7 +73,16 @@ class RetryPolicy:
 
 @dataclass(frozen=True, slots=True)
 class BatchPolicy:
-    """How events are grouped before export and how many may wait in memory."""
+    """How events are grouped before export and how many may wait in memory.
+
+    Fields (setting in brackets):
+
+    - ``max_batch_size`` (``batch_max_size``): most events per export call.
+    - ``schedule_delay`` (``batch_delay``): seconds an event waits at most
+      before its batch leaves.
+    - ``max_queue_size`` (``queue_max_size``): events held in memory.
+    - ``export_timeout`` (``export_timeout``): deadline of one export call.
+    """
 
     max_batch_size: int = 2048
     schedule_delay: float = 0.2
@@ -83,6 +108,10 @@ class SpoolPolicy:
     ``enabled=False`` keeps undelivered batches in memory only (bounded by
     the queue size).  ``full`` is what happens when the spool is full:
     ``drop_newest`` (counted, warned about) or ``block`` (``record()`` waits).
+
+    Fields (setting in brackets): ``directory`` (``spool_dir``),
+    ``max_bytes`` (``spool_max_bytes``), ``full`` (``spool_full``),
+    ``enabled`` (``spool_enabled``).
     """
 
     directory: Path | None = None

@@ -1,7 +1,8 @@
 """``record()``: the caller's whole cost of an audit event.
 
-It captures the arguments, the actor scope, the current OpenTelemetry span
-and the clock into a tuple and appends it to the processor's queue; nothing
+It captures the arguments, the actor scope (as it stands now: see
+``ActorFields.captured``), the current OpenTelemetry span and the clock
+into a tuple and appends it to the processor's queue; nothing
 is formatted, serialised or copied deeply here (see ``_event.py``).
 Mutable ``changes``/``metadata`` dicts are copied shallowly; do not mutate
 nested values after recording.
@@ -67,7 +68,9 @@ def record(
     event = (
         time_ns(),
         next(processor.seq),
-        ACTOR.get(),
+        # captured(): an actor that never changes, so a later set_actor()
+        # cannot rewrite this event on the export thread.
+        ACTOR.get().captured(),
         current_context(),
         action,
         resource_type,

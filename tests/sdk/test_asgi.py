@@ -81,7 +81,8 @@ def test_matching_route_records_one_event_with_the_request_actor(memory: AuditEv
     assert (event["user_id"], event["tenant_id"], event["outcome"]) == ("doctor", "t1", "success")
     assert (event["ip_address"], event["user_agent"], event["request_id"]) == (
         "203.0.113.9", "ua/2", "r-1")
-    assert json.loads(event["metadata"]) == {"method": "GET", "path": "/patients/42", "status": 200}
+    assert json.loads(event["metadata"]) == {
+        "method": "GET", "path": "/patients/42", "status": 200, "route": "/patients/{id}"}
     assert (inner["user_id"], inner["request_id"]) == ("doctor", "r-1")
 
 
@@ -108,11 +109,13 @@ def test_streaming_response_is_recorded_after_the_last_chunk(memory: AuditEvents
 
 
 def test_exception_records_failure_and_propagates(memory: AuditEvents) -> None:
-    # Starlette answers 500 itself, then re-raises: the response end is the record.
+    # Starlette answers 500 itself, then re-raises: the exception is the
+    # reason, the 500 the client got the status.
     response = asyncio.run(call(make_app(), "/crash"))
     assert response.status_code == 500
     (event,) = memory.events
-    assert (event["action"], event["outcome"], event["reason"]) == ("delete", "failure", "HTTP 500")
+    assert (event["action"], event["outcome"], event["reason"]) == ("delete", "failure", "RuntimeError")
+    assert json.loads(event["metadata"])["status"] == 500
 
     async def bare(scope: Any, receive: Any, send: Any) -> None:
         raise KeyError("no response at all")
@@ -122,6 +125,8 @@ def test_exception_records_failure_and_propagates(memory: AuditEvents) -> None:
         asyncio.run(app({"type": "http", "method": "GET", "path": "/crash", "headers": []},
                         None, None))  # type: ignore[arg-type]
     assert memory.events[-1]["reason"] == "KeyError"
+    # Nothing was sent: whatever is outside (the server) answers 500.
+    assert json.loads(memory.events[-1]["metadata"])["status"] == 500
 
 
 def test_unmatched_routes_record_nothing_but_still_set_the_actor(memory: AuditEvents) -> None:

@@ -76,7 +76,7 @@ def test_collector_down_app_restarted_then_back_every_event_stored_once(
     assert list(spool.glob("*.batch")) == []
 
 
-def test_refused_batches_are_logged_counted_and_not_spooled(
+def test_refused_batches_are_logged_counted_and_dead_lettered_not_spooled(
     collector, tmp_path: Path, caplog: pytest.LogCaptureFixture  # noqa: ANN001
 ) -> None:
     configure(collector, tmp_path / "spool", collector.api_key("t1"))
@@ -85,8 +85,10 @@ def test_refused_batches_are_logged_counted_and_not_spooled(
         assert sdk.flush() is False
     assert "PERMISSION_DENIED" in caplog.text
     stats = sdk.stats()
-    assert (stats.rejected, stats.spooled) == (1, 0)
+    assert (stats.rejected, stats.spooled, stats.dead_lettered) == (1, 0, 1)
     assert list((tmp_path / "spool").glob("*.batch")) == []
+    # Not retried, but kept apart for a replay (tests/sdk/test_dead_letter.py).
+    assert len(list((tmp_path / "spool" / "dead-letter").glob("*.dead"))) == 1
     with pytest.raises(sdk.DeliveryRejected, match="UNAUTHENTICATED"):
         sdk.configure(endpoint=collector.endpoint, api_key="wrong", service_name="x",
                       spool=SpoolPolicy(directory=tmp_path / "spool2"))

@@ -7,11 +7,14 @@ real collector process.
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
+import grpc
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -19,7 +22,7 @@ from hypothesis import strategies as st
 from auditlake import sdk
 from auditlake.sdk import BatchPolicy, ExportResult, ExportStatus, RetryPolicy, SpoolPolicy
 from auditlake.sdk._event import decode_columns
-from auditlake.sdk._exporter import retry_delay
+from auditlake.sdk._exporter import result_from_error, retry_delay
 from auditlake.sdk.testing import InMemoryExporter
 from auditlake.v1 import audit_pb2
 
@@ -41,21 +44,33 @@ class Collector:
         if self.state == "down":
             return DOWN
         if self.state == "refusing":
-            return ExportResult(ExportStatus.REJECTED, "PERMISSION_DENIED: wrong tenant")
+            return ExportResult(ExportStatus.REJECTED, "PERMISSION_DENIED: wrong tenant",
+                                code="PERMISSION_DENIED")
         return ExportResult(ExportStatus.OK)
 
 
-def start(collector: Collector, spool_dir: Path | None, **policies: object) -> None:
-    sdk.configure(
-        service_name="svc",
-        tenant_id="t1",
-        exporter=collector.exporter,
-        batch=policies.get("batch", BatchPolicy(schedule_delay=0.01, max_batch_size=50)),  # type: ignore[arg-type]
-        retry=policies.get("retry", FAST_RETRY),  # type: ignore[arg-type]
-        spool=policies.get(  # type: ignore[arg-type]
-            "spool", SpoolPolicy(directory=spool_dir, enabled=spool_dir is not None)
-        ),
-    )
+def start(collector: Collector, spool_dir: Path | None, **options: Any) -> list[sdk.DroppedEvents]:
+    """Configure against ``collector``; the list the on_drop hook fills."""
+    dropped: list[sdk.DroppedEvents] = []
+    options.setdefault("batch", BatchPolicy(schedule_delay=0.01, max_batch_size=50))
+    options.setdefault("retry", FAST_RETRY)
+    options.setdefault("spool", SpoolPolicy(directory=spool_dir, enabled=spool_dir is not None))
+    options.setdefault("tenant_id", "t1")
+    sdk.configure(service_name="svc", exporter=collector.exporter, on_drop=dropped.append, **options)
+    return dropped
+
+
+def dead_letter_files(spool_dir: Path) -> list[Path]:
+    return sorted((spool_dir / "dead-letter").glob("*.dead"))
+
+
+def dead_letter_events(spool_dir: Path) -> list[dict[str, Any]]:
+    """The events kept in the dead-letter spool (header line, then the request)."""
+    events: list[dict[str, Any]] = []
+    for path in dead_letter_files(spool_dir):
+        body = path.read_bytes().partition(b"\n")[2]
+        events += decode_columns(audit_pb2.ExportRequest.FromString(body))
+    return events
 
 
 def resource_ids(request: audit_pb2.ExportRequest) -> list[str]:
@@ -130,10 +145,12 @@ def test_a_non_retryable_status_is_rejected_loudly_and_never_spooled(
         sdk.record("read", "doc", "1", tenant_id="not-mine")
         assert sdk.flush() is False
     assert "PERMISSION_DENIED: wrong tenant" in caplog.text
+    assert f"kept in the dead-letter spool {tmp_path / 'dead-letter'}" in caplog.text
     assert len(collector.attempted) == 1
     stats = sdk.stats()
-    assert (stats.rejected, stats.spooled, stats.retried) == (1, 0, 0)
+    assert (stats.rejected, stats.spooled, stats.retried, stats.dead_lettered) == (1, 0, 0, 1)
     assert spool_files(tmp_path) == []
+    assert [e["resource_id"] for e in dead_letter_events(tmp_path)] == ["1"]
 
 
 def test_a_full_spool_drops_newest_with_a_counter_and_one_warning(
@@ -329,7 +346,7 @@ def test_an_event_without_tenant_is_refused_alone_not_with_its_batch(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     collector = Collector()
-    sdk.configure(service_name="svc", exporter=collector.exporter,
+    sdk.configure(service_name="svc", exporter=collector.exporter, anonymous_tenant="",
                   batch=BatchPolicy(schedule_delay=0.01), spool=SpoolPolicy(enabled=False))
     with caplog.at_level(logging.ERROR, logger="auditlake.sdk"):
         sdk.record("read", "doc", "1", tenant_id="t1")
@@ -340,8 +357,12 @@ def test_an_event_without_tenant_is_refused_alone_not_with_its_batch(
             sdk.record("read", "doc", "durable-no-tenant", durable=True)
         assert sdk.flush(5) is False
     assert [e["resource_id"] for e in collector.exporter.events] == ["1", "3"]
-    assert sdk.stats().rejected == 2
+    stats = sdk.stats()
+    assert stats.rejected_by_reason == {"no_tenant": 2}
+    # No spool, so no dead-letter spool: counted as lost, and said so.
+    assert stats.dropped_by_reason == {"dead_letter_off": 2}
     assert "required field is empty (tenant_id: " in caplog.text
+    assert "not kept: the dead-letter spool is off" in caplog.text
 
 
 def test_an_invalid_event_is_isolated_and_the_rest_of_its_batch_stored(tmp_path: Path) -> None:
@@ -405,3 +426,188 @@ def test_refusals_are_logged_once_then_summarised_not_per_batch(
     assert len(collector.attempted) == 5
     assert caplog.text.count("the collector refused batch") == 1
     assert sdk.stats().rejected == 5
+
+
+# -- nothing lost silently: dead letters, on_drop, the summary, anonymous traffic --
+
+
+def test_an_event_naming_no_tenant_goes_to_the_anonymous_tenant(tmp_path: Path) -> None:
+    collector = Collector()
+    start(collector, tmp_path, tenant_id=None)
+    sdk.record("login_failed", "session", "probe", outcome="failure")  # a 401 probe
+    sdk.record("read", "doc", "empty-tenant", tenant_id="")  # "" is no tenant too
+    with sdk.actor(tenant_id="t2"):
+        sdk.record("read", "doc", "scoped", tenant_id="")
+    sdk.record("read", "doc", "named", tenant_id="t3")
+    assert sdk.flush(5)
+    assert [(e["resource_id"], e["tenant_id"]) for e in collector.exporter.events] == [
+        ("probe", "anonymous"), ("empty-tenant", "anonymous"), ("scoped", "t2"), ("named", "t3")]
+    sdk.shutdown()
+    start(collector, tmp_path, tenant_id="single", anonymous_tenant="unused")
+    sdk.record("read", "doc", "single-tenant")
+    assert sdk.flush(5)
+    assert collector.exporter.events[-1]["tenant_id"] == "single"  # tenant_id comes first
+
+
+def test_without_an_anonymous_tenant_a_tenantless_event_waits_in_the_dead_letter_spool(
+    tmp_path: Path,
+) -> None:
+    collector = Collector()
+    dropped = start(collector, tmp_path, tenant_id=None, anonymous_tenant="")
+    sdk.record("login_failed", "session", "probe", outcome="failure", user_id="mallory")
+    sdk.record("read", "doc", "1", tenant_id="t1")
+    assert sdk.flush(5) is False
+    assert [e["resource_id"] for e in collector.exporter.events] == ["1"]
+    (path,) = dead_letter_files(tmp_path)
+    header = json.loads(path.read_bytes().partition(b"\n")[0])
+    assert (header["code"], header["reason"], header["events"]) == ("", "no_tenant", 1)
+    assert [(d.reason, d.kept, [e["user_id"] for e in d.events]) for d in dropped] == [
+        ("no_tenant", True, ["mallory"])]
+    probe_id = dropped[0].events[0]["id"]
+
+    start(collector, tmp_path, tenant_id=None, anonymous_tenant="public")
+    assert sdk.replay_dead_letters() == (1, 0, 0)
+    event = collector.exporter.events[-1]
+    assert (event["id"], event["tenant_id"], event["user_id"]) == (probe_id, "public", "mallory")
+    assert dead_letter_files(tmp_path) == []
+
+
+def test_a_refused_durable_event_is_kept_and_raises(tmp_path: Path) -> None:
+    collector = Collector()
+    collector.state = "refusing"
+    start(collector, tmp_path)
+    with pytest.raises(sdk.DeliveryRejected, match="PERMISSION_DENIED"):
+        sdk.record("export", "report", "r1", durable=True)
+    assert [e["resource_id"] for e in dead_letter_events(tmp_path)] == ["r1"]
+
+
+def test_the_dead_letter_spool_is_bounded_and_what_does_not_fit_is_dropped_and_said(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    collector = Collector()
+    collector.state = "refusing"
+    dropped = start(collector, tmp_path, dead_letter_max_bytes=3000,
+                    batch=BatchPolicy(schedule_delay=5.0, max_batch_size=10))
+    for round_number in range(5):
+        for i in range(10):
+            sdk.record("read", "doc", f"{round_number}-{i}")
+        sdk.flush()
+    stats = sdk.stats()
+    kept = dead_letter_events(tmp_path)
+    assert 0 < len(kept) < 50
+    assert sum(p.stat().st_size for p in dead_letter_files(tmp_path)) <= 3000
+    # The first refusals are kept (they say what went wrong); later ones are not.
+    assert [e["resource_id"] for e in kept] == [f"{r}-{i}" for r in range(len(kept) // 10) for i in range(10)]
+    assert (stats.rejected, stats.dead_lettered, stats.dropped) == (50, len(kept), 50 - len(kept))
+    assert stats.dropped_by_reason == {"dead_letter_full": 50 - len(kept)}
+    assert [d.kept for d in dropped] == [True] * (len(kept) // 10) + [False] * (5 - len(kept) // 10)
+    assert "dead-letter spool" in dropped[-1].message and "is full" in dropped[-1].message
+    with caplog.at_level(logging.WARNING, logger="auditlake.sdk"):
+        sdk.shutdown()
+    assert (
+        f"50 refused (permission_denied: 50; {len(kept)} kept in the dead-letter spool" in caplog.text
+    )
+    assert f"{50 - len(kept)} dropped for good (dead_letter_full: {50 - len(kept)})" in caplog.text
+
+
+def test_on_drop_gets_the_events_a_full_queue_or_spool_drops(tmp_path: Path) -> None:
+    collector = Collector()
+    release = threading.Event()
+    collector.exporter.answer = lambda request: (release.wait(10), ExportResult(ExportStatus.OK))[1]
+    threads: set[str] = set()
+    dropped: list[sdk.DroppedEvents] = []
+
+    def on_drop(drop: sdk.DroppedEvents) -> None:
+        threads.add(threading.current_thread().name)
+        dropped.append(drop)
+
+    sdk.configure(service_name="svc", tenant_id="t1", exporter=collector.exporter, on_drop=on_drop,
+                  batch=BatchPolicy(schedule_delay=0.01, max_batch_size=10, max_queue_size=100),
+                  spool=SpoolPolicy(enabled=False))
+    for i in range(300):
+        sdk.record("read", "doc", str(i))
+    release.set()
+    assert sdk.flush(10) is False
+    stats = sdk.stats()
+    assert stats.dropped > 100 and sum(d.count for d in dropped) == stats.dropped
+    assert {d.reason for d in dropped} == {"queue_full"} and not any(d.kept for d in dropped)
+    # The events themselves, up to queue_max_size of them while the export
+    # thread was stuck (memory stays bounded); the rest as counts.
+    lost = [e["resource_id"] for d in dropped for e in d.events]
+    delivered = [e["resource_id"] for e in collector.exporter.events]
+    assert len(lost) == 100 and not set(lost) & set(delivered)
+    assert len(delivered) + stats.dropped == 300
+    assert threads == {"auditlake-export"}  # never the recording thread
+
+
+def test_a_full_spool_hands_its_drops_to_on_drop(tmp_path: Path) -> None:
+    collector = Collector()
+    collector.state = "down"
+    dropped = start(collector, tmp_path, spool=SpoolPolicy(directory=tmp_path, max_bytes=20_000))
+    for i in range(2000):
+        sdk.record("read", "doc", str(i))
+    assert sdk.flush() is False
+    stats = sdk.stats()
+    assert stats.dropped_by_reason == {"spool_full": stats.dropped}
+    assert sum(len(d.events) for d in dropped if d.reason == "spool_full") == stats.dropped
+
+
+def test_an_on_drop_hook_that_raises_is_logged_and_delivery_goes_on(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    collector = Collector()
+    collector.state = "refusing"
+
+    def broken(drop: sdk.DroppedEvents) -> None:
+        raise RuntimeError("the hook is broken")
+
+    sdk.configure(service_name="svc", tenant_id="t1", exporter=collector.exporter, on_drop=broken,
+                  batch=BatchPolicy(schedule_delay=0.01), spool=SpoolPolicy(directory=tmp_path))
+    with caplog.at_level(logging.ERROR, logger="auditlake.sdk"):
+        sdk.record("read", "doc", "refused")
+        assert sdk.flush(5) is False
+    assert "on_drop hook raised" in caplog.text and "the hook is broken" in caplog.text
+    collector.state = "up"
+    sdk.record("read", "doc", "after")
+    assert sdk.flush(5)
+    assert [e["resource_id"] for e in collector.exporter.events] == ["after"]
+
+
+def test_a_partial_refusal_keeps_the_events_the_collector_names(tmp_path: Path) -> None:
+    # The collector's own message, as ingest/receive.py words it.
+    collector = Collector()
+
+    def partial(request: audit_pb2.ExportRequest) -> ExportResult:
+        rows = decode_columns(request)
+        if request.batch_id.endswith(".r"):
+            return ExportResult(ExportStatus.OK, accepted=len(rows))
+        named = "; ".join(f"event {i} (id={rows[i]['id']}): field 'x' is wrong" for i in (2, 5))
+        collector.exporter.events.extend(r for i, r in enumerate(rows) if i not in (2, 5))
+        return result_from_error(_Refusal(f"2 of {len(rows)} events rejected "
+                                          f"({len(rows) - 2} valid events stored): {named}",
+                                          accepted=len(rows) - 2))
+
+    collector.exporter.answer = partial
+    start(collector, tmp_path, batch=BatchPolicy(schedule_delay=5.0))
+    for i in range(8):
+        sdk.record("read", "doc", str(i))
+    assert sdk.flush(5) is False
+    assert [e["resource_id"] for e in dead_letter_events(tmp_path)] == ["2", "5"]
+    assert sdk.replay_dead_letters() == (2, 0, 0)
+    assert sorted(e["resource_id"] for e in collector.exporter.events) == [str(i) for i in range(8)]
+
+
+class _Refusal(grpc.RpcError):
+    """A gRPC error as the collector sends a partial refusal."""
+
+    def __init__(self, details: str, accepted: int) -> None:
+        self._details, self._accepted = details, accepted
+
+    def code(self) -> grpc.StatusCode:
+        return grpc.StatusCode.INVALID_ARGUMENT
+
+    def details(self) -> str:
+        return self._details
+
+    def trailing_metadata(self) -> tuple[tuple[str, str], ...]:
+        return (("auditlake-accepted", str(self._accepted)),)

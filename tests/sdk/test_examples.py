@@ -56,7 +56,7 @@ def test_flask_example_audits_reads_updates_denials_and_streams(memory: AuditEve
     client = app.test_client()
     nurse = {"Authorization": "Bearer nurse.kim@clinic", "User-Agent": "tablet/1"}
     # A WSGI event is recorded when the server has read (or closed) the body,
-    # as every server does; a test client response must be read or closed too.
+    # as every server does, or, for a body nobody reads, when it is released.
     assert client.get("/patients/p1", headers=nurse).json["name"] == "Ada Lovelace"
     with client.get("/patients/nobody", headers=nurse) as missing_response:
         assert missing_response.status_code == 404

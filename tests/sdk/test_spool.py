@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import subprocess
@@ -13,7 +14,7 @@ from auditlake import sdk
 from auditlake.sdk import BatchPolicy, RetryPolicy, SpoolPolicy
 from auditlake.sdk._context import EMPTY_ACTOR
 from auditlake.sdk._event import encode_batch
-from auditlake.sdk._spool import DiskSpool, SpoolFull
+from auditlake.sdk._spool import DeadLetter, DeadLetterSpool, DiskSpool, SpoolFull, utc_now
 from auditlake.sdk.testing import InMemoryExporter
 from auditlake.v1 import audit_pb2
 
@@ -87,3 +88,59 @@ def test_spool_files_are_private_to_the_user(tmp_path: Path) -> None:
     (path,) = (tmp_path / "spool").glob("*.batch")
     assert path.stat().st_mode & 0o777 == 0o600
     assert (tmp_path / "spool").stat().st_mode & 0o777 == 0o700
+
+
+def letter(batch_id: str, resource_id: str, ns: int, code: str = "UNAUTHENTICATED") -> DeadLetter:
+    return DeadLetter(batch(batch_id, resource_id, ns), code, code.lower(), f"{code}: no", utc_now())
+
+
+def test_a_dead_letter_file_is_a_json_line_then_the_batch(tmp_path: Path) -> None:
+    directory = tmp_path / "spool" / "dead-letter"
+    dead = DeadLetterSpool(directory, 1_000_000)
+    assert not directory.exists()  # made by the first refusal, not before
+    dead.keep(letter("b1", "r1", time.time_ns()))
+    (path,) = directory.glob("*.dead")
+    assert path.name.endswith("-b1.dead")
+    header, _, body = path.read_bytes().partition(b"\n")
+    fields = json.loads(header)
+    assert {k: fields[k] for k in ("batch_id", "events", "code", "reason", "replays")} == {
+        "batch_id": "b1", "events": 1, "code": "UNAUTHENTICATED", "reason": "unauthenticated",
+        "replays": 0}
+    assert fields["message"] == "UNAUTHENTICATED: no" and fields["refused_at"].endswith("Z")
+    assert audit_pb2.ExportRequest.FromString(body).batch_id == "b1"
+    assert path.stat().st_mode & 0o777 == 0o600 and directory.stat().st_mode & 0o777 == 0o700
+    assert dead.events_in(path.name) == 1
+
+
+def test_the_dead_letter_bound_keeps_the_first_refusals(tmp_path: Path) -> None:
+    one = len(letter("a", "1", 1).header()) + len(batch("a", "1", 1).SerializeToString())
+    dead = DeadLetterSpool(tmp_path, one * 2 + one // 2)  # room for two
+    now = time.time_ns()
+    dead.keep(letter("a", "1", now))
+    dead.keep(letter("b", "2", now + 1000))
+    try:
+        dead.keep(letter("c", "3", now + 2000))
+    except SpoolFull:
+        pass
+    else:
+        raise AssertionError("the dead-letter spool should have been full")
+    assert len(dead) == 2 and dead.bytes <= dead.max_bytes
+    # A replay writing back what it took out is not refused for room.
+    name = dead.names()[0]
+    taken = dead.claim(name)
+    assert taken is not None and taken.request.batch_id == "a"
+    rewritten = dead.keep(DeadLetter(taken.request, "PERMISSION_DENIED", "permission_denied",
+                                     "PERMISSION_DENIED: no", utc_now(), replays=1), bounded=False)
+    assert rewritten == name
+    dead.discard_claim(name)
+    again = DeadLetterSpool(tmp_path, dead.max_bytes)  # as the next process sees it
+    assert again.names() == dead.names() and len(again) == 2
+    kept = again.claim(name)
+    assert kept is not None and (kept.code, kept.replays) == ("PERMISSION_DENIED", 1)
+
+
+def test_an_unreadable_dead_letter_is_set_aside_not_lost(tmp_path: Path) -> None:
+    (tmp_path / "00000000000000001-broken.dead").write_bytes(b"not json\n\xff")
+    dead = DeadLetterSpool(tmp_path, 1_000_000)
+    assert dead.claim_next() is None
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["00000000000000001-broken.dead.bad"]

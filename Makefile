@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: install proto demo demo-check test lint bench browser java clean
+.PHONY: install proto demo demo-check test lint bench browser java postgres clean
 
 install: $(STAMP)
 
@@ -34,13 +34,20 @@ browser:
 	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq chromium >/dev/null; \
 	  else sudo apt-get update -qq && sudo apt-get install -y -qq chromium >/dev/null; fi; }
 
+# Debian's PostgreSQL for the ORM capture tests (tests/integrations): the tests
+# start their own server with initdb + pg_ctl in a temporary directory.
+postgres:
+	@{ command -v initdb >/dev/null 2>&1 || ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; } || { \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq postgresql >/dev/null; \
+	  else sudo apt-get update -qq && sudo apt-get install -y -qq postgresql >/dev/null; fi; }
+
 # Debian's Java 17 for the Spark reader test (tests/fleet): pyspark runs a JVM.
 java:
 	@command -v java >/dev/null 2>&1 || { \
 	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq openjdk-17-jre-headless >/dev/null; \
 	  else sudo apt-get update -qq && sudo apt-get install -y -qq openjdk-17-jre-headless >/dev/null; fi; }
 
-test: $(STAMP) browser java
+test: $(STAMP) browser java postgres
 	$(PY) -m pytest -q -p no:cacheprovider
 
 # mypy resolves auditlake.sdk / auditlake.collector through a tree of

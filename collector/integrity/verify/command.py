@@ -47,6 +47,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
     report = verify_lake(
         data, public_key=args.public_key, date_from=args.date_from, date_to=args.date_to,
         mirrors=mirrors, progress=None if args.quiet else _StderrProgress(), toml=toml,
+        expect_heads=args.expect_head or (),
     )
     if args.format == "json":
         sys.stdout.write(json.dumps(report.to_json(), indent=1) + "\n")
@@ -79,6 +80,10 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     p.add_argument("--checkpoint-mirror", metavar="DIR", action="append",
                    help="a second checkpoint folder to compare (repeatable; default: the "
                    "configured mirror)")
+    p.add_argument("--expect-head", metavar="FILE", action="append",
+                   help="a head recorded earlier that the lake must still pass through: a checkpoint "
+                   "file, an `auditlake monitor` state file or a `verify --format json` report "
+                   "(repeatable); catches a lake rolled back together with its checkpoints")
     p.add_argument("--format", choices=("text", "json"), default="text")
     p.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
     p.set_defaults(func=cmd_verify)

@@ -22,6 +22,7 @@ PROBLEM_KINDS: dict[str, str] = {
     "missing_writer": "the data dir's writer has sealed, but the lake has no checkpoint of it left",
     "head_mismatch": "the stored chain_hash at a checkpoint's seq differs from the signed one",
     "tree_head": "a checkpoint's signed Merkle tree head is not the tree of the stored events",
+    "expected_head": "the lake does not pass through a head recorded earlier (--expect-head)",
     "changed_file": "a file's bytes differ from the sha256 its checkpoint signed",
     "missing_file": "a file a checkpoint lists (and none removes) is not in the lake",
     "unlisted_file": "a file in the lake that no checkpoint lists",

@@ -26,6 +26,7 @@ from auditlake.collector.integrity.verify.checkpoints import (
     sealed_without_checkpoints,
 )
 from auditlake.collector.integrity.verify.digest import FileReads, check_strays, digest_files
+from auditlake.collector.integrity.verify.expect import ExpectedHead, check_expected_heads, read_expected_heads
 from auditlake.collector.integrity.verify.explain import explain_failures, explain_writer_ids
 from auditlake.collector.integrity.verify.index import LakeScan, build_index, summarize
 from auditlake.collector.integrity.verify.links import Links, TreeHead, chain_starts, hash_links
@@ -44,6 +45,9 @@ from auditlake.collector.storage.datadir import DataDir
 from auditlake.collector.storage.store import LocalStore, Store
 from auditlake.collector.storage.tiers import Tier, checkpoint_tier
 
+#: Marks an expected head (--expect-head) among the signed tree heads.
+_EXPECTED = "expected:"
+
 #: Attempts at a consistent snapshot of checkpoints and files on a live lake.
 _SNAPSHOT_TRIES = 5
 #: Restarts when a file vanishes mid-verification (a compaction or move ran).
@@ -60,8 +64,13 @@ def verify_lake(
     progress: ProgressFn | None = None,
     toml: dict[str, Any] | None = None,
     cold_tier: Tier | None = None,
+    expect_heads: Iterable[Path | str] = (),
 ) -> VerifyReport:
     """Verify the lake of ``data`` against its signed checkpoints.
+
+    ``expect_heads``: files holding heads recorded earlier (a checkpoint, an
+    ``auditlake monitor`` state file, a ``verify --format json`` report) the
+    lake must still pass through (verify.expect).
 
     ``public_key``: the key (or a PEM file) to check signatures with; default
     the data dir's ``keys/signing.pub.pem``.  ``date_from``/``date_to`` limit
@@ -75,6 +84,7 @@ def verify_lake(
     mirrors = list(mirrors)
     for attempt in range(_RESTARTS):
         verification = _Verification(data, public_key, date_from, date_to, mirrors, progress, toml, cold_tier)
+        verification.expect_heads = read_expected_heads(list(expect_heads))
         try:
             return verification.run()
         except LakeChanged as exc:
@@ -119,6 +129,7 @@ class _Verification:
         self.progress: ProgressFn = progress or (lambda phase, done, total: None)
         self.toml = toml if toml is not None else load_toml(self.data.config_file)
         self.cold = cold
+        self.expect_heads: list[ExpectedHead] = []
         for m in self.mirrors:
             if not m.is_dir():
                 raise ConfigError(f"checkpoint mirror {m} does not exist")
@@ -153,11 +164,21 @@ class _Verification:
                                     file=name, writer_id=writer)
                     continue
                 heads.setdefault(writer, []).append((cp.tree_size, root, name))
+        for head in self.expect_heads:
+            if head.tree_size is not None and len(head.tree_root) == 64:
+                heads.setdefault(head.writer_id, []).append(
+                    (head.tree_size, bytes.fromhex(head.tree_root), f"{_EXPECTED}{head.source}"))
         return heads
 
     def _report_trees(self, links: Links, snap: _Snapshot) -> None:
         self.report.tree_heads = links.tree_heads_checked
         for writer, size, name, actual in links.tree_mismatches:
+            if name.startswith(_EXPECTED):
+                self.report.add("expected_head", f"the tree head recorded in {name[len(_EXPECTED):]} "
+                                f"(writer {writer}, {size} events) is not the tree of the stored events "
+                                f"1..{size} (root {actual}): history up to it was rewritten",
+                                seq=size or None, writer_id=writer)
+                continue
             self.report.add("tree_head", f"{name}: the signed tree of {size} events is not the tree of "
                             f"writer {writer}'s stored events 1..{size} (root {actual})",
                             file=name, seq=size or None, writer_id=writer)
@@ -238,6 +259,7 @@ class _Verification:
         check_sequences(con, snap.writers, snap.expected, self.report)
         check_file_rows(con, snap.disk, snap.expected, set(snap.writers), self.report)
         check_anchors(con, snap.expected, self.report)
+        check_expected_heads(con, self.expect_heads, snap.writers, snap.expected, self.report)
         keys = [k for k in readable if self.dates.contains(k)]
         hashed = set(keys)
         whole = self.dates.first is None and self.dates.last is None

@@ -155,15 +155,15 @@ def files_readers_read(root, prefix):
     as checkpoint paths: each *.parquet at any depth, hidden or not (what
     read_parquet('events/**/*.parquet') globs), and any other file no part of
     whose path below events/ starts with _ or . (pyarrow.dataset and Spark
-    read the folder whatever the suffix); not *.parquet.tmp, a seal's or
-    compaction's file being written (present only while it runs)."""
+    read the folder whatever the suffix). A seal or compaction writes its
+    file under a hidden name (.<name>.parquet.tmp), which no reader reads."""
     found = []
     events = os.path.join(root, "events")
     for folder, _dirs, names in os.walk(events):
         for name in names:
             rel = os.path.relpath(os.path.join(folder, name), root).replace(os.sep, "/")
             hidden = any(part.startswith(("_", ".")) for part in rel.split("/")[1:])
-            if name.endswith(".parquet") or not (hidden or name.endswith(".parquet.tmp")):
+            if name.endswith(".parquet") or not hidden:
                 found.append(prefix + rel)
     return found
 

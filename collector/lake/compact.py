@@ -12,9 +12,10 @@ store (the sealer's), the checkpoints read through its checkpoint store.
 
 Steps, each safe to crash after (``state/compact.json`` records the job):
 
-1. read the day's live files of this writer, write the merged rows to
-   ``compact-<writer>-<stamp>-<k>.parquet.tmp`` (fsynced, invisible to the
-   ``*.parquet`` glob of queries); record the job ("staged");
+1. read the day's live files of this writer, write the merged rows to the
+   hidden ``.compact-<writer>-<stamp>-<k>.parquet.tmp`` (fsynced; no reader
+   of the folder and no ``*.parquet`` glob reads it, see lake/files.py);
+   record the job ("staged");
 2. publish the new files (rename); record "published";
 3. the signed "compact" checkpoint (files = new, removed = old) through
    ``Sealer.append_checkpoint``;
@@ -33,7 +34,9 @@ way.  What any reader finds under ``events/`` is exactly the live files, and
 object store the move is a copy and a delete (``Store.rename``).
 
 Recovery: a job not yet checkpointed is rolled back (new files deleted, old
-files kept); a checkpointed one is finished (old files superseded).  So after
+files kept); a checkpointed one is finished (old files superseded); staged
+files of this writer no job names are deleted (also the visible
+``compact-<writer>-...parquet.tmp`` an older version staged under).  So after
 any crash either the old files or the new ones are live and present, never
 neither; both are visible to a new query only between steps 2 and 4 (a few
 milliseconds, or until restart if the process dies exactly there).
@@ -54,7 +57,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import datetime as dt
-import fnmatch
 import hashlib
 import json
 import logging
@@ -72,12 +74,12 @@ import pyarrow.parquet as pq
 from auditlake.collector.errors import StorageError
 from auditlake.collector.integrity.checkpoint import FileEntry
 from auditlake.collector.lake.files import (
-    TMP_SUFFIX,
     day_of,
     partition_files,
     partition_key,
     sort_for_queries,
     stage_table,
+    stale_stages,
 )
 from auditlake.collector.schema import EVENT_SCHEMA, INGEST_KEY_COLUMN, LEGACY_EVENT_SCHEMA
 from auditlake.collector.storage.datadir import DataDir, try_lock
@@ -239,9 +241,12 @@ class Compactor:
                 # A crash between the move and the state save.
                 deadline = time.time() + self.policy.superseded_grace_s
                 self.state.superseded.append({"path": obj.key, "delete_after": deadline})
-        for key in self.lake.stage_keys(TMP_SUFFIX):
-            if fnmatch.fnmatchcase(key.rpartition("/")[2], f"compact-{self.writer_id}-*{TMP_SUFFIX}"):
-                self.lake.discard(key)
+        stale = stale_stages(self.lake, f"compact-{self.writer_id}-")
+        for key in stale:
+            self.lake.discard(key)
+        if self.lake.staging is None:
+            for folder in sorted({_folder(key) for key in stale}):
+                self.lake.sync(folder)
         self.state.save()
         self.delete_expired()
 
@@ -392,6 +397,7 @@ class Compactor:
             "old": [e.path for e in entries],
         }
         self.state.save()
+        _fail_point("staged")
         for s in staged:
             self.lake.publish(s.staged)
         _fail_point("published")
@@ -406,9 +412,10 @@ class Compactor:
         return CompactionResult(day, len(old), len(staged), rows, checkpoint.seal)
 
 
-#: Test hook: when set to ``published`` (the merged files are in place, no
-#: checkpoint yet) or ``checkpointed`` (signed, the old files still there),
-#: a compaction ``os._exit(137)``s there, as kill -9 would.
+#: Test hook: when set to ``staged`` (the merged files written under their
+#: hidden temporary names, the job recorded), ``published`` (the merged files
+#: are in place, no checkpoint yet) or ``checkpointed`` (signed, the old
+#: files still there), a compaction ``os._exit(137)``s there, as kill -9 would.
 FAIL_ENV = "AUDITLAKE_COMPACT_FAIL_AT"
 
 

@@ -1,9 +1,20 @@
 """Lake: the day-partitioned Parquet files, ``events/date=YYYY-MM-DD/*.parquet``
 in a :class:`~auditlake.collector.storage.store.Store` (the hot lake is
-``LocalStore(DIR/lake)``).  Files are staged under a temporary name
-(``<name>.parquet.tmp``, fsynced, invisible to the ``*.parquet`` glob of
-queries), published (renamed into place, its folder fsynced), and never
-rewritten in place.
+``LocalStore(DIR/lake)``).  Files are staged under a hidden temporary name
+in their folder (``.<name>.parquet.tmp``, fsynced), published (renamed into
+place, the folder fsynced), and never rewritten in place.
+
+Whatever a reader of ``events/`` reads must be exactly the live files, even
+while a seal or compaction is staging and after a crash until recovery: the
+leading ``.`` hides a stage from engines that read the folder itself
+(``pyarrow.dataset`` with Hive partitioning, Spark, Dask, Hive and Trino
+skip ``.``- and ``_``-named files, and read every other one whatever its
+suffix), and the ``.tmp`` suffix keeps it off every ``*.parquet`` glob
+(DuckDB's matches hidden names).  In the same folder as the final name,
+publishing stays one atomic rename and one folder fsync.  Collectors before
+this one staged under the visible ``<name>.parquet.tmp``; recovery still
+publishes a committed stage of that name (its record names the path) and
+deletes an uncommitted one.
 """
 
 from __future__ import annotations
@@ -22,7 +33,7 @@ import pyarrow.parquet as pq
 
 from auditlake.collector.integrity.checkpoint import FileEntry
 from auditlake.collector.schema import EVENT_SCHEMA
-from auditlake.collector.storage.store import LocalStore, Staged, Store
+from auditlake.collector.storage.store import LocalStore, Staged, Store, stage_key
 
 #: Parquet settings for sealed files: zstd, big row groups, statistics on.
 #: zstd level 1 measured both faster (~1.7x) and smaller (~5%) than level 3
@@ -45,6 +56,8 @@ PARQUET_OPTIONS: dict[str, object] = {
                        "service", "writer_id", "ip_address", "user_agent", "reason"],
 }
 
+#: The suffix of a staged lake file's name (``.<name>.parquet.tmp``; older
+#: versions: ``<name>.parquet.tmp``).
 TMP_SUFFIX = ".parquet.tmp"
 
 #: The folder of the hot lake's events, relative to its store's root.
@@ -151,13 +164,31 @@ def sort_for_queries(table: pa.Table) -> pa.Table:
     return table.sort_by([("tenant_id", "ascending"), ("created_at", "ascending"), ("seq", "ascending")])
 
 
+def temp_key_of(key: str) -> str:
+    """The key a lake file ``.../<name>.parquet`` is staged under:
+    ``.../.<name>.parquet.tmp`` (hidden, in the same folder)."""
+    if not key.endswith(".parquet"):
+        raise ValueError(f"not a Parquet key: {key!r}")
+    return stage_key(key, ".tmp")
+
+
+def staged_for(temp_key: str) -> str | None:
+    """The key of the lake file a stage ``temp_key`` would publish: from
+    ``.<name>.parquet.tmp`` (this version) or ``<name>.parquet.tmp`` (older
+    versions) to ``<name>.parquet``; None for a key of another name."""
+    folder, sep, name = temp_key.rpartition("/")
+    if not name.endswith(TMP_SUFFIX):
+        return None
+    return f"{folder}{sep}{name.removeprefix('.').removesuffix('.tmp')}"
+
+
 def stage_table(lake: Store, key: str, table: pa.Table) -> StagedFile:
     """Write ``table`` as Parquet under ``key``'s temporary name
-    (``<name>.parquet.tmp``), fsynced; not yet visible."""
+    (:func:`temp_key_of`), fsynced; not yet visible to any reader."""
     sink = pa.BufferOutputStream()
     pq.write_table(table, sink, **PARQUET_OPTIONS)
     data = sink.getvalue()
-    staged = lake.stage(key, data, temp_key=key[: -len(".parquet")] + TMP_SUFFIX)
+    staged = lake.stage(key, data, temp_key=temp_key_of(key))
     seqs = table.column("seq")
     return StagedFile(
         store=lake,
@@ -170,15 +201,31 @@ def stage_table(lake: Store, key: str, table: pa.Table) -> StagedFile:
     )
 
 
+def stale_stages(lake: Store, name_prefix: str) -> list[str]:
+    """Temporary keys of the lake files staged in ``lake`` (under either
+    version's name, see :func:`staged_for`) whose published names would
+    start with ``name_prefix``, sorted."""
+    out = []
+    for key in lake.stage_keys(TMP_SUFFIX):
+        final = staged_for(key)
+        if final is not None and _in_partition(final) and final.rpartition("/")[2].startswith(name_prefix):
+            out.append(key)
+    return out
+
+
 def remove_stale_temps(lake: Store, writer_id: str) -> int:
     """Delete the seal files of ``writer_id`` a crash left staged (call after
-    the last seal's own files were published: every one left then is stale).
-    Only this writer's: in a lake shared by several collectors the others'
-    staged files are seals in progress."""
-    prefix = f"part-{writer_id}-"
-    stale = [k for k in lake.stage_keys(TMP_SUFFIX) if _in_partition(k) and k.rpartition("/")[2].startswith(prefix)]
+    the last seal's own files were published: every one left then is stale),
+    hidden ones and the visible ``<name>.parquet.tmp`` of older versions,
+    which folder readers read until then.  Only this writer's: in a lake
+    shared by several collectors the others' staged files are seals in
+    progress."""
+    stale = stale_stages(lake, f"part-{writer_id}-")
     for key in stale:
         lake.discard(key)
+    if stale and lake.staging is None:
+        for folder in sorted({key.rpartition("/")[0] for key in stale}):
+            lake.sync(folder)  # the deletes: a visible leftover must not come back
     return len(stale)
 
 

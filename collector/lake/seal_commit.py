@@ -185,7 +185,11 @@ class Committer:
 
     def _recorded_stage(self, record: dict[str, str]) -> Staged | None:
         """The stage a progress record names by its paths in the lake store
-        (None when they are not in it, e.g. a data directory moved since)."""
+        (None when they are not in it, e.g. a data directory moved since).
+        The record's own temporary path is used, never one derived from the
+        final name: a record written by an older version names the visible
+        ``<name>.parquet.tmp`` it staged under, and recovery after an upgrade
+        publishes that file."""
         root = self.lake.path("").rstrip("/") + "/"
         tmp, final = record["tmp"], record["final"]
         if not (tmp.startswith(root) and final.startswith(root)):

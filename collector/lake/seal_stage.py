@@ -1,6 +1,8 @@
 """The seal's staging step: write a prepared seal's Parquet files, one per
 UTC day touched (``events/date=D/part-<writer>-<seal>.parquet``), under
-their temporary names in the lake store (fsynced, invisible to queries).
+their hidden temporary names in the lake store
+(``.part-<writer>-<seal>.parquet.tmp``, fsynced: no reader of the folder or
+``*.parquet`` glob reads them, see lake/files.py).
 
 Staging runs on a thread of its own, so under a backlog seal N's Parquet is
 written (C++, outside the GIL) while the sealer hashes seal N+1.  A staged

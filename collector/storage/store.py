@@ -16,8 +16,9 @@ implementations:
 
 Writes that must survive a crash between "written" and "visible" (a seal's
 Parquet files and checkpoints: docs/durability.md) take two steps:
-:meth:`Store.stage` writes the bytes durably under a temporary key, where
-readers of the final key do not see them, and returns a :class:`Staged`;
+:meth:`Store.stage` writes the bytes durably under a temporary key (by
+default :func:`stage_key`: a hidden name beside the final one, which no
+reader of the folder reads), and returns a :class:`Staged`;
 :meth:`Store.publish` makes them visible under the final key, never
 overwriting another object, and is harmless to repeat after a crash.  A
 local store renames the temporary file into place; an object store copies
@@ -60,6 +61,17 @@ Data: TypeAlias = bytes | bytearray | memoryview | pa.Buffer
 
 class ObjectExistsError(StorageError, FileExistsError):
     """A create-only write found an object already under its key."""
+
+
+def stage_key(key: str, suffix: str = ".tmp") -> str:
+    """The temporary key a stage of ``key`` waits under by default: the
+    hidden name ``.<name><suffix>`` in the same folder.  Engines that read a
+    folder itself (``pyarrow.dataset``, Spark, Dask, Hive and Trino) skip
+    names starting with ``.`` or ``_``, and the suffix keeps it off any glob
+    of the final names (DuckDB's ``*.parquet`` matches hidden names too);
+    in the same folder, publishing it stays one rename."""
+    folder, _, name = key.rpartition("/")
+    return f"{folder}/.{name}{suffix}" if folder else f".{name}{suffix}"
 
 
 @dataclass(frozen=True)
@@ -141,9 +153,10 @@ class Store:
         raise NotImplementedError
 
     def stage(self, key: str, data: Data, *, temp_key: str | None = None) -> Staged:
-        """Write ``data`` durably under ``temp_key`` (default ``key + ".tmp"``),
-        invisible under ``key`` until :meth:`publish`.  Staging again under the
-        same temporary key replaces the earlier stage (a retried write)."""
+        """Write ``data`` durably under ``temp_key`` (default
+        :func:`stage_key`), invisible under ``key`` until :meth:`publish`.
+        Staging again under the same temporary key replaces the earlier stage
+        (a retried write)."""
         raise NotImplementedError
 
     def publish(self, staged: Staged) -> None:
@@ -170,8 +183,9 @@ class Store:
 
     def rename(self, key: str, new_key: str) -> None:
         """Move an object to ``new_key``, replacing what is there (e.g. a lake
-        file set aside after compaction).  On local disk the move is durable
-        once :meth:`sync` of its folder returns."""
+        file set aside after compaction); the folders of ``new_key`` are
+        created as needed.  On local disk the move is durable once
+        :meth:`sync` of both folders returns."""
         raise NotImplementedError
 
     def sync(self, prefix: str) -> None:
@@ -289,11 +303,11 @@ class LocalStore(Store):
         fsync_dir(final.parent)
 
     def stage(self, key: str, data: Data, *, temp_key: str | None = None) -> Staged:
-        staged = Staged(key, temp_key or f"{key}.tmp")
+        staged = Staged(key, temp_key or stage_key(key))
         tmp, folder = self.local_path(staged.temp_key), self.local_path(key).parent
-        folder.mkdir(parents=True, exist_ok=True)  # publish renames into it
+        _make_dirs(folder)  # publish renames into it
         if tmp.parent != folder:
-            tmp.parent.mkdir(parents=True, exist_ok=True)
+            _make_dirs(tmp.parent)
         with open(tmp, "wb") as f:
             f.write(data)
             f.flush()
@@ -319,7 +333,9 @@ class LocalStore(Store):
             fsync_dir(tmp.parent)
 
     def rename(self, key: str, new_key: str) -> None:
-        os.replace(self.local_path(key), self.local_path(new_key))
+        target = self.local_path(new_key)
+        _make_dirs(target.parent)
+        os.replace(self.local_path(key), target)
 
     def sync(self, prefix: str) -> None:
         fsync_dir(self.local_path(prefix))
@@ -362,6 +378,24 @@ class LocalStore(Store):
             f.flush()
             os.fsync(f.fileno())
         return tmp
+
+
+def _make_dirs(folder: Path) -> None:
+    """Create ``folder`` and its missing parents, each new name made durable
+    (its parent fsynced), so that a file later renamed into it and synced
+    with :meth:`LocalStore.sync` cannot lose its folder to a crash."""
+    missing = []
+    while not folder.is_dir():
+        missing.append(folder)
+        folder = folder.parent
+    for created in reversed(missing):
+        try:
+            created.mkdir()
+        except FileExistsError:
+            if not created.is_dir():
+                raise  # a file by that name: the caller's write fails on it
+            continue  # made by another thread meanwhile
+        fsync_dir(created.parent)
 
 
 class ObjectStore(Store):
@@ -423,7 +457,7 @@ class ObjectStore(Store):
     def stage(self, key: str, data: Data, *, temp_key: str | None = None) -> Staged:
         # Durable bytes rather than a buffer in memory: a stage must outlive
         # a crash, for recovery to publish it.
-        staged = Staged(key, temp_key or f"{key}.tmp")
+        staged = Staged(key, temp_key or stage_key(key))
         if self.staging is not None:
             self.staging.put(staged.temp_key, data)
         else:

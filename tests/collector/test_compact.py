@@ -26,6 +26,7 @@ from auditlake.collector.ingest.receive import WIRE_SCHEMA
 from auditlake.collector.integrity.chain import GENESIS, chain_table
 from auditlake.collector.integrity.checkpoint import read_checkpoints
 from auditlake.collector.integrity.verify import verify_lake
+from auditlake.collector.lake.compact import FAIL_ENV
 from auditlake.collector.lake.files import sha256_file
 from auditlake.collector.schema import EVENT_SCHEMA, STRING_FIELDS
 from auditlake.collector.storage.datadir import DataDir
@@ -198,6 +199,61 @@ def test_crash_mid_compaction_leaves_one_live_copy(tmp_path: Path, point: str) -
     assert snapshot(data) == before
     assert not list(data.events.glob("date=*/*.tmp"))
     assert not list(data.events.glob("**/*.superseded"))
+    assert_lake_verifies(data)
+
+
+def stage_files(data: DataDir, day: str = PAST_DAY) -> list[Path]:
+    """Files staged in the day's folder and not published (either version's names)."""
+    return sorted((data.events / f"date={day}").glob("*.parquet.tmp"))  # pathlib's * matches hidden names
+
+
+def test_a_staged_compaction_is_read_by_no_reader_and_rolled_back(tmp_path: Path) -> None:
+    # Killed with the merged file written in full under its temporary name
+    # and the job recorded, before the rename: readers of the folder and of
+    # the *.parquet glob count the live events once, and verify passes.
+    data = build_lake(tmp_path / "data", seals=4, rows=200)
+    before = snapshot(data)
+    old = {p.name for p in day_files(data)}
+    proc = run_cli("compact", data=data.root, check=False, env={FAIL_ENV: "staged"})
+    assert proc.returncode == 137, proc.stderr
+    [staged] = stage_files(data)
+    assert staged.name.startswith(".compact-") and pq.read_metadata(staged).num_rows == 800
+    assert json.loads((data.state / "compact.json").read_text())["job"]["new"][0]["tmp"] == \
+        staged.relative_to(data.lake).as_posix()
+    assert reader_counts(str(data.events)) == {"pyarrow.dataset": 800, "duckdb **/*.parquet": 800}
+    report = verify_lake(data)
+    assert report.ok, [str(p) for p in report.problems]
+    run_cli("compact", "--day", "1970-01-01", data=data.root)  # any start recovers: rolled back
+    assert stage_files(data) == [] and {p.name for p in day_files(data)} == old
+    assert snapshot(data) == before
+    assert_lake_verifies(data)
+
+
+def test_a_compaction_an_older_version_staged_under_a_visible_name_is_cleaned_up(tmp_path: Path) -> None:
+    # Older versions staged as compact-<writer>-...parquet.tmp beside the live
+    # files, where pyarrow.dataset reads it: the job's stage, and a stage no
+    # job names (a crash before the job was recorded).  Recovery removes both.
+    data = build_lake(tmp_path / "data", seals=3, rows=100)
+    proc = run_cli("compact", data=data.root, check=False, env={FAIL_ENV: "staged"})
+    assert proc.returncode == 137, proc.stderr
+    [hidden] = stage_files(data)
+    legacy = hidden.with_name(hidden.name.removeprefix("."))
+    hidden.rename(legacy)
+    writer_id = legacy.name.split("-")[1]
+    orphan = legacy.with_name(f"compact-{writer_id}-19990101T000000000000-000.parquet.tmp")
+    orphan.write_bytes(legacy.read_bytes())
+    state_path = data.state / "compact.json"
+    state = json.loads(state_path.read_text())
+    state["job"]["new"][0]["tmp"] = legacy.relative_to(data.lake).as_posix()
+    state_path.write_text(json.dumps(state))
+    assert reader_counts(str(data.events)) == {"pyarrow.dataset": 900, "duckdb **/*.parquet": 300}
+    strays = {p.file: p for p in verify_lake(data).problems if p.kind == "unlisted_file"}
+    assert set(strays) == {legacy.relative_to(data.lake).as_posix(), orphan.relative_to(data.lake).as_posix()}
+    assert all("older collector" in p.message for p in strays.values())
+
+    run_cli("compact", "--day", "1970-01-01", data=data.root)
+    assert stage_files(data) == []
+    assert reader_counts(str(data.events)) == {"pyarrow.dataset": 300, "duckdb **/*.parquet": 300}
     assert_lake_verifies(data)
 
 

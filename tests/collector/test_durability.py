@@ -1,9 +1,13 @@
 """Durability: every acknowledged event survives kill -9 and is stored once;
-a retried batch after a lost answer is stored once; a torn WAL tail is cut."""
+a retried batch after a lost answer is stored once; a torn WAL tail is cut;
+a seal killed between staging its files and publishing them leaves nothing
+any reader of the lake reads, and the next start finishes or redoes it
+(also from the visible stage names older versions wrote)."""
 
 from __future__ import annotations
 
 import collections
+import json
 import signal
 import struct
 import subprocess
@@ -14,12 +18,19 @@ from collections.abc import Callable
 from pathlib import Path
 
 import duckdb
+import pyarrow.dataset as pads
+import pyarrow.parquet as pq
 import pytest
 
+from auditlake.collector.ingest.inbox import submit, write_item
+from auditlake.collector.ingest.receive import decode_request, normalize
 from auditlake.collector.integrity.verify import verify_lake
+from auditlake.collector.lake.batch import AcceptedBatch
+from auditlake.collector.lake.writer import LakeWriter
 from auditlake.collector.storage.datadir import DataDir
 from tests.collector.durability_client import Client, columns, ingest_key, new_ids
 from tests.conftest import CollectorProcess
+from tests.wire_client import make_event, request
 
 HERE = Path(__file__).resolve().parent
 
@@ -171,3 +182,104 @@ def test_sigusr1_prints_every_threads_stack_and_the_collector_keeps_serving(
     assert client.export("after-dump", columns(new_ids(3))).accepted == 3
     client.close()
     assert collector.stop() == 0
+
+
+_SEAL_CRASH_CHILD = r"""
+import os, signal, sys
+from auditlake.collector.ingest.inbox import drain
+from auditlake.collector.lake.seal_commit import Committer
+from auditlake.collector.lake.writer import LakeWriter
+from auditlake.collector.storage.datadir import DataDir
+from auditlake.collector.storage.store import LocalStore
+
+def die(*args, **kwargs):
+    os.kill(os.getpid(), signal.SIGKILL)  # a real kill -9 at this step
+
+if sys.argv[2] == "before-commit":  # the seal's files staged, state/seal.json not yet naming them
+    Committer.commit_seal = die
+else:  # "before-publish": committed, its files not yet renamed into place
+    publish = LocalStore.publish
+    def publish_or_die(self, staged):
+        if staged.key.endswith(".parquet") and self.stage_exists(staged.temp_key):  # not a repeat at start
+            die()
+        publish(self, staged)
+    LocalStore.publish = publish_or_die
+writer = LakeWriter.offline(DataDir.resolve(sys.argv[1]))
+drain(writer)  # into the WAL; the seal runs as the writer closes
+writer.close()
+"""
+
+
+def _events(n: int) -> tuple[list[str], AcceptedBatch]:
+    """A batch of ``n`` of today's events, and their ids."""
+    events = [make_event(i) for i in range(n)]
+    table, bad = decode_request(request(events, form="packed"))
+    assert not bad
+    return [e["id"] for e in events], AcceptedBatch(f"b-{uuid.uuid4()}", int(time.time() * 1e6), normalize(table))
+
+
+def stage_files(data: DataDir) -> list[Path]:
+    """Files a seal or compaction staged and did not publish (either version's names)."""
+    return sorted(data.events.glob("date=*/*.parquet.tmp"))  # pathlib's * matches hidden names too
+
+
+def reader_counts(data: DataDir) -> dict[str, int]:
+    """Rows that readers of lake/events count: pyarrow.dataset over the folder
+    (Hive partitioning: every file not named _* or .*, whatever its suffix)
+    and DuckDB's recursive glob."""
+    counts = {"pyarrow.dataset": pads.dataset(data.events, format="parquet", partitioning="hive").count_rows()}
+    with duckdb.connect() as con:
+        row = con.execute(f"SELECT count(*) FROM read_parquet('{data.events}/**/*.parquet')").fetchone()
+    assert row is not None
+    counts["duckdb **/*.parquet"] = int(row[0])
+    return counts
+
+
+def _as_an_older_version_left_it(data: DataDir, hidden: Path) -> Path:
+    """Rename a stage to the visible ``<name>.parquet.tmp`` older versions
+    staged under, and point state/seal.json at it where it names the stage."""
+    legacy = hidden.with_name(hidden.name.removeprefix("."))
+    hidden.rename(legacy)
+    state_path = data.state / "seal.json"
+    state = json.loads(state_path.read_text())
+    for f in (state.get("last") or {}).get("files", []):
+        if f["tmp"] == str(hidden):
+            f["tmp"] = str(legacy)
+    state_path.write_text(json.dumps(state))
+    return legacy
+
+
+@pytest.mark.parametrize("legacy", [False, True], ids=["this-version", "older-version-stage"])
+@pytest.mark.parametrize("point", ["before-commit", "before-publish"])
+def test_a_seal_killed_between_stage_and_publish_is_read_by_no_reader_and_recovered(
+        tmp_path: Path, point: str, legacy: bool) -> None:
+    data = DataDir(tmp_path / "data")
+    first, batch = _events(300)
+    submit(data, batch.table, imported=True)  # seal 1: live
+    second, batch = _events(200)
+    write_item(data, batch)
+    child = subprocess.run([sys.executable, "-c", _SEAL_CRASH_CHILD, str(data.root), point],
+                           capture_output=True, text=True, timeout=60)
+    assert child.returncode == -signal.SIGKILL, child.stderr
+    [staged] = stage_files(data)
+    assert staged.name.startswith(".part-") and pq.read_metadata(staged).num_rows == 200  # written in full
+    committed = json.loads((data.state / "seal.json").read_text())["seal"]
+    assert committed == (1 if point == "before-commit" else 2)
+    # Staged under a hidden name: every reader counts exactly the live events.
+    assert reader_counts(data) == {"pyarrow.dataset": 300, "duckdb **/*.parquet": 300}
+    if legacy:
+        staged = _as_an_older_version_left_it(data, staged)
+        # What older versions left: the folder reader reads the stage too.
+        assert reader_counts(data) == {"pyarrow.dataset": 500, "duckdb **/*.parquet": 300}
+        stray = staged.relative_to(data.lake).as_posix()
+        problems = [p for p in verify_lake(data).problems if p.file == stray]
+        assert [p.kind for p in problems] == ["unlisted_file"] and "older collector" in problems[0].message
+
+    LakeWriter.offline(data).close()  # any start recovers: publishes (committed) or redoes (not) the seal
+    assert stage_files(data) == []
+    assert reader_counts(data) == {"pyarrow.dataset": 500, "duckdb **/*.parquet": 500}
+    counts = lake_id_counts(data.root)
+    assert sorted(counts) == sorted(first + second) and set(counts.values()) == {1}
+    assert json.loads((data.state / "seal.json").read_text())["seal"] == 2  # the second seal, once
+    report = verify_lake(data)
+    assert report.ok, [str(p) for p in report.problems]

@@ -12,13 +12,17 @@ import time
 from pathlib import Path
 
 import duckdb
+import pyarrow.dataset as pads
+import pyarrow.parquet as pq
 import pytest
 
 from auditlake.collector.ingest.receive import decode_request, normalize
 from auditlake.collector.integrity.signing import SigningKey
 from auditlake.collector.integrity.verify import verify_lake
 from auditlake.collector.lake.batch import AcceptedBatch
+from auditlake.collector.lake.files import remove_stale_temps, stage_table
 from auditlake.collector.lake.seal import Sealer, SealPolicy, canonical_prefix
+from auditlake.collector.lake.seal_stage import seal_file_key
 from auditlake.collector.lake.wal import LogPosition
 from auditlake.collector.storage.datadir import DataDir
 from tests.wire_client import make_event, request
@@ -152,3 +156,38 @@ def test_events_repeated_across_two_seals_in_flight_are_stored_once(tmp_path: Pa
     assert sealer.seal_pending() == len(ids)
     assert sealer.duplicate_events == len(ids)
     assert [i for _, i in _lake_ids_by_seq(sealer.data)] == ids
+
+
+def test_a_seal_is_staged_under_a_name_no_reader_reads_and_stale_stages_are_removed(tmp_path: Path) -> None:
+    sealer = _sealer(tmp_path)
+    _queue(sealer, 4)
+    sealer.seal_pending()  # seal 1: 1,000 live events
+    day = dt.datetime.now(dt.UTC).date()
+    rows = pq.read_table(sealer.data.lake / seal_file_key(sealer.writer_id, 1, day))
+    # Seal 2 staged, not published (what a crash before the rename leaves).
+    staged = stage_table(sealer.lake, seal_file_key(sealer.writer_id, 2, day), rows)
+    folder = sealer.data.events / f"date={day.isoformat()}"
+    assert staged.temp_key == f"events/date={day.isoformat()}/.part-{sealer.writer_id}-0000000002.parquet.tmp"
+    assert staged.tmp.parent == folder and staged.tmp.exists()  # beside its final name: one rename publishes it
+
+    def counts() -> tuple[int, int]:
+        by_folder = pads.dataset(sealer.data.events, format="parquet", partitioning="hive").count_rows()
+        with duckdb.connect() as con:
+            by_glob = con.execute(f"SELECT count(*) FROM read_parquet('{sealer.data.events}/**/*.parquet')").fetchone()
+        assert by_glob is not None
+        return by_folder, int(by_glob[0])
+
+    assert counts() == (1000, 1000)
+    assert verify_lake(sealer.data).ok
+    # An older version's stage, visible (a folder reader reads it), and
+    # another writer's stages in the same lake (seals in progress: kept).
+    legacy = folder / f"part-{sealer.writer_id}-0000000003.parquet.tmp"
+    legacy.write_bytes(staged.tmp.read_bytes())
+    assert counts() == (2000, 1000)
+    others = [folder / ".part-wother0000001-0000000007.parquet.tmp",
+              folder / "part-wother0000001-0000000008.parquet.tmp"]
+    for other in others:
+        other.write_bytes(b"in progress")
+    assert remove_stale_temps(sealer.lake, sealer.writer_id) == 2
+    assert not staged.tmp.exists() and not legacy.exists()
+    assert all(other.exists() for other in others)

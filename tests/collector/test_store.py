@@ -9,7 +9,11 @@ import hashlib
 import os
 from pathlib import Path
 
+import duckdb
+import pyarrow as pa
+import pyarrow.dataset as pads
 import pyarrow.fs as pafs
+import pyarrow.parquet as pq
 import pytest
 
 from auditlake.collector.storage.conditional import S3Conditional
@@ -91,7 +95,9 @@ def test_sha256_streams_the_object(store: Store) -> None:
 
 
 def test_a_staged_object_is_invisible_until_published(store: Store) -> None:
-    staged = store.stage(KEY, b"parquet bytes", temp_key=KEY + ".tmp")
+    staged = store.stage(KEY, b"parquet bytes")
+    # By default a hidden name beside the final one: folder readers skip it.
+    assert staged.temp_key == "events/date=2026-01-02/.part-w1-0000000001.parquet.tmp"
     assert not store.exists(KEY)
     assert KEY not in _keys(store, "events")
     store.publish(staged)
@@ -131,6 +137,41 @@ def test_rename_moves_an_object(store: Store) -> None:
     store.sync("events/date=2026-01-02")
     assert _keys(store, "events") == ["events/date=2026-01-02/a.parquet.superseded"]
     assert store.read("events/date=2026-01-02/a.parquet.superseded") == b"a"
+
+
+def test_rename_creates_the_target_folder(store: Store) -> None:
+    store.create("events/date=2026-01-02/a.parquet", b"a")
+    aside = "_superseded/events/date=2026-01-02/a.parquet.superseded"
+    store.rename("events/date=2026-01-02/a.parquet", aside)  # no folder there yet
+    store.sync("events/date=2026-01-02")
+    store.sync("_superseded/events/date=2026-01-02")
+    assert _keys(store) == [aside]
+    assert store.read(aside) == b"a"
+
+
+def test_a_local_stage_is_read_by_no_folder_reader_or_parquet_glob(tmp_path: Path) -> None:
+    # pyarrow.dataset (and Spark, Dask) read every file of the folder not
+    # named _* or .*; DuckDB globs *.parquet, hidden names included.
+    store = LocalStore(tmp_path / "lake")
+    sink = pa.BufferOutputStream()
+    pq.write_table(pa.table({"x": list(range(5))}), sink)
+    store.create("events/date=2026-01-02/part-w1-0000000000.parquet", sink.getvalue())  # a live file
+    staged = store.stage(KEY, sink.getvalue())
+    events = tmp_path / "lake" / "events"
+
+    def counts() -> tuple[int, int]:
+        by_folder = pads.dataset(events, format="parquet", partitioning="hive").count_rows()
+        with duckdb.connect() as con:
+            row = con.execute(f"SELECT count(*) FROM read_parquet('{events}/**/*.parquet')").fetchone()
+        assert row is not None
+        return by_folder, int(row[0])
+
+    assert (tmp_path / "lake" / staged.temp_key).parent == (tmp_path / "lake" / KEY).parent
+    assert counts() == (5, 5)
+    store.publish(staged)
+    assert counts() == (10, 10)
+    assert sorted(p.name for p in (tmp_path / "lake" / KEY).parent.iterdir()) == [
+        "part-w1-0000000000.parquet", "part-w1-0000000001.parquet"]
 
 
 def test_a_staged_store_publishes_with_one_conditional_put_and_never_overwrites(tmp_path: Path,

@@ -16,7 +16,13 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from auditlake.collector.integrity.chain import canonical_fields
-from auditlake.collector.integrity.verify.listing import DateRange, DiskFile, ExpectedFiles, LakeChanged
+from auditlake.collector.integrity.verify.listing import (
+    STAGE_SUFFIX,
+    DateRange,
+    DiskFile,
+    ExpectedFiles,
+    LakeChanged,
+)
 from auditlake.collector.integrity.verify.report import ProgressFn, VerifyReport
 
 #: What compaction of older versions appended to a replaced file's name,
@@ -230,6 +236,17 @@ def check_strays(strays: dict[str, DiskFile], expected: ExpectedFiles, report: V
                 "collector: engines that read the folder (pyarrow.dataset, Spark) count its "
                 "events a second time.  A collector of this version moves it out of events/ "
                 "when it starts; or delete it", file=key, writer_id=writer, seq=e.first_seq)
+        elif key.endswith(STAGE_SUFFIX):
+            # Collectors stage under a hidden name (never a stray); a visible
+            # one is an older version's, left by a crash (or written by one
+            # running now).
+            report.add(
+                "unlisted_file",
+                f"{key} ({f.size} bytes) is a file an older collector's seal or compaction "
+                "staged under a visible name and never published or deleted (a crash): "
+                "engines that read the events/ folder (pyarrow.dataset, Spark) read it as part "
+                "of the lake, counting its events a second time or failing on a partial file.  "
+                "A collector of this version publishes or deletes it when it starts", file=key)
         else:
             report.add(
                 "unlisted_file",

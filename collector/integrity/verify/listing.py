@@ -246,8 +246,12 @@ class DiskFile:
             return False
 
 
-#: The name a seal or compaction stages a file under before publishing it
-#: (lake.files.TMP_SUFFIX, a layer above): a write in flight, not a lake file.
+#: The suffix of a file a seal or compaction stages before publishing it
+#: (lake.files.TMP_SUFFIX, a layer above).  This version stages under a
+#: hidden name (``.<name>.parquet.tmp``), which no reader reads and verify
+#: need not check; a visible ``<name>.parquet.tmp`` (how older versions
+#: staged, left by a crash until their recovery) is read by folder readers
+#: like any other file, so it is a stray.
 STAGE_SUFFIX = ".parquet.tmp"
 
 
@@ -266,7 +270,8 @@ class LakeListing:
     #: Every ``*.parquet`` file, at any depth and hidden or not (what
     #: ``read_parquet('events/**/*.parquet')`` globs), by checkpoint path.
     files: dict[str, DiskFile] = field(default_factory=dict)
-    #: Every other file a folder reader reads (not a stage in flight).
+    #: Every other file a folder reader reads (a visible ``*.parquet.tmp``
+    #: included: a stage in flight is hidden).
     strays: dict[str, DiskFile] = field(default_factory=dict)
 
 
@@ -279,7 +284,7 @@ def _list_tier(tier: Tier, prefix: str, out: LakeListing) -> None:
         f = DiskFile(prefix + o.key, tier, o.key, o.size)
         if o.key.endswith(".parquet"):
             out.files[f.key] = f
-        elif not o.key.endswith(STAGE_SUFFIX) and folder_reader_sees(o.key):
+        elif folder_reader_sees(o.key):
             out.strays[f.key] = f
 
 

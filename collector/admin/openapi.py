@@ -69,10 +69,76 @@ def _json(schema: dict[str, Any]) -> dict[str, Any]:
 
 _EID = {"name": "eid", "in": "path", "required": True, "schema": {"type": "string", "maxLength": 64}}
 
+_HEX64 = {"type": "string", "pattern": "^[0-9a-f]{64}$"}
+_SEAL = {"type": "integer", "minimum": 0, "maximum": 9_999_999_999_999_999}
+_WRITER = {"type": "string", "minLength": 1, "maxLength": 128}
+
+#: A checkpoint as stored (docs/integrity.md section 4): its signed body and
+#: ``signature``; version 2 signs the writer's Merkle tree head.
+_FILE_ENTRY = {"type": "object", "required": ["path", "sha256", "bytes", "rows", "first_seq", "last_seq"],
+               "properties": {"path": {"type": "string"}, "sha256": _HEX64, "bytes": {"type": "integer"},
+                              "rows": {"type": "integer"}, "first_seq": {"type": "integer"},
+                              "last_seq": {"type": "integer"}}}
+_SIGNED_CHECKPOINT = {
+    "type": "object",
+    "required": ["version", "writer_id", "seal", "seq", "chain_hash", "time", "kind", "files", "removed",
+                 "previous", "extra", "tree_size", "tree_root", "signature"],
+    "properties": {
+        "version": {"type": "integer", "enum": [2]},
+        "writer_id": {"type": "string"}, "seal": {"type": "integer"}, "seq": {"type": "integer"},
+        "chain_hash": _HEX64, "time": {"type": "string"},
+        "kind": {"type": "string", "enum": ["seal", "compact", "move", "expire"]},
+        "files": {"type": "array", "items": _FILE_ENTRY}, "removed": {"type": "array", "items": _FILE_ENTRY},
+        "previous": {"type": "string"}, "extra": {"type": "object"},
+        "tree_size": {"type": "integer", "minimum": 0}, "tree_root": _HEX64,
+        "signature": {"type": "string", "description": "base64 Ed25519 signature over the RFC 8785 "
+                      "serialisation of every other field"},
+    },
+}
+_INCLUSION_PROOF = {
+    "type": "object",
+    "required": ["type", "version", "writer_id", "leaf_index", "tree_size", "event", "audit_path", "checkpoint"],
+    "properties": {
+        "type": {"type": "string", "enum": ["auditlake-inclusion-proof"]},
+        "version": {"type": "integer", "enum": [1]},
+        "writer_id": {"type": "string"},
+        "leaf_index": {"type": "integer", "minimum": 0, "description": "the event's seq - 1"},
+        "tree_size": {"type": "integer", "minimum": 1},
+        "event": {"type": "array", "description": "[field, canonical text] pairs, the hashed fields in order",
+                  "items": {"type": "array", "items": {"type": "string"}, "minItems": 2, "maxItems": 2}},
+        "audit_path": {"type": "array", "items": _HEX64},
+        "checkpoint": {"$ref": "#/components/schemas/SignedCheckpoint"},
+    },
+}
+_CONSISTENCY_PROOF = {
+    "type": "object",
+    "required": ["type", "version", "writer_id", "first", "second", "proof"],
+    "properties": {
+        "type": {"type": "string", "enum": ["auditlake-consistency-proof"]},
+        "version": {"type": "integer", "enum": [1]},
+        "writer_id": {"type": "string"},
+        "first": {"$ref": "#/components/schemas/SignedCheckpoint"},
+        "second": {"$ref": "#/components/schemas/SignedCheckpoint"},
+        "proof": {"type": "array", "items": _HEX64},
+    },
+}
+_HEADS = {
+    "type": "object", "required": ["heads", "without_tree_head"],
+    "properties": {
+        "heads": {"type": "array", "items": {"$ref": "#/components/schemas/SignedCheckpoint"}},
+        "without_tree_head": {"type": "array", "items": {
+            "type": "object", "required": ["writer_id", "reason"],
+            "properties": {"writer_id": {"type": "string"}, "reason": {"type": "string"}}}},
+    },
+}
+_PROOF_HELP = ("Check it with `auditlake proof verify FILE --public-key KEY`, or by hand as docs/integrity.md "
+               "section 8 describes.")
+
 
 def _errors(*codes: int) -> dict[str, Any]:
     text = {400: "Malformed parameter", 401: "Not authenticated", 403: "Not allowed (tenant outside the grant)",
-            404: "Not found", 429: "Too many exports running (see Retry-After)",
+            404: "Not found", 409: "The lake cannot give this proof as it stands (the message says why)",
+            429: "Too many exports running (see Retry-After)",
             503: "The query ran past [admin] query_timeout_s and was stopped (see Retry-After)"}
     return {str(c): {"description": text[c], "content": _json(_ref("Error"))}
             for c in codes}
@@ -94,7 +160,8 @@ def document() -> dict[str, Any]:
         "info": {
             "title": "auditlake admin API",
             "version": "1",
-            "description": "Search and export audit events. Authenticate with `Authorization: Bearer alu_...` "
+            "description": "Search and export audit events, and get Merkle proofs of them. "
+                           "Authenticate with `Authorization: Bearer alu_...` "
                            "(`auditlake users token NAME`). Every call is itself recorded as an audit event.",
         },
         "servers": [{"url": "/"}],
@@ -122,6 +189,50 @@ def document() -> dict[str, Any]:
                 "responses": {
                     "200": {"description": "The event", "content": _json(_ref("FullEvent"))},
                     **_errors(400, 401, 404, 503),
+                }}},
+            "/api/v1/events/{id}/proof": {"get": {
+                "operationId": "getEventProof",
+                "summary": "The Merkle inclusion proof of one event: its stored fields, its audit path and its "
+                           "writer's newest signed checkpoint. " + _PROOF_HELP,
+                "parameters": [{"name": "id", "in": "path", "required": True,
+                                "schema": {"type": "string", "maxLength": MAX_BYTES["id"]}},
+                               _param("download", "1: send it as an attachment, proof-<id>.json.",
+                                      {"type": "string", "enum": ["0", "1", "true", "false"]})],
+                "responses": {
+                    "200": {"description": "The proof", "content": _json(_ref("InclusionProof"))},
+                    **_errors(400, 401, 404, 409, 503),
+                }}},
+            "/api/v1/proofs/consistency": {"get": {
+                "operationId": "getConsistencyProof",
+                "summary": "The proof that a writer's later checkpoint's log extends an earlier one's "
+                           "(admins). " + _PROOF_HELP,
+                "parameters": [
+                    {"name": "writer", "in": "query", "required": True, "description": "The writer id.",
+                     "schema": _WRITER},
+                    {"name": "from", "in": "query", "required": True,
+                     "description": "Seal number of the earlier checkpoint.", "schema": _SEAL},
+                    _param("to", "Seal number of the later checkpoint (default: the writer's newest signed "
+                           "tree head).", _SEAL),
+                ],
+                "responses": {
+                    "200": {"description": "The proof", "content": _json(_ref("ConsistencyProof"))},
+                    **_errors(400, 401, 403, 404, 409),
+                }}},
+            "/api/v1/checkpoints/heads": {"get": {
+                "operationId": "getTreeHeads",
+                "summary": "Every writer's newest checkpoint that signs a Merkle tree head, as stored (admins): "
+                           "what `auditlake monitor --url` polls",
+                "responses": {
+                    "200": {"description": "The heads", "content": _json(_HEADS)},
+                    **_errors(401, 403),
+                }}},
+            "/api/v1/checkpoints/{writer}/head": {"get": {
+                "operationId": "getTreeHead",
+                "summary": "One writer's newest checkpoint that signs a Merkle tree head, as stored (admins)",
+                "parameters": [{"name": "writer", "in": "path", "required": True, "schema": _WRITER}],
+                "responses": {
+                    "200": {"description": "The signed checkpoint", "content": _json(_ref("SignedCheckpoint"))},
+                    **_errors(400, 401, 403, 404, 409),
                 }}},
             "/api/v1/stats": {"get": {
                 "operationId": "eventStats",
@@ -195,6 +306,9 @@ def document() -> dict[str, Any]:
                 "Error": _ERROR,
                 "Event": _event_schema(LIST_COLUMNS),
                 "FullEvent": _event_schema(COLUMNS),
+                "SignedCheckpoint": _SIGNED_CHECKPOINT,
+                "InclusionProof": _INCLUSION_PROOF,
+                "ConsistencyProof": _CONSISTENCY_PROOF,
             },
         },
     }

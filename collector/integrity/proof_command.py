@@ -4,12 +4,15 @@
     auditlake proof verify FILE --public-key KEY           check one, no lake needed
     auditlake proof consistency --from CP --to CP          later log extends earlier
     auditlake monitor --data DIR --state FILE --public-key KEY
+    auditlake monitor --url URL --token TOKEN --state FILE --public-key KEY
 
 A monitor keeps, per writer, the newest signed tree head it has seen; each
 run it reads the writers' newest heads and checks a consistency proof from
 the kept head to each new one.  A lake rolled back, or rewritten and
 re-signed, no longer extends the head the monitor kept: the run fails,
-names the writer, and keeps the old head.
+names the writer, and keeps the old head.  The heads and proofs come from
+the lake (``--data``) or from the admin API (``--url``, for a monitor with
+no access to the lake); either way they are checked here, with the key.
 """
 
 from __future__ import annotations
@@ -17,7 +20,11 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
+import os
 import sys
+import urllib.error
+import urllib.parse
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +49,9 @@ from auditlake.collector.storage.datadir import DataDir
 #: The first argument of ``auditlake proof`` that is a sub-command; anything
 #: else is an event id (``auditlake proof EVENT_ID``).
 SUBCOMMANDS = ("event", "verify", "consistency")
+
+#: Where ``auditlake monitor --url`` finds its API token when --token is not given.
+TOKEN_ENV = "AUDITLAKE_ADMIN_TOKEN"
 
 
 def _keys(paths: list[str] | None) -> KeyRing:
@@ -138,22 +148,136 @@ def _load_state(path: Path) -> dict[str, Any]:
     return state
 
 
+class _LakeHeads:
+    """Heads and consistency proofs read from the lake itself (``--data``)."""
+
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.trees = LakeTrees(DataDir.from_args(args), mirrors=args.checkpoint_mirror or ())
+        self.writers = set(self.trees.writers)
+
+    def head(self, writer: str) -> SignedCheckpoint:
+        """The writer's newest signed tree head; IntegrityError when it has none."""
+        return self.trees.head(writer)
+
+    def proof(self, old: SignedCheckpoint, new: SignedCheckpoint) -> list[bytes]:
+        """The consistency proof from the kept head ``old`` to ``new``."""
+        return [from_hex(h) for h in self.trees.consistency(old, new)["proof"]]
+
+
+#: The most an admin API answer may weigh before the monitor gives up on it.
+_MAX_ANSWER = 64 * 1024 * 1024
+
+
+class _ApiHeads:
+    """Heads and consistency proofs fetched from an admin API (``--url``),
+    with no access to the lake: ``GET /api/v1/checkpoints/heads`` once, then
+    ``GET /api/v1/proofs/consistency`` for each writer whose head moved.
+    Nothing fetched is trusted: every head and proof is checked here with
+    the key given out of band."""
+
+    def __init__(self, url: str, token: str, timeout_s: float = 60.0) -> None:
+        self.base = url.rstrip("/")
+        self.token = token
+        self.timeout_s = timeout_s
+        doc = self._get("/api/v1/checkpoints/heads")
+        if not isinstance(doc, dict) or not isinstance(doc.get("heads"), list):
+            raise ConfigError(f"{self.base}: /api/v1/checkpoints/heads did not answer a list of heads")
+        self._heads: dict[str, Any] = {}
+        for item in doc["heads"]:
+            writer = item.get("writer_id") if isinstance(item, dict) else None
+            if not isinstance(writer, str):
+                raise ConfigError(f"{self.base}: a head without a writer id")
+            self._heads[writer] = item
+        self._without = {str(w.get("writer_id")): str(w.get("reason", "")) for w in doc.get("without_tree_head", [])
+                         if isinstance(w, dict)}
+        self.writers = set(self._heads) | set(self._without)
+
+    def head(self, writer: str) -> SignedCheckpoint:
+        """The writer's newest signed tree head as the API gave it; IntegrityError when it has none."""
+        if writer not in self._heads:
+            raise IntegrityError(self._without.get(writer) or f"the admin API at {self.base} lists no writer {writer}")
+        try:
+            checkpoint, signature = read_signed(self._heads[writer], f"the API's head of writer {writer}")
+        except ProofError as exc:
+            raise IntegrityError(str(exc)) from None
+        return SignedCheckpoint(checkpoint, signature, Path(f"{self.base}/api/v1/checkpoints/{writer}/head"))
+
+    def proof(self, old: SignedCheckpoint, new: SignedCheckpoint) -> list[bytes]:
+        """The consistency proof from the kept head ``old`` to ``new``, as the
+        API makes it from its own checkpoint of ``old``'s seal (the check
+        below is against the kept head, so a rewritten checkpoint fails it)."""
+        a, b = old.checkpoint, new.checkpoint
+        if a.tree_size == b.tree_size or a.tree_size == 0:
+            return []  # nothing to fetch: the check compares the roots (or every log extends the empty one)
+        query = urllib.parse.urlencode({"writer": a.writer_id, "from": a.seal, "to": b.seal})
+        doc = self._get(f"/api/v1/proofs/consistency?{query}")
+        path = doc.get("proof") if isinstance(doc, dict) else None
+        if not isinstance(path, list) or not all(isinstance(h, str) for h in path):
+            raise IntegrityError("the API's consistency proof has no list of hashes")
+        return [from_hex(h) for h in path]
+
+    def _get(self, path: str) -> Any:
+        request = urllib.request.Request(self.base + path, headers={
+            "Authorization": f"Bearer {self.token}", "Accept": "application/json"})
+        try:
+            with urllib.request.urlopen(request, timeout=self.timeout_s) as answer:  # noqa: S310 - the user's URL
+                body = answer.read(_MAX_ANSWER + 1)
+        except urllib.error.HTTPError as exc:
+            message = _error_message(exc)
+            if exc.code in (401, 403):
+                raise ConfigError(f"{self.base}: {message} (--token must be an admin's API token: "
+                                  "`auditlake users token NAME`)") from None
+            if exc.code in (400, 404, 409):
+                raise IntegrityError(message) from None
+            raise ConfigError(f"{self.base}{path}: HTTP {exc.code}: {message}") from None
+        except (OSError, ValueError) as exc:
+            raise ConfigError(f"cannot reach the admin API at {self.base}: {exc}") from None
+        if len(body) > _MAX_ANSWER:
+            raise ConfigError(f"{self.base}{path}: the answer is larger than {_MAX_ANSWER} bytes")
+        try:
+            return json.loads(body)
+        except ValueError as exc:
+            raise ConfigError(f"{self.base}{path} did not answer JSON: {exc}") from None
+
+
+def _error_message(exc: urllib.error.HTTPError) -> str:
+    """The ``error`` of an admin API error body, or the HTTP reason."""
+    try:
+        doc = json.loads(exc.read(65536))
+        return str(doc["error"]) if isinstance(doc, dict) and "error" in doc else str(exc.reason)
+    except (OSError, ValueError):
+        return str(exc.reason)
+
+
+def _head_source(args: argparse.Namespace) -> _LakeHeads | _ApiHeads:
+    """Where the monitor reads heads: the admin API (``--url``) or the lake."""
+    if args.url is None:
+        return _LakeHeads(args)
+    if args.data is not None or args.lake is not None:
+        raise ConfigError("give --url (the admin API) or --data/--lake (the lake), not both")
+    token = args.token or os.environ.get(TOKEN_ENV, "")
+    if not token:
+        raise ConfigError(f"--url needs an admin's API token: --token TOKEN or ${TOKEN_ENV} "
+                          "(`auditlake users token NAME`)")
+    return _ApiHeads(args.url, token)
+
+
 def cmd_monitor(args: argparse.Namespace) -> int:
     """Check each writer's newest signed tree head against the one kept from
     the previous run; keep the new heads that pass.  0 when every writer's
     log extends what was seen before, 1 otherwise."""
     keys = _keys(args.public_key)
-    trees = LakeTrees(DataDir.from_args(args), mirrors=args.checkpoint_mirror or ())
+    source = _head_source(args)
     state_path = Path(args.state)
     state = _load_state(state_path)
     heads: dict[str, Any] = dict(state["heads"])
     failures = 0
     lines: list[str] = []
     seen = set(heads)
-    for writer in sorted(set(trees.writers) | seen):
+    for writer in sorted(source.writers | seen):
         kept = heads.get(writer)
         try:
-            new = trees.head(writer)
+            new = source.head(writer)
         except IntegrityError as exc:
             if kept is None:
                 lines.append(f"  skip {writer}: {exc}")
@@ -174,8 +298,7 @@ def cmd_monitor(args: argparse.Namespace) -> int:
                                    "rolled back")
             else:
                 try:
-                    doc = trees.consistency(SignedCheckpoint(old, old_sig, state_path), new)
-                    path = [from_hex(h) for h in doc["proof"]]
+                    path = source.proof(SignedCheckpoint(old, old_sig, state_path), new)
                     check = check_heads(old, old_sig, cp, new.signature, path, keys)
                 except (IntegrityError, ProofError, ValueError) as exc:
                     check = ProofCheck(False, (), f"FAILED: {exc}")
@@ -237,8 +360,16 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "monitor", help="check that every writer's signed log extends the heads seen on the previous run",
         description="Keeps each writer's newest signed tree head in --state FILE; each run checks a "
         "consistency proof from the kept head to the newest.  A rolled-back or rewritten log fails "
-        "(exit 1) and the old head is kept.  Run it from cron with a key obtained out of band.")
+        "(exit 1) and the old head is kept.  Run it from cron with a key obtained out of band.  "
+        "It reads the lake (--data/--lake), or, from another machine with no access to the lake, "
+        "the admin API (--url with an admin's API token).")
     add_data_arg(p)
+    p.add_argument("--url", metavar="URL",
+                   help="the admin API's base URL (http://host:8080): fetch heads and consistency proofs over "
+                   "HTTP instead of reading the lake")
+    p.add_argument("--token", metavar="TOKEN",
+                   help=f"an admin's API token for --url (default: ${TOKEN_ENV}, which keeps it out of the "
+                   "process list)")
     p.add_argument("--state", required=True, metavar="FILE", help="where the heads seen are kept")
     p.add_argument("--public-key", metavar="FILE", action="append", help="the writers' public key(s) (required)")
     p.add_argument("--checkpoint-mirror", metavar="DIR", action="append", help=argparse.SUPPRESS)

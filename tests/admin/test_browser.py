@@ -1,16 +1,20 @@
 """The admin UI in real headless Chromium (Debian's package driven by
-Playwright): log in, filter, page, open a detail, export a CSV, and an
-auditor's tenant isolation.  Screenshots go to test-artifacts/admin/."""
+Playwright): log in, filter, page, open a detail, export a CSV, an
+auditor's tenant isolation, and a proof downloaded from the event page.
+Screenshots go to test-artifacts/admin/."""
 
 from __future__ import annotations
 
 import csv
+import json
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from auditlake.collector.integrity.proofs import check_inclusion
+from auditlake.collector.integrity.signing import KeyRing
 from tests.admin.conftest import PASSWORD, Lake
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -151,5 +155,29 @@ def test_auditor_sees_only_their_tenant_in_the_browser(lake: Lake, browser: obje
         page.goto(lake.url + "/?q=globex-secret-marker&range=all")
         assert set(column(page, 2)) <= {"acme"}
         assert all(r.startswith("audit_log") for r in column(page, 5))
+    finally:
+        context.close()
+
+
+def test_an_auditor_downloads_a_proof_from_the_event_page_that_verifies(lake: Lake, browser: object,
+                                                                          tmp_path: Path) -> None:
+    context = browser.new_context(accept_downloads=True, viewport={"width": 1366, "height": 900})  # type: ignore[attr-defined]
+    page = context.new_page()
+    try:
+        log_in(page, lake.url, "alice")
+        event = lake.sent(tenant_id="acme", action="delete")[0]
+        page.goto(f"{lake.url}/events/{event['id']}")
+        assert "auditlake proof verify" in page.inner_text("p.proof")
+        shot(page, "09-event-proof")
+        with page.expect_download() as info:
+            page.click("#download-proof")
+        assert info.value.suggested_filename == f"proof-{event['id']}.json"
+        target = tmp_path / info.value.suggested_filename
+        info.value.save_as(str(target))
+        doc = json.loads(target.read_text())
+        keys = KeyRing.parse((lake.collector.data / "keys" / "signing.pub.pem").read_text())
+        check = check_inclusion(doc, keys)
+        assert check.ok, check.summary
+        assert dict(doc["event"])["id"] == event["id"] and dict(doc["event"])["tenant_id"] == "acme"
     finally:
         context.close()

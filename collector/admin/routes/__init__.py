@@ -11,6 +11,10 @@ application.  The areas:
 - ``users``: ``/users`` (admins)
 - ``integrity``: ``/integrity``, ``/integrity/verify``, ``/api/v1/integrity``
 - ``api``: ``/api/v1/events[/{id}]``, ``/api/v1/stats``, ``/api/v1/openapi.json``, ``/healthz``
+- ``proofs``: ``/api/v1/events/{id}/proof``, ``/api/v1/proofs/consistency``,
+  ``/api/v1/checkpoints/heads``, ``/api/v1/checkpoints/{writer}/head``
+  (joined to ``api``'s list)
+- ``streams``: ``/api/v1/streams``, the SIEM streams' lag (admins)
 
 Shared by the areas:
 

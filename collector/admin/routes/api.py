@@ -3,6 +3,8 @@
 - ``GET /api/v1/events``: a page of events matching the filter, with a cursor
 - ``GET /api/v1/events/{id}``: one event
 - ``GET /api/v1/stats``: counts per time bucket, by action or outcome
+- the Merkle proof routes of ``proofs.py`` (``/api/v1/events/{id}/proof``,
+  ``/api/v1/proofs/consistency``, ``/api/v1/checkpoints/...``), served with these
 - ``GET /api/v1/openapi.json``: the OpenAPI document (no sign-in)
 - ``GET /healthz``: liveness (no sign-in)
 
@@ -20,6 +22,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
 from auditlake.collector.admin.openapi import document
+from auditlake.collector.admin.routes import proofs
 from auditlake.collector.admin.routes.audit import record
 from auditlake.collector.admin.routes.context import admin_context
 from auditlake.collector.admin.routes.errors import api_endpoint, json_error
@@ -136,4 +139,5 @@ ROUTES: list[BaseRoute] = [
     Route("/api/v1/events", events),
     Route("/api/v1/events/{id}", event),
     Route("/api/v1/stats", stats),
+    *proofs.ROUTES,
 ]

@@ -5,11 +5,13 @@ and stored on ``app.state.admin``; a handler reads it with
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import jinja2
 from starlette.requests import Request
+
+from auditlake.collector.admin.proofs import ProofSource
 
 if TYPE_CHECKING:
     from auditlake.collector.admin.export_runs import ExportRegistry
@@ -39,6 +41,9 @@ class AdminContext:
     #: ``cached(key, ttl_s, compute)``: a value kept for ``ttl_s`` seconds (``AdminServer.cached``).
     cached: Callable[[tuple[Any, ...], float, Callable[[], Any]], Any]
     exports: ExportRegistry
+    #: Merkle proofs, with the writers' trees kept between requests (one per
+    #: application, so one per admin process).
+    proofs: ProofSource = field(default_factory=ProofSource)
 
 
 def admin_context(request: Request) -> AdminContext:

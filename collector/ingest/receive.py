@@ -1,5 +1,13 @@
 """Receive: the gRPC AuditService.  Authenticate, decode the wire batch into
 Arrow columns, validate, hand to the write-ahead log, answer once durable.
+
+A batch with invalid events stores the valid ones and answers
+``INVALID_ARGUMENT`` with trailing metadata saying exactly what happened
+(docs/architecture.md, "Receive"): ``auditlake-accepted`` (events stored),
+``auditlake-duplicates``, and the refused rows as ranges
+(``auditlake-rejected: 3,5-9``) or a bitmap (``auditlake-rejected-bin``).
+A retry of that batch id gets the same answer, from the batch index (the
+refused rows are recorded with the batch: seal_progress.BatchOutcome).
 """
 
 from __future__ import annotations
@@ -23,6 +31,7 @@ from google.protobuf.message import DecodeError
 from auditlake.collector.errors import AuthError, StorageError
 from auditlake.collector.ingest.keys import IngestKey, IngestKeyStore
 from auditlake.collector.lake.batch import AcceptedBatch, BatchIndex
+from auditlake.collector.lake.seal_progress import REFUSED_ROWS_KEY, BatchOutcome, RowSet
 from auditlake.collector.schema import (
     MAX_BYTES,
     OUTCOMES,
@@ -46,6 +55,26 @@ _MAX_BATCH_ID = 128
 
 #: The gRPC service's full name (proto package + service).
 SERVICE_NAME = "auditlake.v1.AuditService"
+
+#: Trailers of a partly refused batch (besides ``auditlake-accepted`` and
+#: ``auditlake-duplicates``): its refused rows as ranges, or as a bitmap
+#: when the ranges would be longer (seal_progress.RowSet); one of the two.
+REJECTED_TRAILER = "auditlake-rejected"
+REJECTED_BITMAP_TRAILER = "auditlake-rejected-bin"
+#: Bytes the refused rows may take in a trailer.  With the message (at most
+#: _MESSAGE_BUDGET) and gRPC's own headers, the trailers stay under the
+#: 8 KiB a gRPC client accepts by default (``grpc.max_metadata_size``; past
+#: it the client sees RESOURCE_EXHAUSTED, and would retry a batch whose
+#: valid events are stored).
+ROWS_BUDGET = 4096
+#: Batches up to this many events always have their refused rows named (as
+#: a bitmap at worst); a larger one whose refused rows are too scattered to
+#: fit ROWS_BUDGET is refused as a whole, nothing stored.
+ALWAYS_NAMED = ROWS_BUDGET * 8
+#: Bytes of the status message, as gRPC sends it (percent-encoded).
+_MESSAGE_BUDGET = 2048
+#: Events named one by one in a refusal's message at most.
+_MESSAGE_NAMES = 20
 
 
 @dataclass(frozen=True)
@@ -75,7 +104,8 @@ class Rejection:
 
     def __str__(self) -> str:
         ident = f" (id={self.event_id})" if self.event_id else ""
-        return f"event {self.index}{ident}: field '{self.field}' {self.message}"
+        what = f"field '{self.field}' " if self.field else ""
+        return f"event {self.index}{ident}: {what}{self.message}"
 
 
 #: Byte lengths as PackedStrings carries them, and created_at_us values.
@@ -557,7 +587,7 @@ class AuditService(audit_pb2_grpc.AuditServiceServicer):
         scoped = f"{key.key_id}/{batch_id}"
         stored = self._batches.stored(scoped)
         if stored is not None:  # a retry of a stored batch: answer even when busy
-            return audit_pb2.ExportResponse(accepted=stored, duplicate=True)
+            return self._answer_again(stored, table, not_utf8, context)
         busy = self._overloaded()
         if busy is not None:
             _abort_exhausted(context, *busy)
@@ -566,12 +596,12 @@ class AuditService(audit_pb2_grpc.AuditServiceServicer):
         if not owned:
             if isinstance(previous, Future):
                 try:
-                    count = previous.result(timeout=30)
+                    outcome = previous.result(timeout=30)
                 except Exception:  # noqa: BLE001 - the first attempt failed: retry it
                     context.abort(grpc.StatusCode.ABORTED, "a concurrent attempt failed; retry")
             else:
-                count = int(previous or 0)
-            return audit_pb2.ExportResponse(accepted=count, duplicate=True)
+                outcome = previous if previous is not None else 0
+            return self._answer_again(outcome, table, not_utf8, context)
 
         accepted: int | None = None
         duplicates = 0
@@ -579,27 +609,15 @@ class AuditService(audit_pb2_grpc.AuditServiceServicer):
             with self._cpu:
                 now_us = int(self._clock() * 1_000_000)
                 table = normalize(table)
-                rejections = validate(table, now_us, self._limits, not_utf8) + _reserved(table)
-                rejections.sort(key=lambda r: r.index)
-                if rejections:
-                    rejected = pa.array([r.index for r in rejections], pa.int64())
-                    keep = pc.invert(pc.is_in(pa.array(range(table.num_rows), pa.int64()), rejected))
-                    table = table.filter(keep)
-                # Events this tenant stored before (or repeated in the batch)
-                # are dropped here and counted in the answer; a copy racing
-                # in a concurrent batch is dropped when sealing.
-                dup_rows = self._seen(table)
-                duplicates = len(dup_rows)
-                if duplicates:
-                    log.info("dropped %d events of batch %s whose (tenant, id) was stored before",
-                             duplicates, batch_id)
-                    keep_rows = np.ones(table.num_rows, bool)
-                    keep_rows[dup_rows] = False
-                    table = table.filter(pa.array(keep_rows))
-                # The key's id (never its secret) is stored with each event,
-                # covered by the chain: who delivered it is part of the evidence.
-                durable = (self._store(AcceptedBatch(scoped, now_us, table, ingest_key_id=key.key_id))
-                           if table.num_rows else None)
+                rejections = self._rejections(table, now_us, not_utf8)
+                refused = RowSet.of(r.index for r in rejections) if rejections else RowSet()
+                durable: Future[object] | None = None
+                if refused.size <= ROWS_BUDGET:  # else nothing is stored (below)
+                    table, duplicates = self._valid_rows(table, rejections, refused, batch_id)
+                    # The key's id (never its secret) is stored with each event,
+                    # covered by the chain: who delivered it is part of the evidence.
+                    durable = (self._store(AcceptedBatch(scoped, now_us, table, ingest_key_id=key.key_id))
+                               if table.num_rows else None)
             if durable is not None:
                 durable.result()  # the fsync, shared with concurrent requests
             accepted = table.num_rows
@@ -607,19 +625,122 @@ class AuditService(audit_pb2_grpc.AuditServiceServicer):
             log.exception("storing batch %s failed", batch_id)
             self._batches.finish(scoped, None)
             context.abort(grpc.StatusCode.UNAVAILABLE, f"the collector could not store the batch: {exc}")
-        self._batches.finish(scoped, accepted)
+        if refused.size > ROWS_BUDGET:
+            self._batches.finish(scoped, None)  # nothing stored: a retry is judged anew
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, _scattered_message(rejections, table.num_rows))
         assert accepted is not None  # set, or abort() raised
+        self._batches.finish(scoped, BatchOutcome(accepted, refused) if refused.count else accepted)
         if rejections:
-            shown = "; ".join(str(r) for r in rejections[:20])
-            more = f"; and {len(rejections) - 20} more" if len(rejections) > 20 else ""
-            context.set_trailing_metadata((("auditlake-accepted", str(accepted)),
-                                           ("auditlake-duplicates", str(duplicates))))
-            context.abort(
-                grpc.StatusCode.INVALID_ARGUMENT,
-                f"{len(rejections)} of {len(rejections) + accepted} events rejected "
-                f"({accepted} valid events stored): {shown}{more}",
-            )
+            _abort_refused(context, rejections, accepted, duplicates, refused, again=False)
         return audit_pb2.ExportResponse(accepted=accepted, duplicate=False, duplicates=duplicates)
+
+    def _rejections(self, table: pa.Table, now_us: int, not_utf8: Sequence[tuple[int, str]]) -> list[Rejection]:
+        """Every invalid event of a normalized batch, one Rejection each, by row."""
+        found = validate(table, now_us, self._limits, not_utf8)
+        named = {r.index for r in found}
+        found += [r for r in _reserved(table) if r.index not in named]
+        found.sort(key=lambda r: r.index)
+        return found
+
+    def _valid_rows(self, table: pa.Table, rejections: Sequence[Rejection], refused: RowSet,
+                    batch_id: str) -> tuple[pa.Table, int]:
+        """The rows of ``table`` to store (the refused ones recorded in its
+        metadata, for the batch index and state/batches.log) and how many
+        were dropped as duplicates."""
+        if rejections:
+            rejected = pa.array([r.index for r in rejections], pa.int64())
+            keep = pc.invert(pc.is_in(pa.array(range(table.num_rows), pa.int64()), rejected))
+            table = table.filter(keep).replace_schema_metadata({REFUSED_ROWS_KEY: refused.encode().encode()})
+        # Events this tenant stored before (or repeated in the batch) are
+        # dropped here and counted in the answer; a copy racing in a
+        # concurrent batch is dropped when sealing.
+        dup_rows = self._seen(table)
+        if len(dup_rows):
+            log.info("dropped %d events of batch %s whose (tenant, id) was stored before",
+                     len(dup_rows), batch_id)
+            keep_rows = np.ones(table.num_rows, bool)
+            keep_rows[dup_rows] = False
+            table = table.filter(pa.array(keep_rows))
+        return table, len(dup_rows)
+
+    def _answer_again(self, outcome: int, table: pa.Table, not_utf8: Sequence[tuple[int, str]],
+                      context: grpc.ServicerContext) -> audit_pb2.ExportResponse:
+        """The answer to a batch id stored before (or in flight): the first
+        answer again, so a client whose first answer was lost learns which
+        events were refused (read as "duplicate, all stored", they would be
+        lost without a trace)."""
+        accepted, n = int(outcome), table.num_rows
+        recorded = outcome.refused if isinstance(outcome, BatchOutcome) else None
+        if recorded is None and n <= accepted:
+            return audit_pb2.ExportResponse(accepted=accepted, duplicate=True)
+        # The reasons are not recorded, only the rows: the retry carries the
+        # same events, so validating them again names the reasons.  For a
+        # batch whose rows are not recorded (stored by an older collector, or
+        # replayed from the write-ahead log after a crash), the events missing
+        # from its count were refused or duplicates: validation tells which.
+        with self._cpu:
+            found = self._rejections(normalize(table), int(self._clock() * 1_000_000), not_utf8)
+        if recorded is None:
+            if not found:
+                return audit_pb2.ExportResponse(accepted=accepted, duplicate=True)
+            refused, rejections = RowSet.of(r.index for r in found), found
+        else:
+            refused, reasons = recorded, {r.index: r for r in found}
+            ids = table.column("id")
+            rejections = [
+                reasons.get(i) or Rejection(i, ids[i].as_py()[:64] if i < n else "", "",
+                                            "was refused when the batch was first received")
+                for i in recorded.rows()
+            ]
+        duplicates = max(0, n - accepted - refused.count)
+        _abort_refused(context, rejections, accepted, duplicates, refused, again=True)
+        raise AssertionError("abort() raises")
+
+
+def _wire_size(text: str) -> int:
+    """Bytes of ``text`` as a grpc-message (percent-encoded outside printable ASCII)."""
+    return sum(1 if 0x20 <= b <= 0x7E and b != 0x25 else 3 for b in text.encode())
+
+
+def _named(rejections: Sequence[Rejection], budget: int) -> str:
+    """The first rejections, each with its reason, within ``budget`` bytes
+    (at least one), and how many more there are."""
+    shown: list[str] = []
+    size = 0
+    for rejection in rejections[:_MESSAGE_NAMES]:
+        text = str(rejection)
+        cost = _wire_size(text) + 2
+        if shown and size + cost > budget:
+            break
+        shown.append(text)
+        size += cost
+    more = f"; and {len(rejections) - len(shown)} more" if len(rejections) > len(shown) else ""
+    return "; ".join(shown) + more
+
+
+def _abort_refused(context: grpc.ServicerContext, rejections: Sequence[Rejection], accepted: int,
+                   duplicates: int, refused: RowSet, *, again: bool) -> None:
+    """INVALID_ARGUMENT for a batch stored in part: the refused rows in a
+    trailer, the first reasons in the message (old clients read the rows
+    from it: keep its form)."""
+    trailers: list[tuple[str, str | bytes]] = [
+        ("auditlake-accepted", str(accepted)), ("auditlake-duplicates", str(duplicates))]
+    if refused.size <= ROWS_BUDGET:  # else (an older collector's record): the message only
+        trailers.append((REJECTED_BITMAP_TRAILER, refused.bitmap) if refused.bitmap
+                        else (REJECTED_TRAILER, refused.ranges))
+    if again:
+        trailers.append(("auditlake-duplicate", "true"))
+    context.set_trailing_metadata(tuple(trailers))
+    head = (f"{len(rejections)} of {len(rejections) + accepted} events rejected "
+            f"({accepted} valid events stored): ")
+    context.abort(grpc.StatusCode.INVALID_ARGUMENT, head + _named(rejections, _MESSAGE_BUDGET - len(head)))
+
+
+def _scattered_message(rejections: Sequence[Rejection], total: int) -> str:
+    head = (f"{len(rejections)} of {total} events are invalid, too scattered through the batch to "
+            f"name in one answer: nothing of this batch was stored; send batches of at most "
+            f"{ALWAYS_NAMED} events, or fix these: ")
+    return head + _named(rejections, _MESSAGE_BUDGET - len(head))
 
 
 def _reserved(table: pa.Table) -> list[Rejection]:

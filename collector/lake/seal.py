@@ -181,8 +181,10 @@ class Sealer:
 
     def known_batches(self, keep: int | None = None) -> dict[str, int]:
         """Batch ids sealed before (the newest ``keep``, default the policy's
-        ``dedupe_batches``), for idempotent retries.  Also compacts
-        state/batches.log down to those ids, so it never grows without bound."""
+        ``dedupe_batches``), for idempotent retries: each one's accepted
+        count, a ``BatchOutcome`` (with its refused rows) for a batch stored
+        in part.  Also compacts state/batches.log down to those ids, so it
+        never grows without bound."""
         return self.progress.known_batches(keep or self.policy.dedupe_batches)
 
     # -- recovery ----------------------------------------------------------------

@@ -18,6 +18,7 @@ from auditlake.collector.integrity.signing import SigningKey
 from auditlake.collector.lake.batch import AcceptedBatch, BatchIndex
 from auditlake.collector.lake.compact import CompactionResult, Compactor
 from auditlake.collector.lake.seal import Sealer, SealPolicy, canonical_prefix
+from auditlake.collector.lake.seal_progress import batch_outcome
 from auditlake.collector.lake.wal import LogPosition, WriteAheadLog
 from auditlake.collector.storage.datadir import DataDir, try_lock
 from auditlake.collector.storage.lease import Lease, LeaseUnavailable
@@ -68,7 +69,8 @@ class LakeWriter:
             data.wal, on_durable=self._durable, first_segment=self.sealer.state.wal_segment
         )
         for batch in self.sealer.recover(self.wal):
-            self.batches.add(batch.batch_id, batch.table.num_rows)
+            # with the rows refused on receipt, so a retry gets the same answer
+            self.batches.add(batch.batch_id, batch_outcome(batch))
         # After the sealer's recovery (which rewrites a committed checkpoint).
         self.compactor = Compactor(data, self.sealer)
         self.compactor.recover()

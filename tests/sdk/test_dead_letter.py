@@ -233,6 +233,30 @@ def test_a_partly_refused_batch_whose_answer_was_lost_keeps_the_refused_events(
     assert [r["resource_id"] for r in stored(collector, "lost-answer", 7)] == ["0", "1", "3", "4", "7", "8", "9"]
 
 
+def test_a_large_batch_with_refusals_too_scattered_to_list_is_sent_in_halves(
+    collector: Any, tmp_path: Path
+) -> None:
+    from auditlake.collector.ingest.receive import ALWAYS_NAMED
+
+    spool = tmp_path / "spool"
+    key = collector.api_key("t1")
+    sent = CountingExporter(collector, key)
+    total = ALWAYS_NAMED + 2  # every other event refused: no list of them fits the answer
+    configure(collector, spool, key, exporter=sent,
+              batch=BatchPolicy(schedule_delay=5.0, max_batch_size=total, export_timeout=60.0))
+    for i in range(total):
+        sdk.record("x" * 200 if i % 2 else "read", "halves", f"{i:05d}", tenant_id="t1", user_id="u")
+    assert sdk.flush(120) is False
+    # Refused whole (nothing stored), then each half settled in one call.
+    (first, *halves) = sent.batch_ids
+    assert halves == [f"{first}.0", f"{first}.1"]
+    kept = [e["resource_id"] for _, events in dead_letters(spool) for e in events]
+    assert kept == [f"{i:05d}" for i in range(1, total, 2)]
+    assert collector.wait_for_count(total // 2, "resource_type = 'halves'", timeout=60) == total // 2
+    stats = sdk.stats()
+    assert (stats.exported, stats.rejected, stats.dead_lettered) == (total // 2, total // 2, total // 2)
+
+
 def test_anonymous_traffic_goes_to_the_anonymous_tenant_or_waits_for_it(
     collector: Any, tmp_path: Path
 ) -> None:

@@ -6,9 +6,12 @@ left || right), the empty tree = SHA-256 of nothing, a tree of n leaves split
 at the largest power of two below n); :class:`CompactTree`, the O(log n)
 frontier a writer carries across seals and restarts (JSON-able, for a
 checkpoint's body); :class:`MerkleLevels`, every complete subtree of a tree
-kept for making many proofs; one-off proof generation over leaf hashes held
-in memory or fetched by range; and the verifiers of RFC 9162 sections
-2.1.3.2 and 2.1.4.2.
+kept for making many proofs; :class:`PrunedTree`, the same over a tree
+some of whose subtrees are known only by their roots (leaves retention
+expired: :func:`aligned_subtrees` says which roots proofs still need, and
+why); one-off proof generation over leaf hashes held in memory or fetched
+by range, all through one hook (:data:`RangeRoot`); and the verifiers of
+RFC 9162 sections 2.1.3.2 and 2.1.4.2.
 
 Hashes are 32-byte ``bytes`` throughout; hex (64 lowercase digits, like the
 chain hash) only at the edges, through :func:`to_hex` and :func:`from_hex`.
@@ -27,6 +30,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+from bisect import bisect_right
 from collections.abc import Callable, Iterable, Sequence
 from itertools import islice
 from typing import Any
@@ -103,6 +107,11 @@ def _check_hashes(hashes: list[bytes], what: str) -> None:
         raise TypeError(f"{what}: every hash must be bytes")
     if set(map(len, hashes)) != {HASH_SIZE}:
         raise ValueError(f"{what}: every hash must be {HASH_SIZE} bytes")
+
+
+def _check_range(start: int, end: int, size: int) -> None:
+    if type(start) is not int or type(end) is not int or not 0 <= start < end <= size:
+        raise ValueError(f"no leaves [{start!r}, {end!r}) in a tree of {size} leaves")
 
 
 def _split(n: int) -> int:
@@ -186,6 +195,26 @@ class CompactTree:
         frontier.extend(reversed(leftovers))
         self._size += added
 
+    def append_subtree(self, size: int, root: bytes) -> None:
+        """Add ``size`` leaves known only by the ``root`` of their complete
+        subtree (leaves retention expired, see :func:`aligned_subtrees`): a
+        power of two, and the leaves so far a multiple of it, so the subtree
+        joins the frontier as a leaf joins it ``log2(size)`` levels up."""
+        if type(size) is not int or size < 1 or size & (size - 1):
+            raise ValueError(f"a subtree has a power-of-two size, not {size!r}")
+        if self._size % size:
+            raise ValueError(f"a subtree of {size} leaves cannot start at leaf {self._size} (not aligned)")
+        _check_hashes([root], "subtree root")
+        sha256 = hashlib.sha256
+        frontier = self._frontier
+        node = root
+        level = self._size // size
+        while level & 1:
+            node = sha256(_NODE + frontier.pop() + node).digest()
+            level >>= 1
+        frontier.append(node)
+        self._size += size
+
     def root(self) -> bytes:
         """MTH of the leaves so far: the frontier folded from the right."""
         frontier = self._frontier
@@ -242,15 +271,17 @@ class CompactTree:
 # -- proof generation -----------------------------------------------------------
 
 
-# range_root(start, end) -> MTH(D[start:end]): how the proof builders reach
-# the tree, so that the leaves may be in memory, in the lake, or (later) an
-# expired range's kept subtree hashes.
-_RangeRoot = Callable[[int, int], bytes]
+#: ``range_root(start, end)`` -> MTH(D[start:end]): how the proof builders
+#: reach a tree, so that its leaves may be in memory, in the lake, or gone
+#: with only the roots of the subtrees covering them kept (:class:`PrunedTree`).
+RangeRoot = Callable[[int, int], bytes]
 
 
-def _inclusion_path(index: int, size: int, range_root: _RangeRoot) -> list[bytes]:
+def inclusion_path(index: int, size: int, range_root: RangeRoot) -> list[bytes]:
     """PATH(index, D[0:size]) of RFC 9162 section 2.1.3.1, leaf's sibling
-    first; ``range_root(start, end)`` gives MTH(D[start:end])."""
+    first; ``range_root(start, end)`` gives MTH(D[start:end]).  Every range
+    it asks for is a subtree of the RFC's tree of ``size`` leaves: a
+    complete aligned one, or one ending at ``size``."""
     if type(index) is not int or type(size) is not int or not 0 <= index < size:
         raise ValueError(f"no inclusion proof for leaf {index!r} in a tree of {size!r} leaves")
     path: list[bytes] = []
@@ -267,9 +298,10 @@ def _inclusion_path(index: int, size: int, range_root: _RangeRoot) -> list[bytes
     return path
 
 
-def _consistency_path(first: int, second: int, range_root: _RangeRoot) -> list[bytes]:
+def consistency_path(first: int, second: int, range_root: RangeRoot) -> list[bytes]:
     """PROOF(first, D[0:second]) = SUBPROOF(first, D[0:second], true) of RFC
-    9162 section 2.1.4.1; empty when the sizes are equal."""
+    9162 section 2.1.4.1; empty when the sizes are equal.  ``range_root`` as
+    for :func:`inclusion_path`."""
     if type(first) is not int or type(second) is not int or not 0 < first <= second:
         raise ValueError(f"no consistency proof from {first!r} to {second!r} leaves "
                          "(needs 0 < first <= second; any tree extends the empty one)")
@@ -294,7 +326,7 @@ def _consistency_path(first: int, second: int, range_root: _RangeRoot) -> list[b
     return path
 
 
-def _source_range_root(leaves: LeafSource, size: int) -> _RangeRoot:
+def _source_range_root(leaves: LeafSource, size: int) -> RangeRoot:
     """range_root over a leaf source: each range read and hashed once."""
     if callable(leaves):
         fetch = leaves
@@ -319,7 +351,7 @@ def inclusion_proof(index: int, size: int, leaves: LeafSource) -> list[bytes]:
     """The audit path of leaf ``index`` in the tree of the first ``size``
     leaves (RFC 9162 section 2.1.3.1), its sibling first.  Reads and hashes
     every other leaf once; for many proofs build a :class:`MerkleLevels`."""
-    return _inclusion_path(index, size, _source_range_root(leaves, size))
+    return inclusion_path(index, size, _source_range_root(leaves, size))
 
 
 def consistency_proof(first: int, second: int, leaves: LeafSource) -> list[bytes]:
@@ -327,7 +359,7 @@ def consistency_proof(first: int, second: int, leaves: LeafSource) -> list[bytes
     first ``first`` (RFC 9162 section 2.1.4.1); empty when they are equal.
     ``first`` must be positive: every tree extends the empty one, and the
     verifier refuses a proof from size 0 as meaningless."""
-    return _consistency_path(first, second, _source_range_root(leaves, second))
+    return consistency_path(first, second, _source_range_root(leaves, second))
 
 
 class MerkleLevels:
@@ -390,6 +422,12 @@ class MerkleLevels:
             raise IndexError(f"leaf {index} of {self.size}")
         return bytes(self._levels[0][index * HASH_SIZE:(index + 1) * HASH_SIZE])
 
+    def range_root(self, start: int, end: int) -> bytes:
+        """MTH(D[start:end]) for 0 <= start < end <= size: the hook the
+        proof builders take (:data:`RangeRoot`)."""
+        _check_range(start, end, self.size)
+        return self._range_root(start, end)
+
     def _range_root(self, start: int, end: int) -> bytes:
         """MTH(D[start:end]): a lookup for a complete aligned subtree, else
         split as RFC 9162 does (only the right edge of a tree needs that)."""
@@ -416,12 +454,212 @@ class MerkleLevels:
     def inclusion_proof(self, index: int, size: int | None = None) -> list[bytes]:
         """The audit path of leaf ``index`` in the tree of the first ``size``
         leaves (default: all), its sibling first."""
-        return _inclusion_path(index, self._size_or_all(size), self._range_root)
+        return inclusion_path(index, self._size_or_all(size), self._range_root)
 
     def consistency_proof(self, first: int, second: int | None = None) -> list[bytes]:
         """The proof that the tree of ``second`` leaves (default: all) extends
         the tree of its first ``first`` (0 < first <= second)."""
-        return _consistency_path(first, self._size_or_all(second), self._range_root)
+        return consistency_path(first, self._size_or_all(second), self._range_root)
+
+
+# -- trees whose expired leaves are kept as subtree roots --------------------------
+
+
+class PrunedSubtreeError(ValueError):
+    """A root or proof needs a node below a pruned subtree, of which only
+    the root is kept (its leaves expired): RFC 9162 gives no other way to it."""
+
+    def __init__(self, wanted: tuple[int, int], pruned: tuple[int, int]) -> None:
+        #: The leaves [start, end) whose hash was needed.
+        self.wanted = wanted
+        #: The pruned subtree's leaves [start, end) that hold them.
+        self.pruned = pruned
+        super().__init__(f"leaves [{wanted[0]}, {wanted[1]}) lie inside the pruned subtree of leaves "
+                         f"[{pruned[0]}, {pruned[1]}), of which only the root is kept")
+
+
+def aligned_subtrees(start: int, end: int) -> list[tuple[int, int]]:
+    """The maximal complete aligned subtrees covering leaves [start, end),
+    left to right, as ``(start, size)``: each ``size`` a power of two,
+    ``start`` a multiple of it, and no two of them siblings.  The fewest
+    such subtrees that cover the range: at most 2·log2(end - start) of them.
+
+    Why their roots are all that proofs need of leaves that are gone.
+    Aligned subtrees, the leaf ranges [j·2**h, (j+1)·2**h), are nested or
+    disjoint.  The nodes of RFC 9162's tree of n leaves are the aligned
+    subtrees inside [0, n) and ranges ending at n, and below an aligned
+    subtree the tree is perfect.  Let K be a subtree known only by its root
+    and S a node that a root or proof at tree size n needs, with S strictly
+    inside K; then S's parent P is inside K too.
+
+    - Inclusion of leaf i: S is the sibling of a node on i's path, so
+      i is in P, so in K.  The audit path of a leaf outside every kept
+      subtree needs no node strictly inside one.
+    - The root of size n: only nodes ending at n are not aligned; one lies
+      strictly inside K only when n does (K's start < n < K's end).
+    - Consistency from m to n: the proof holds B, the largest node ending
+      at m, and siblings of B's ancestors; B and each such P contain leaf
+      m - 1, so m - 1 is in K.  Were K's end m, K would be a node ending at
+      m larger than B (or than P ⊇ B): impossible.  So m lies strictly
+      inside K.
+
+    So with the roots of any aligned subtrees covering the expired leaves,
+    every inclusion proof of a leaf outside them, and every root and
+    consistency proof between tree sizes that do not fall strictly inside
+    one of them, can be made, the same hashes as from all the leaves; a
+    size strictly inside one cannot be proven from or to (a node below the
+    kept root is needed).  Covering [a, m) and [m, b) apart instead of
+    [a, b) makes size m provable, for O(log n) more roots.
+    """
+    if type(start) is not int or type(end) is not int or not 0 <= start <= end:
+        raise ValueError(f"no leaf range [{start!r}, {end!r})")
+    out: list[tuple[int, int]] = []
+    at = start
+    while at < end:
+        size = at & -at or 1 << (end - at).bit_length()  # the largest aligned subtree starting here
+        while size > end - at:
+            size >>= 1
+        out.append((at, size))
+        at += size
+    return out
+
+
+class PrunedTree:
+    """A Merkle tree some of whose complete aligned subtrees are known only
+    by their roots (their leaves expired), the rest by its leaf hashes.
+    Built in leaf order from both (:meth:`extend`, :meth:`append_subtree`),
+    it makes roots and proofs like :class:`MerkleLevels` does, the same
+    hashes as the whole tree would give, as far as the pruned subtrees
+    allow (see :func:`aligned_subtrees`: a node below a pruned root raises
+    :class:`PrunedSubtreeError`).  Without pruned subtrees it is one
+    :class:`MerkleLevels`.
+
+    Inside, the leaves are blocks: each pruned subtree is one, and each run
+    of leaves is cut into live blocks that start at a multiple of their
+    capacity, the largest power of two dividing their start (unbounded at
+    leaf 0), so every aligned node inside a block is a lookup in that
+    block's levels.  A node spanning blocks is hashed from its halves once
+    and remembered (complete nodes never change).
+
+    Not thread-safe while it grows.
+    """
+
+    __slots__ = ("_blocks", "_joined", "_size", "_starts")
+
+    def __init__(self, leaf_hashes: Iterable[bytes] = ()) -> None:
+        self._starts: list[int] = []
+        #: A live block's levels, or a pruned subtree as (size, root).
+        self._blocks: list[MerkleLevels | tuple[int, bytes]] = []
+        self._joined: dict[tuple[int, int], bytes] = {}
+        self._size = 0
+        self.extend(leaf_hashes)
+
+    @property
+    def size(self) -> int:
+        """Leaves covered, held or pruned."""
+        return self._size
+
+    @property
+    def pruned(self) -> list[tuple[int, int]]:
+        """The pruned subtrees, as ``(start, size)``, in leaf order."""
+        return [(start, block[0]) for start, block in zip(self._starts, self._blocks, strict=True)
+                if isinstance(block, tuple)]
+
+    def extend(self, leaf_hashes: Iterable[bytes]) -> None:
+        """Add leaves in order, given their leaf hashes."""
+        fresh = list(leaf_hashes)
+        _check_hashes(fresh, "leaf hashes")
+        taken = 0
+        while taken < len(fresh):
+            block = self._blocks[-1] if self._blocks else None
+            start = self._starts[-1] if self._starts else 0
+            room = (start & -start) - block.size if isinstance(block, MerkleLevels) and start else None
+            if not isinstance(block, MerkleLevels) or room == 0:
+                block, start = MerkleLevels(), self._size
+                self._starts.append(start)
+                self._blocks.append(block)
+                room = start & -start or None
+            chunk = fresh[taken:] if room is None else fresh[taken:taken + room]
+            block.extend(chunk)
+            taken += len(chunk)
+            self._size += len(chunk)
+
+    def append_subtree(self, size: int, root: bytes) -> None:
+        """Add ``size`` leaves known only by their subtree's ``root``: a
+        power of two, and the leaves so far a multiple of it (a complete
+        aligned subtree, see :func:`aligned_subtrees`)."""
+        if type(size) is not int or size < 1 or size & (size - 1):
+            raise ValueError(f"a pruned subtree has a power-of-two size, not {size!r}")
+        if self._size % size:
+            raise ValueError(f"a subtree of {size} leaves cannot start at leaf {self._size} (not aligned)")
+        _check_hashes([root], "subtree root")
+        self._starts.append(self._size)
+        self._blocks.append((size, root))
+        self._size += size
+
+    def leaf_hash(self, index: int) -> bytes:
+        """The leaf hash at ``index`` (PrunedSubtreeError when it was pruned)."""
+        _check_range(index, index + 1, self._size)
+        return self._node(index, 1)
+
+    def range_root(self, start: int, end: int) -> bytes:
+        """MTH(D[start:end]) for 0 <= start < end <= size: the hook the
+        proof builders take (:data:`RangeRoot`)."""
+        _check_range(start, end, self._size)
+        return self._range_root(start, end)
+
+    def _range_root(self, start: int, end: int) -> bytes:
+        n = end - start
+        if n & (n - 1) == 0 and start % n == 0:
+            return self._node(start, n)
+        k = _split(n)
+        return hash_children(self._range_root(start, start + k), self._range_root(start + k, end))
+
+    def _node(self, start: int, size: int) -> bytes:
+        """The root of the complete aligned subtree of leaves [start, start + size)."""
+        i = bisect_right(self._starts, start) - 1
+        first, block = self._starts[i], self._blocks[i]
+        if isinstance(block, MerkleLevels):
+            if start + size <= first + block.size:
+                return block._range_root(start - first, start - first + size)  # aligned in the block too
+        elif start + size <= first + block[0]:
+            if (start, size) == (first, block[0]):
+                return block[1]
+            raise PrunedSubtreeError((start, start + size), (first, first + block[0]))
+        # Spans blocks: from its halves, once.
+        joined = self._joined.get((start, size))
+        if joined is None:
+            half = size >> 1
+            joined = hash_children(self._node(start, half), self._node(start + half, half))
+            self._joined[(start, size)] = joined
+        return joined
+
+    def _size_or_all(self, size: int | None) -> int:
+        if size is None:
+            return self._size
+        if type(size) is not int or not 0 <= size <= self._size:
+            raise ValueError(f"tree size {size!r} is not within the {self._size} leaves covered")
+        return size
+
+    def _hook(self) -> RangeRoot:
+        # Nothing pruned: one block from leaf 0, whose lookups need no block search.
+        only = self._blocks[0] if len(self._blocks) == 1 else None
+        return only._range_root if isinstance(only, MerkleLevels) else self._range_root
+
+    def root(self, size: int | None = None) -> bytes:
+        """MTH of the first ``size`` leaves (default: all)."""
+        size = self._size_or_all(size)
+        return self._hook()(0, size) if size else EMPTY_ROOT
+
+    def inclusion_proof(self, index: int, size: int | None = None) -> list[bytes]:
+        """The audit path of leaf ``index`` in the tree of the first ``size``
+        leaves (default: all), its sibling first."""
+        return inclusion_path(index, self._size_or_all(size), self._hook())
+
+    def consistency_proof(self, first: int, second: int | None = None) -> list[bytes]:
+        """The proof that the tree of ``second`` leaves (default: all) extends
+        the tree of its first ``first`` (0 < first <= second)."""
+        return consistency_path(first, self._size_or_all(second), self._hook())
 
 
 # -- verification ---------------------------------------------------------------

@@ -137,14 +137,20 @@ def _signature_ok(steps: _Steps, what: str, checkpoint: ChainCheckpoint, signatu
                      f"no key trusted for writer {checkpoint.writer_id} made this signature")
 
 
+def _proof_document(doc: object, kind: str) -> dict[str, Any]:
+    """``doc`` when it is a proof document of ``kind`` in this version; ProofError otherwise."""
+    if not isinstance(doc, dict) or doc.get("type") != kind:
+        raise ProofError(f"not an {kind} document")
+    if doc.get("version") != PROOF_VERSION:
+        raise ProofError(f"proof version {doc.get('version')!r} is not {PROOF_VERSION}")
+    return doc
+
+
 def check_inclusion(doc: object, keys: KeyRing) -> ProofCheck:
     """Check an inclusion proof document against the trusted ``keys``."""
     steps = _Steps()
     try:
-        if not isinstance(doc, dict) or doc.get("type") != INCLUSION_TYPE:
-            raise ProofError(f"not an {INCLUSION_TYPE} document")
-        if doc.get("version") != PROOF_VERSION:
-            raise ProofError(f"proof version {doc.get('version')!r} is not {PROOF_VERSION}")
+        doc = _proof_document(doc, INCLUSION_TYPE)
         checkpoint, signature = read_signed(doc.get("checkpoint"), "checkpoint")
         fields = doc.get("event")
         if not isinstance(fields, list) or not all(
@@ -186,10 +192,7 @@ def check_consistency(doc: object, keys: KeyRing) -> ProofCheck:
     """Check a consistency proof document against the trusted ``keys``."""
     steps = _Steps()
     try:
-        if not isinstance(doc, dict) or doc.get("type") != CONSISTENCY_TYPE:
-            raise ProofError(f"not an {CONSISTENCY_TYPE} document")
-        if doc.get("version") != PROOF_VERSION:
-            raise ProofError(f"proof version {doc.get('version')!r} is not {PROOF_VERSION}")
+        doc = _proof_document(doc, CONSISTENCY_TYPE)
         first, first_sig = read_signed(doc.get("first"), "first")
         second, second_sig = read_signed(doc.get("second"), "second")
         path = [from_hex(h) for h in doc.get("proof", [])]

@@ -1,7 +1,14 @@
 """Expiring cold day partitions past the policy: sign one ``expire``
-tombstone for the group (what is deleted, under which policy and holds, and
-the seq ranges of the chain it removes, so verify accepts the gap), record it
-in the cold index, then delete the cold files and announce the expiry.
+tombstone for the group (what is deleted, under which policy and holds, the
+seq ranges of the chain it removes, so verify accepts the gap, and the roots
+of the Merkle subtrees covering them, so proofs of the events that remain
+still build), record it in the cold index, then delete the cold files and
+announce the expiry.
+
+Each file is read once, whole: its bytes are checked against the digest its
+move checkpoint signed (a changed file must not be deleted under a
+tombstone that would hide the change, nor leave wrong roots behind), then
+its rows give both the seq ranges and the leaf hashes.
 
 A crash after the tombstone leaves files the index lists as pending delete;
 the next run finishes deleting them (``finish``).
@@ -9,15 +16,21 @@ the next run finishes deleting them (``finish``).
 
 from __future__ import annotations
 
+import hashlib
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from auditlake.collector.errors import IntegrityError
+from auditlake.collector.integrity.chain import canonical_column
 from auditlake.collector.integrity.checkpoint import FileEntry
+from auditlake.collector.integrity.merkle import HASH_SIZE, aligned_subtrees, hash_leaves, tree_root
 from auditlake.collector.lake.cold import ColdIndex, partition_day
 from auditlake.collector.retention.checkpoints import CheckpointAppender
 from auditlake.collector.retention.interrupts import Cancelled, fail_point
@@ -30,7 +43,7 @@ from auditlake.collector.storage.tiers import COLD_PREFIX
 
 def _seq_ranges(table: pa.Table) -> list[list[Any]]:
     """Contiguous runs of ``seq`` with the chain hash of each run's last seq."""
-    t = table.sort_by("seq")
+    t = table.select(["seq", "chain_hash"]).sort_by("seq")
     seqs = t.column("seq").to_pylist()
     hashes = t.column("chain_hash").to_pylist()
     out: list[list[Any]] = []
@@ -40,6 +53,47 @@ def _seq_ranges(table: pa.Table) -> list[list[Any]]:
         else:
             out.append([s, s, h])
     return out
+
+
+class ExpiredLeaves:
+    """The leaf hashes of the events one expiry deletes, by writer, and
+    the subtree roots the tombstone keeps of them."""
+
+    def __init__(self) -> None:
+        self._seqs: dict[str, list[np.ndarray]] = {}
+        self._hashes: dict[str, list[bytes]] = {}
+
+    def add(self, table: pa.Table) -> None:
+        """Add a file's rows (its own columns: the leaf is their canonical encoding)."""
+        writers = pc.unique(table.column("writer_id")).to_pylist()
+        for writer in writers:
+            rows = table if len(writers) == 1 else table.filter(pc.equal(table.column("writer_id"), writer))
+            self._seqs.setdefault(writer, []).append(rows.column("seq").to_numpy())
+            self._hashes.setdefault(writer, []).append(b"".join(hash_leaves(canonical_column(rows).to_pylist())))
+
+    def subtrees(self) -> list[dict[str, Any]]:
+        """``extra.subtrees`` of the tombstone: for each run of consecutive
+        expired seqs of a writer, the maximal complete aligned subtrees
+        covering its leaves (leaf index = seq - 1), as ``{"writer", "start",
+        "size", "hash"}``, by writer and start.  Proofs of the events that
+        remain need no other node of the run (merkle.aligned_subtrees says why)."""
+        out: list[dict[str, Any]] = []
+        for writer in sorted(self._seqs):
+            seqs = np.concatenate(self._seqs[writer])
+            hashes = np.frombuffer(b"".join(self._hashes[writer]), np.uint8).reshape(-1, HASH_SIZE)
+            order = np.argsort(seqs, kind="stable")
+            seqs, hashes = seqs[order], hashes[order]
+            if len(seqs) > 1 and not (np.diff(seqs) > 0).all():
+                raise IntegrityError(f"the files expired hold writer {writer}'s events twice")
+            bounds = [0, *(np.flatnonzero(np.diff(seqs) != 1) + 1).tolist(), len(seqs)]
+            for a, b in zip(bounds, bounds[1:], strict=False):
+                first = int(seqs[a]) - 1  # the run's first leaf index
+                for start, size in aligned_subtrees(first, first + (b - a)):
+                    at = a + start - first
+                    block = hashes[at:at + size].tobytes()
+                    root = tree_root(block[i:i + HASH_SIZE] for i in range(0, len(block), HASH_SIZE))
+                    out.append({"writer": writer, "start": start, "size": size, "hash": root.hex()})
+        return out
 
 
 @dataclass
@@ -62,20 +116,26 @@ class Expirer:
             return
         removed = []
         ranges = []
+        leaves = ExpiredLeaves()
         for rel, e in files:
             if self.cancel.is_set():
                 raise Cancelled
-            with self.tier.open_input(rel) as f:
-                t = pq.read_table(f, columns=["seq", "chain_hash"])
+            data = self.tier.read(rel)
+            if hashlib.sha256(data).hexdigest() != e["sha256"]:
+                raise IntegrityError(f"cold file {rel} no longer has the digest its move checkpoint signed: "
+                                     "not expired (run `auditlake verify`)")
+            t = pq.read_table(pa.BufferReader(data))
             removed.append(FileEntry(COLD_PREFIX + rel, e["sha256"], int(e["bytes"]), int(e["rows"]),
                                      int(e["first_seq"]), int(e["last_seq"])))
             ranges.append({"path": COLD_PREFIX + rel, "seq_ranges": _seq_ranges(t)})
+            leaves.add(t)
         days = sorted({partition_day(rel).isoformat() for rel, _ in files})
         extra = {
             "days": days,
             "policy": self.policy.as_json(),
             "legal_holds": [h.as_json() for h in self.policy.legal_holds],
             "ranges": ranges,
+            "subtrees": leaves.subtrees(),
         }
         cp = self.append_checkpoint("expire", [], removed, extra)
         fail_point("expire_checkpointed")

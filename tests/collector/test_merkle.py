@@ -13,6 +13,10 @@
   roots: always rejected for the index; for the size only when the new
   size reads the proof the same way, which is why the size must be signed
   with the root.
+- A pruned tree (expired leaves kept as the roots of the maximal aligned
+  subtrees covering them) gives the whole tree's roots and proofs for every
+  leaf outside the pruned subtrees and every size not strictly inside one,
+  and refuses exactly the others; each kept root is needed by some proof.
 """
 
 from __future__ import annotations
@@ -33,6 +37,9 @@ from auditlake.collector.integrity.merkle import (
     CompactTree,
     MerkleLevels,
     ProofError,
+    PrunedSubtreeError,
+    PrunedTree,
+    aligned_subtrees,
     consistency_proof,
     from_hex,
     hash_children,
@@ -529,3 +536,157 @@ def test_malformed_consistency_claims_are_proof_errors(change: dict[str, Any]) -
     assert consistency_ok(**claim)
     with pytest.raises(ProofError):
         verify_consistency(**{**claim, **change})
+
+
+# -- pruned trees: expired leaves kept as the roots of subtrees ------------------------
+
+
+@settings(max_examples=300, deadline=None)
+@given(start=st.integers(0, 1 << 20), length=st.integers(0, 1 << 20))
+def test_aligned_subtrees_are_the_fewest_that_cover_a_range(start: int, length: int) -> None:
+    end = start + length
+    blocks = aligned_subtrees(start, end)
+    at = start
+    for first, size in blocks:  # they tile the range, in order, each complete and aligned
+        assert first == at and size & (size - 1) == 0 and first % size == 0
+        at += size
+    assert at == end
+    for first, size in blocks:  # maximal: no parent fits in the range (so no coarser tiling exists)
+        parent = first - first % (2 * size)
+        assert not (start <= parent and parent + 2 * size <= end)
+    assert len(blocks) <= 2 * max(1, length.bit_length())
+    assert aligned_subtrees(0, 95) == [(0, 64), (64, 16), (80, 8), (88, 4), (92, 2), (94, 1)]
+
+
+def _pruned(hashes: list[bytes], ranges: list[tuple[int, int]], chunks: list[int],
+            roots: dict[tuple[int, int], bytes] | None = None) -> PrunedTree:
+    """A pruned tree over ``hashes`` whose leaves in ``ranges`` are kept as
+    the roots of aligned_subtrees (or ``roots``), the others added in chunks."""
+    full = MerkleLevels(hashes)
+    tree = PrunedTree()
+    at, sizes = 0, iter(chunks)
+    for a, b in [*ranges, (len(hashes), len(hashes))]:
+        while at < a:
+            step = min(a - at, max(1, next(sizes, a - at)))
+            tree.extend(hashes[at:at + step])
+            at += step
+        for first, size in aligned_subtrees(a, b):
+            tree.append_subtree(size, (roots or {}).get((first, size)) or full.range_root(first, first + size))
+        at = max(at, b)
+    return tree
+
+
+@st.composite
+def _expiries(draw: st.DrawFn) -> tuple[int, list[tuple[int, int]], list[int]]:
+    """A tree size, disjoint leaf ranges in it, and chunk sizes to add the rest in."""
+    n = draw(st.integers(1, 160))
+    bounds = sorted(set(draw(st.lists(st.integers(0, n), max_size=6))))
+    ranges = [(a, b) for a, b in zip(bounds[::2], bounds[1::2], strict=False) if a < b]
+    return n, ranges, draw(st.lists(st.integers(1, 40), max_size=8))
+
+
+def _refused(call: Any) -> bool:
+    try:
+        call()
+    except PrunedSubtreeError:
+        return True
+    return False
+
+
+@settings(max_examples=150, deadline=None)
+@given(_expiries())
+def test_a_pruned_tree_proves_what_remains_and_refuses_only_sizes_inside_a_kept_subtree(
+        case: tuple[int, list[tuple[int, int]], list[int]]) -> None:
+    n, ranges, chunks = case
+    hashes = hash_leaves(leaves_for(n))
+    full, tree = MerkleLevels(hashes), _pruned(hashes, ranges, chunks)
+    kept = [(first, first + size) for a, b in ranges for first, size in aligned_subtrees(a, b)]
+    assert tree.size == n and tree.pruned == [(a, b - a) for a, b in kept]
+
+    def inside(size: int) -> bool:
+        return any(a < size < b for a, b in kept)
+
+    live = [i for i in range(n) if not any(a <= i < b for a, b in kept)]
+    sizes = sorted({1, n, *range(1, n + 1, max(1, n // 12)), *(b for _, b in kept), *(a + 1 for a, _ in kept)})
+    for size in sizes:
+        if inside(size):
+            assert _refused(lambda: tree.root(size))  # noqa: B023 - called at once
+            assert size == 1 or _refused(lambda: tree.consistency_proof(1, size))  # noqa: B023 (1 to 1: empty)
+            continue
+        root = tree.root(size)
+        assert root == full.root(size)
+        for index in (i for i in live if i < size):
+            proof = tree.inclusion_proof(index, size)
+            assert proof == full.inclusion_proof(index, size)
+            verify_inclusion(leaf_hash=hashes[index], index=index, size=size, proof=proof, root=root)
+        for first in range(1, size + 1):
+            if inside(first):
+                assert _refused(lambda: tree.consistency_proof(first, size))  # noqa: B023
+                continue
+            proof = tree.consistency_proof(first, size)
+            assert proof == full.consistency_proof(first, size)
+            verify_consistency(first_size=first, second_size=size, first_root=full.root(first), second_root=root,
+                               proof=proof)
+    for index in live:
+        assert tree.leaf_hash(index) == hashes[index]
+    # a compact tree takes the same kept roots in a stream (what a verifier folds)
+    compact, at = CompactTree(), 0
+    for a, b in kept:
+        compact.extend(hashes[at:a])
+        compact.append_subtree(b - a, full.range_root(a, b))
+        at = b
+    compact.extend(hashes[at:])
+    assert compact.size == n and compact.root() == full.root()
+
+
+def test_every_kept_root_is_needed_by_some_proof() -> None:
+    """Of a range expired in the middle of a tree, the maximal aligned
+    subtrees are exactly what proofs of the other leaves need: change any
+    one kept root and some inclusion proof changes."""
+    n, expired = 300, (37, 201)
+    hashes = hash_leaves(leaves_for(n))
+    full = MerkleLevels(hashes)
+    live = [i for i in range(n) if not expired[0] <= i < expired[1]]
+    for first, size in aligned_subtrees(*expired):
+        wrong = {(first, size): hash_leaf(b"not the root")}
+        tree = _pruned(hashes, [expired], [], wrong)
+        assert any(tree.inclusion_proof(i) != full.inclusion_proof(i) for i in live), (first, size)
+
+
+def test_cutting_an_expired_range_at_a_size_keeps_that_size_provable() -> None:
+    """Kept as [a, m) and [m, b) apart, size m stays provable, for a few roots more."""
+    n, (a, b), m = 200, (10, 150), 77
+    hashes = hash_leaves(leaves_for(n))
+    full = MerkleLevels(hashes)
+    whole = _pruned(hashes, [(a, b)], [])
+    cut = _pruned(hashes, [(a, m), (m, b)], [])
+    assert _refused(lambda: whole.consistency_proof(m))
+    assert cut.consistency_proof(m) == full.consistency_proof(m)
+    assert len(cut.pruned) - len(whole.pruned) <= 2 * (n - 1).bit_length()
+
+
+def test_pruned_subtrees_must_be_complete_and_aligned() -> None:
+    tree = PrunedTree(hash_leaves(leaves_for(6)))
+    root = hash_leaf(b"r")
+    for size in (0, 3, 6, True):
+        with pytest.raises(ValueError, match="power-of-two"):
+            tree.append_subtree(size, root)
+    with pytest.raises(ValueError, match="not aligned"):
+        tree.append_subtree(4, root)
+    with pytest.raises(ValueError):
+        tree.append_subtree(2, b"short")
+    tree.append_subtree(2, root)
+    assert (tree.size, tree.pruned) == (8, [(6, 2)])
+    compact = CompactTree()
+    compact.extend(hash_leaves(leaves_for(6)))
+    with pytest.raises(ValueError, match="not aligned"):
+        compact.append_subtree(4, root)
+    compact.append_subtree(2, root)
+    assert compact.root() == tree.root()
+    with pytest.raises(PrunedSubtreeError) as refused:
+        tree.leaf_hash(7)
+    assert (refused.value.wanted, refused.value.pruned) == ((7, 8), (6, 8))
+    with pytest.raises(ValueError):
+        tree.range_root(3, 9)
+    assert tree.range_root(0, 8) == hash_children(MerkleLevels(hash_leaves(leaves_for(6))).range_root(0, 4),
+                                                  hash_children(tree.range_root(4, 6), root))

@@ -11,7 +11,6 @@ import copy
 import datetime as dt
 import json
 import shutil
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -22,18 +21,12 @@ from hypothesis import strategies as st
 
 from auditlake.collector.integrity.proofs import check_consistency, check_inclusion
 from auditlake.collector.integrity.signing import KeyRing
+from tests.collector.test_tamper import wait_for_checkpoints
 from tests.conftest import CollectorProcess, run_cli
 from tests.wire_client import WireClient, make_event
 
 SEALS = 3
 PER_SEAL = 70
-
-
-def _wait_for_checkpoints(data: Path, n: int, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while len(list((data / "checkpoints").glob("*/*.json"))) < n:
-        assert time.monotonic() < deadline, f"no checkpoint {n} after {timeout} s"
-        time.sleep(0.05)
 
 
 def _send(collector: CollectorProcess, key: str, first: int, n: int, tag: str = "") -> list[str]:
@@ -54,7 +47,7 @@ def pristine(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, l
         key = collector.api_key("acme")
         for s in range(SEALS):
             ids += _send(collector, key, s * PER_SEAL, PER_SEAL)
-            _wait_for_checkpoints(root / "data", s + 1)
+            wait_for_checkpoints(root / "data", s + 1)
     finally:
         assert collector.stop() == 0
     yield root / "data", ids
@@ -185,7 +178,7 @@ def test_consistency_and_compaction(lake: tuple[Path, list[str]], tmp_path: Path
     collector = CollectorProcess(data).start()
     try:
         more = _send(collector, collector.api_key("acme"), 1000, 50, tag="later")
-        _wait_for_checkpoints(data, SEALS + 1)
+        wait_for_checkpoints(data, SEALS + 1)
     finally:
         assert collector.stop() == 0
     out = tmp_path / "c.json"
@@ -230,7 +223,7 @@ def test_monitor_catches_a_rolled_back_or_rewritten_log(lake: tuple[Path, list[s
     collector = CollectorProcess(data).start()
     try:
         _send(collector, collector.api_key("acme"), 2000, 40)
-        _wait_for_checkpoints(data, SEALS + 1)
+        wait_for_checkpoints(data, SEALS + 1)
     finally:
         assert collector.stop() == 0
     result = monitor()
@@ -245,7 +238,7 @@ def test_monitor_catches_a_rolled_back_or_rewritten_log(lake: tuple[Path, list[s
     collector = CollectorProcess(data).start()
     try:
         _send(collector, collector.api_key("acme"), 3000, 60, tag="forged")
-        _wait_for_checkpoints(data, SEALS + 1)
+        wait_for_checkpoints(data, SEALS + 1)
     finally:
         assert collector.stop() == 0
     result = monitor()

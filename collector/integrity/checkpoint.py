@@ -190,6 +190,37 @@ class SignedCheckpoint:
         return True
 
 
+#: The key of an ``expire`` checkpoint's ``extra`` that lists the subtrees
+#: kept of the events it expired: ``[{"writer", "start", "size", "hash"}]``
+#: (docs/integrity.md section 4, docs/retention.md "Proofs after expiry").
+SUBTREES_KEY = "subtrees"
+
+#: Kept subtrees by writer: first leaf (0-based) -> (size, root).
+KeptSubtrees = dict[str, dict[int, tuple[int, bytes]]]
+
+
+def read_kept_subtrees(checkpoint: ChainCheckpoint, into: KeptSubtrees) -> None:
+    """Add ``checkpoint``'s kept subtrees (an ``expire`` checkpoint's
+    ``extra.subtrees``) to ``into``; ValueError saying what is malformed."""
+    items = checkpoint.extra.get(SUBTREES_KEY, [])
+    try:
+        if not isinstance(items, list):
+            raise TypeError("not a list")
+        for item in items:
+            writer, start, size = str(item["writer"]), item["start"], item["size"]
+            if type(start) is not int or type(size) is not int or start < 0 or size < 1 or size & (size - 1) \
+                    or start % size:
+                raise ValueError(f"{start!r}, {size!r} is not a complete aligned subtree")
+            text = item["hash"]
+            if not isinstance(text, str) or len(text) != 64 or text != text.lower():
+                raise ValueError(f"{text!r:.80} is not 64 lowercase hex digits")
+            root = bytes.fromhex(text)
+            if into.setdefault(writer, {}).setdefault(start, (size, root)) != (size, root):
+                raise ValueError(f"writer {writer}'s subtree at leaf {start} is kept twice, differently")
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ValueError(str(exc)) from None
+
+
 def checkpoint_store(location: Store | Path, name: str = "checkpoints") -> Store:
     """A checkpoint store: ``location`` itself, or a local store over a directory."""
     return location if isinstance(location, Store) else LocalStore(location, name)

@@ -34,8 +34,8 @@ import pyarrow.parquet as pq
 from auditlake.collector.config import load_toml
 from auditlake.collector.errors import ConfigError, IntegrityError
 from auditlake.collector.integrity.chain import canonical_column, canonical_fields
-from auditlake.collector.integrity.checkpoint import SignedCheckpoint
-from auditlake.collector.integrity.merkle import PrunedSubtreeError, PrunedTree, from_hex, hash_leaves
+from auditlake.collector.integrity.checkpoint import SUBTREES_KEY, SignedCheckpoint, read_kept_subtrees
+from auditlake.collector.integrity.merkle import PrunedSubtreeError, PrunedTree, hash_leaves
 from auditlake.collector.integrity.proofs import consistency_document, inclusion_document
 from auditlake.collector.integrity.verify.checkpoints import ByWriter, read_checkpoints
 from auditlake.collector.integrity.verify.listing import ExpectedFiles, LiveFile, expected_files, lake_tiers
@@ -272,25 +272,9 @@ class LakeTrees:
         return consistency_document((a, first.signature), (b, second.signature), path)
 
 
-#: The key of an ``expire`` checkpoint's ``extra`` that lists the subtrees
-#: kept of the events it expired (docs/retention.md).
-SUBTREES_KEY = "subtrees"
-
-
 def _read_subtrees(signed: SignedCheckpoint, into: dict[str, dict[int, tuple[int, bytes]]]) -> None:
-    """Add ``signed``'s kept subtrees to ``into`` (writer -> first leaf ->
-    (size, root)); IntegrityError naming the checkpoint when malformed."""
-    items = signed.checkpoint.extra.get(SUBTREES_KEY, [])
+    """Add ``signed``'s kept subtrees to ``into``; IntegrityError naming the checkpoint when malformed."""
     try:
-        if not isinstance(items, list):
-            raise TypeError("not a list")
-        for item in items:
-            writer, start, size = str(item["writer"]), item["start"], item["size"]
-            if type(start) is not int or type(size) is not int or start < 0 or size < 1 or size & (size - 1) \
-                    or start % size:
-                raise ValueError(f"{start!r}, {size!r} is not a complete aligned subtree")
-            root = from_hex(item["hash"])
-            if into.setdefault(writer, {}).setdefault(start, (size, root)) != (size, root):
-                raise ValueError(f"writer {writer}'s subtree at leaf {start} is kept twice, differently")
-    except (KeyError, TypeError, ValueError) as exc:
+        read_kept_subtrees(signed.checkpoint, into)
+    except ValueError as exc:
         raise IntegrityError(f"expire checkpoint {signed.path.name}: malformed extra.{SUBTREES_KEY} ({exc})") from None

@@ -29,7 +29,7 @@ import pyarrow.parquet as pq
 
 from auditlake.collector.errors import IntegrityError
 from auditlake.collector.integrity.chain import canonical_column
-from auditlake.collector.integrity.checkpoint import FileEntry
+from auditlake.collector.integrity.checkpoint import SUBTREES_KEY, FileEntry
 from auditlake.collector.integrity.merkle import HASH_SIZE, aligned_subtrees, hash_leaves, tree_root
 from auditlake.collector.lake.cold import ColdIndex, partition_day
 from auditlake.collector.retention.checkpoints import CheckpointAppender
@@ -135,7 +135,7 @@ class Expirer:
             "policy": self.policy.as_json(),
             "legal_holds": [h.as_json() for h in self.policy.legal_holds],
             "ranges": ranges,
-            "subtrees": leaves.subtrees(),
+            SUBTREES_KEY: leaves.subtrees(),
         }
         cp = self.append_checkpoint("expire", [], removed, extra)
         fail_point("expire_checkpointed")

@@ -16,6 +16,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from auditlake.collector.integrity.chain import GENESIS, canonical_sql, null_check_sql
+from auditlake.collector.integrity.checkpoint import KeptSubtrees
 from auditlake.collector.integrity.merkle import CompactTree
 from auditlake.collector.integrity.verify.index import LakeScan
 from auditlake.collector.integrity.verify.listing import ExpectedFiles
@@ -54,10 +55,12 @@ class _Trees:
     missing or duplicated event: the sequence check names those) is not
     rebuilt."""
 
-    def __init__(self, heads: dict[str, list[TreeHead]], links: Links) -> None:
+    def __init__(self, heads: dict[str, list[TreeHead]], links: Links, kept: KeptSubtrees | None = None) -> None:
         self.heads = {w: sorted(h) for w, h in heads.items() if h}
         self.links = links
         self.trees: dict[str, CompactTree] = {}
+        #: Subtree roots expire checkpoints kept in place of expired events.
+        self.kept = kept or {}
 
     def stop(self, writer: str, why: str) -> None:
         self.links.trees_unchecked.setdefault(writer, why)
@@ -70,6 +73,9 @@ class _Trees:
         if not heads:
             return
         tree = self.trees.setdefault(writer, CompactTree())
+        self._fill(writer, tree, first_seq - 1)
+        if writer not in self.heads:
+            return
         if first_seq != tree.size + 1:
             self.stop(writer, f"its events do not run without a gap from seq 1 (seq {first_seq} follows "
                                f"{tree.size})")
@@ -82,6 +88,32 @@ class _Trees:
             at = max(at, size - start)
             self._check(writer, tree, size, root, name)
         tree.extend(leaves[at:])
+
+    def _fill(self, writer: str, tree: CompactTree, upto: int) -> None:
+        """Fold in the kept subtrees that start where the tree ends, up to
+        leaf ``upto``: events retention expired, known by their subtree's
+        signed root.  A head that ends inside a kept subtree cannot be
+        rebuilt (its leaves are gone) and is passed over; one at its edge is
+        checked."""
+        kept = self.kept.get(writer)
+        heads = self.heads.get(writer)
+        while kept and heads is not None and tree.size < upto and tree.size in kept:
+            size, root = kept[tree.size]
+            if tree.size + size > upto:
+                self.stop(writer, f"a kept subtree of leaves {tree.size}..{tree.size + size - 1} overlaps "
+                                  f"stored events (seq {upto + 1})")
+                return
+            try:
+                tree.append_subtree(size, root)
+            except ValueError as exc:
+                self.stop(writer, f"a kept subtree does not fit: {exc}")
+                return
+            while heads and heads[0][0] < tree.size:
+                inside = heads.pop(0)
+                if inside[0] == tree.size - size:
+                    continue  # checked at its size before this subtree
+            while heads and heads[0][0] == tree.size:
+                self._check(writer, tree, *heads.pop(0))
 
     def _check(self, writer: str, tree: CompactTree, size: int, root: bytes, name: str) -> None:
         self.links.tree_heads_checked += 1
@@ -144,7 +176,8 @@ def _events_sql(con: duckdb.DuckDBPyConnection, scan: LakeScan, keys: list[str],
 
 def hash_links(con: duckdb.DuckDBPyConnection, scan: LakeScan, keys: list[str], context: list[str],
                starts: dict[tuple[str, int], str], maybe_null: set[str], total: int,
-               progress: ProgressFn, tree_heads: dict[str, list[TreeHead]] | None = None) -> Links:
+               progress: ProgressFn, tree_heads: dict[str, list[TreeHead]] | None = None,
+               kept: KeptSubtrees | None = None) -> Links:
     """Check the link of every event of ``keys`` (``context`` files supply
     previous hashes only); ``total`` events are expected, for progress.
     With ``tree_heads`` (a whole-lake verify), also rebuild each writer's
@@ -154,7 +187,7 @@ def hash_links(con: duckdb.DuckDBPyConnection, scan: LakeScan, keys: list[str], 
     if query is None:
         return Links()
     links = Links()
-    trees = _Trees(tree_heads, links) if tree_heads else None
+    trees = _Trees(tree_heads, links, kept) if tree_heads else None
     walk = _LinkWalk(starts, failing, trees)
     last_report = time.monotonic()
     for batch in con.sql(query).to_arrow_reader(100_000):

@@ -16,6 +16,7 @@ import duckdb
 
 from auditlake.collector.config import load_toml
 from auditlake.collector.errors import ConfigError, StorageError
+from auditlake.collector.integrity.checkpoint import KeptSubtrees, read_kept_subtrees
 from auditlake.collector.integrity.verify.checkpoints import (
     ByWriter,
     PublicKeys,
@@ -170,6 +171,22 @@ class _Verification:
                     (head.tree_size, bytes.fromhex(head.tree_root), f"{_EXPECTED}{head.source}"))
         return heads
 
+    def _kept_subtrees(self, snap: _Snapshot) -> KeptSubtrees:
+        """The subtree roots expire checkpoints kept of expired events; a
+        malformed list is a broken contract."""
+        kept: KeptSubtrees = {}
+        for writer, seals in snap.writers.items():
+            for seal in sorted(seals):
+                signed = seals[seal]
+                if signed.checkpoint.kind != "expire":
+                    continue
+                try:
+                    read_kept_subtrees(signed.checkpoint, kept)
+                except ValueError as exc:
+                    self.report.add("bad_checkpoint", f"{signed.path.name}: malformed extra.subtrees ({exc})",
+                                    file=signed.path.name, writer_id=writer)
+        return kept
+
     def _report_trees(self, links: Links, snap: _Snapshot) -> None:
         self.report.tree_heads = links.tree_heads_checked
         # An event whose link fails is named already (changed_event and its
@@ -190,8 +207,9 @@ class _Verification:
                             f"writer {writer}'s stored events 1..{size} (root {actual})",
                             file=name, seq=size or None, writer_id=writer)
         for writer, why in sorted(links.trees_unchecked.items()):
-            if snap.expected.expired.get(writer):
-                why = "retention expired some of its events"
+            if snap.expected.expired.get(writer) and "kept subtree" not in why:
+                why = ("retention expired some of its events and no expire checkpoint kept their subtree "
+                       "roots (expired by an older version)")
             self.report.warnings.append(f"writer {writer}'s Merkle tree was not rebuilt: {why}")
 
     def run(self) -> VerifyReport:
@@ -274,7 +292,7 @@ class _Verification:
             con, scan, keys, [k for k in readable if k not in hashed],
             chain_starts(set(snap.writers), snap.expected), reads.maybe_null,
             sum(max(snap.disk[k].rows, 0) for k in keys), self.progress,
-            tree_heads=self._tree_heads(snap) if whole else None)
+            tree_heads=self._tree_heads(snap) if whole else None, kept=self._kept_subtrees(snap))
         self.report.events_hashed = links.hashed
         self._report_trees(links, snap)
         if links.failing:

@@ -1,8 +1,9 @@
 """Ingest: how events enter the collector.
 
 Owns: the gRPC ``AuditService`` with decoding, validation and backpressure
-(``receive``), tenant-scoped ingest keys (``keys``) and the inbox through
-which other commands add events (``inbox``).  Everything it accepts goes to
+(``receive``), OpenTelemetry's ``LogsService/Export`` mapped onto the same
+path (``otlp``, docs/otlp.md), tenant-scoped ingest keys (``keys``) and the
+inbox through which other commands add events (``inbox``).  Everything it accepts goes to
 the lake's write path (``lake.writer``), durable before it answers.
 
 Imports: ``lake``, ``integrity``, ``storage`` and the foundation.

@@ -27,6 +27,8 @@ private; their public names are re-exported here):
     _exceptions   the exception tree
     _http         what both middlewares share (client address, route rules)
     asgi, wsgi    the middleware
+    sqlalchemy    create/update/delete capture for SQLAlchemy models (optional)
+    django        the same for Django models, plus middleware and auth signals (optional)
     testing       an in-memory exporter and a pytest fixture for your tests
 """
 

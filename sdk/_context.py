@@ -252,6 +252,35 @@ class RequestActor:
         return amended
 
 
+class KnownRequestActor(RequestActor):
+    """A request's actor whose address, agent and id are known when the
+    request starts (WSGI, Django): they are plain values."""
+
+    __slots__ = ("_ip", "_request_id", "_user_agent")
+
+    def __init__(self, base: ActorFields, user_id: str | None, tenant_id: str | None, *,
+                 ip: str, user_agent: str, request_id: str) -> None:
+        super().__init__(base, user_id, tenant_id)
+        self._ip = ip
+        self._user_agent = user_agent
+        self._request_id = request_id
+
+    @property
+    def ip_address(self) -> str:
+        """The client address (trusted proxies applied)."""
+        return self._ip
+
+    @property
+    def user_agent(self) -> str:
+        """The request's User-Agent."""
+        return self._user_agent
+
+    @property
+    def request_id(self) -> str:
+        """The request id header, or a generated one."""
+        return self._request_id
+
+
 class AmendedActor:
     """One amended version of a request's actor: identity of its own, the
     request's address, agent and request id.  Never changes once made."""

@@ -35,7 +35,7 @@ from types import TracebackType
 from typing import Any
 
 from auditlake.sdk import _http
-from auditlake.sdk._context import ACTOR, Actor, ActorFields, RequestActor
+from auditlake.sdk._context import ACTOR, Actor, ActorFields, KnownRequestActor
 from auditlake.sdk._event import new_request_id
 from auditlake.sdk._http import (
     RouteRule,
@@ -59,39 +59,10 @@ WSGIApp = Callable[[Environ, StartResponse], Iterable[bytes]]
 Resolver = Callable[[Environ], Any]
 
 
-class _RequestActor(RequestActor):
+class _RequestActor(KnownRequestActor):
     """The actor of one WSGI request (address, agent and id worked out at once)."""
 
-    __slots__ = ("_ip", "_request_id", "_user_agent")
-
-    def __init__(
-        self,
-        base: ActorFields,
-        user_id: str | None,
-        tenant_id: str | None,
-        ip: str,
-        user_agent: str,
-        request_id: str,
-    ) -> None:
-        super().__init__(base, user_id, tenant_id)
-        self._ip = ip
-        self._user_agent = user_agent
-        self._request_id = request_id
-
-    @property
-    def ip_address(self) -> str:
-        """The client address (trusted proxies applied)."""
-        return self._ip
-
-    @property
-    def user_agent(self) -> str:
-        """The request's User-Agent."""
-        return self._user_agent
-
-    @property
-    def request_id(self) -> str:
-        """The request id header, or a generated one."""
-        return self._request_id
+    __slots__ = ()
 
     def framework_user(self) -> tuple[str | None, str | None] | None:
         """Flask-Login's ``current_user``, while Flask's request context is alive."""
@@ -211,7 +182,7 @@ class AuditMiddleware:
         if type(base) is not Actor:
             base = base.captured()
         actor = _RequestActor(
-            base, user_id, tenant_id, ip, environ.get("HTTP_USER_AGENT", ""), request_id
+            base, user_id, tenant_id, ip=ip, user_agent=environ.get("HTTP_USER_AGENT", ""), request_id=request_id
         )
         method = environ.get("REQUEST_METHOD", "GET")
         path = environ.get("PATH_INFO", "") or "/"

@@ -1,9 +1,11 @@
-"""The FastAPI and Flask examples record what their docstrings promise."""
+"""The FastAPI, Flask and Django examples record what their docstrings promise."""
 
 from __future__ import annotations
 
 import importlib.util
 import json
+import os
+import subprocess
 import sys
 from pathlib import Path
 from types import ModuleType
@@ -74,3 +76,36 @@ def test_flask_example_audits_reads_updates_denials_and_streams(memory: AuditEve
     assert json.loads(update["changes"]) == {"dob": {"before": "1912-06-23", "after": "1912-06-24"}}
     assert memory.assert_recorded(action="delete", resource_id="p1")["outcome"] == "denied"
     assert memory.assert_recorded(action="export")["outcome"] == "success"
+
+
+def test_django_example_lands_its_events_in_the_lake(collector, tmp_path: Path) -> None:  # noqa: ANN001
+    env = {**os.environ, "AUDITLAKE_ENDPOINT": collector.endpoint,
+           "AUDITLAKE_API_KEY": collector.api_key("acme-health"), "AUDITLAKE_SPOOL_DIR": str(tmp_path / "spool")}
+    env.pop("DJANGO_SETTINGS_MODULE", None)  # manage.py names its own
+    done = subprocess.run([sys.executable, str(EXAMPLES / "django_app" / "manage.py"), "demo"], env=env,
+                          capture_output=True, text=True, timeout=180)
+    assert done.returncode == 0, done.stderr
+    assert "delivered: yes" in done.stdout, done.stdout + done.stderr
+    recorded = int(done.stdout.split("recorded ")[1].split()[0])
+    assert collector.wait_for_count(recorded, "service = 'clinic-django'") == recorded
+    rows = collector.query("SELECT action, resource_type, resource_id, user_id, tenant_id, ip_address, "
+                           "changes, metadata FROM events WHERE service = 'clinic-django' ORDER BY created_at, id")
+    assert {r["tenant_id"] for r in rows} == {"acme-health"}
+    failed = next(r for r in rows if r["action"] == "login_failed")
+    assert (failed["user_id"], failed["ip_address"]) == ("dr.jones", "198.51.100.23")
+    login = next(r for r in rows if r["action"] == "login")
+    staff = {r["resource_id"]: json.loads(r["changes"]) for r in rows if r["resource_type"] == "auth.User"}
+    assert staff[login["user_id"]]["username"]["after"] == "dr.jones"
+    assert all(c["password"]["after"] == "[REDACTED]" for c in staff.values())
+    edits = [json.loads(r["changes"]) for r in rows if r["action"] == "update"]
+    assert edits == [
+        {"ward": {"before": "A", "after": "C"}, "diagnosis": {"before": "[REDACTED]", "after": "[REDACTED]"}},
+        {"ward": {"before": "B", "after": "discharged"}},  # the bulk discharge: one event per patient
+    ]
+    reads = [json.loads(r["metadata"]) for r in rows if r["action"] == "read"]
+    assert {"count": 3, "ids": ["1", "2", "3"]} in reads  # the ward list: one event naming the ids
+    deleted = next(r for r in rows if r["action"] == "delete")
+    assert json.loads(deleted["changes"])["ssn"] == {"before": "[REDACTED]", "after": None}
+    assert "internal_notes" not in json.dumps(rows)
+    acting = {r["user_id"] for r in rows if r["action"] in ("read", "update", "delete")}
+    assert acting == {login["user_id"]}

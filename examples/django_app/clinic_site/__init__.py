@@ -1,0 +1,1 @@
+"""The example clinic's Django project."""

@@ -1,0 +1,1 @@
+"""ORM integrations (SQLAlchemy, Django) tested on SQLite and a real PostgreSQL."""

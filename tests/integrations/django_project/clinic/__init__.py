@@ -1,0 +1,1 @@
+"""The test project's models: registered ones and their unregistered twins."""

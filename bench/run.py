@@ -21,8 +21,8 @@ sys.path.insert(0, str(ROOT / "bench"))
 from common import machine, table_text  # noqa: E402
 
 #: Benchmark modules, in table order; each has bench_rows(quick) -> rows.
-MODULES = ("e2e_bench", "sdk_bench", "ingest_bench", "isolation_bench", "verify_bench", "query_bench",
-           "retention_bench", "fleet_bench")
+MODULES = ("e2e_bench", "sdk_bench", "ingest_bench", "otlp_bench", "isolation_bench", "verify_bench", "query_bench",
+           "retention_bench", "fleet_bench", "streams_bench", "orm_bench")
 
 BEGIN, END = "<!-- BENCH:BEGIN -->", "<!-- BENCH:END -->"
 

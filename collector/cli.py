@@ -21,7 +21,15 @@ import time
 from types import FrameType
 
 from auditlake import __version__
-from auditlake.collector.config import add_data_arg, collector_config, config_path, data_umask, load_toml
+from auditlake.collector.config import (
+    add_data_arg,
+    add_tls_args,
+    collector_config,
+    config_path,
+    data_umask,
+    load_toml,
+    tls_overrides,
+)
 from auditlake.collector.errors import CollectorError
 from auditlake.collector.storage.datadir import DataDir
 
@@ -41,6 +49,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         http_listen=args.http_listen,
         seal_interval_s=args.seal_interval,
         checkpoint_mirror=args.checkpoint_mirror,
+        **tls_overrides(args),
     )
     collector = Collector(data, config)
     collector.config_toml = toml  # type: ignore[attr-defined]
@@ -57,7 +66,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     collector.start()
     http = collector.http.address if collector.http is not None else ""
     print(f"auditlake collector listening: grpc={collector.grpc_address}"
-          + (f" http=http://{http}" if http else ""), flush=True)
+          + (f" http={'https' if config.tls else 'http'}://{http}" if http else ""), flush=True)
     if args.ready_file:
         ready_file_write(args.ready_file, collector.grpc_address, http)
     collector.wait()
@@ -174,6 +183,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--seal-interval", type=float, metavar="SECONDS", help="seconds between seals (default 1)")
     p.add_argument("--checkpoint-mirror", metavar="DIR", help="second folder for signed checkpoints")
+    add_tls_args(p)
     p.add_argument("--ready-file", metavar="FILE", help=argparse.SUPPRESS)
     p.set_defaults(func=cmd_serve)
 

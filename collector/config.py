@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import ssl
 import tomllib
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
@@ -57,6 +58,16 @@ class CollectorConfig:
     max_concurrent_rpcs: int = 32
     #: Concurrent calls one client connection may open (HTTP/2 streams).
     max_streams_per_connection: int = 32
+    #: TLS for gRPC ingest and the admin HTTP listener: the server's
+    #: certificate (PEM, leaf first, then intermediates) and its private key
+    #: (PEM).  Both or neither; "" serves plain text.  Re-read when the files
+    #: change, so a renewed certificate needs no restart (docs/operations.md).
+    tls_cert: str = ""
+    tls_key: str = ""
+    #: PEM bundle of the CAs whose client certificates gRPC ingest accepts;
+    #: when set, every gRPC client must present one (mutual TLS).  The admin
+    #: listener asks for none: its users log in.
+    tls_client_ca: str = ""
 
     def __post_init__(self) -> None:
         for name in ("grpc_listen",):
@@ -78,6 +89,66 @@ class CollectorConfig:
         for name in ("grpc_workers", "max_message_bytes", "max_concurrent_rpcs", "max_streams_per_connection"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name} must be positive")
+        if bool(self.tls_cert) != bool(self.tls_key):
+            raise ConfigError("tls_cert and tls_key go together: give both (TLS) or neither (plain text)")
+        if self.tls_client_ca and not self.tls_cert:
+            raise ConfigError("tls_client_ca (mutual TLS) needs tls_cert and tls_key: the server's own certificate")
+
+    @property
+    def tls(self) -> ServerTls | None:
+        """The certificate files to serve with, or None for plain text."""
+        if not self.tls_cert:
+            return None
+        return ServerTls(Path(self.tls_cert), Path(self.tls_key),
+                         Path(self.tls_client_ca) if self.tls_client_ca else None)
+
+
+@dataclass(frozen=True)
+class ServerTls:
+    """The PEM files a TLS listener serves with: ``cert`` and ``key``, and
+    ``client_ca`` when clients must present a certificate (mutual TLS)."""
+
+    cert: Path
+    key: Path
+    client_ca: Path | None = None
+
+    def read(self) -> tuple[bytes, bytes, bytes | None]:
+        """(certificate chain, private key, client CA bundle or None) as
+        bytes; ConfigError naming the file that cannot be read or holds no PEM."""
+        cert = _read_pem(self.cert, "tls_cert", b"CERTIFICATE")
+        key = _read_pem(self.key, "tls_key", b"PRIVATE KEY")
+        ca = _read_pem(self.client_ca, "tls_client_ca", b"CERTIFICATE") if self.client_ca else None
+        try:
+            # The pair must match (a renewal replaces the two files one after
+            # the other); an encrypted key fails here rather than prompting.
+            ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER).load_cert_chain(self.cert, self.key, password=lambda: b"")
+        except (ssl.SSLError, OSError) as exc:
+            raise ConfigError(f"tls_cert {self.cert} and tls_key {self.key} cannot be used together "
+                              f"(a key of another certificate, or an encrypted key): {exc}") from exc
+        return cert, key, ca
+
+    def stamp(self) -> tuple[tuple[int, int], ...]:
+        """What changes when any of the files is replaced or rewritten
+        (modification time and size of each; (0, 0) for one that is missing)."""
+        out = []
+        for path in (self.cert, self.key, self.client_ca):
+            try:
+                st = path.stat() if path is not None else None
+            except OSError:
+                st = None
+            out.append((st.st_mtime_ns, st.st_size) if st is not None else (0, 0))
+        return tuple(out)
+
+
+def _read_pem(path: Path, setting: str, kind: bytes) -> bytes:
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"{setting}: cannot read {path}: {exc.strerror or exc}") from exc
+    # "BEGIN PRIVATE KEY", "BEGIN EC PRIVATE KEY", "BEGIN RSA PRIVATE KEY" all end so.
+    if b"-----BEGIN " not in data or kind + b"-----" not in data:
+        raise ConfigError(f"{setting}: {path} holds no PEM {kind.decode().lower()}")
+    return data
 
 
 def load_toml(path: Path | None) -> dict[str, Any]:
@@ -144,6 +215,21 @@ def add_data_arg(p: argparse.ArgumentParser) -> None:
         "several collectors; endpoint and credentials from the AWS environment or the "
         "[lake] table) or a folder (default: $AUDITLAKE_LAKE, else [lake] uri)",
     )
+
+
+def add_tls_args(p: argparse.ArgumentParser) -> None:
+    """``--tls-cert``, ``--tls-key`` and ``--tls-client-ca`` (``[collector]``
+    ``tls_cert``, ``tls_key``, ``tls_client_ca``; ``AUDITLAKE_TLS_CERT``, ...)."""
+    p.add_argument("--tls-cert", metavar="FILE",
+                   help="serve gRPC and the admin UI over TLS with this PEM certificate (chain)")
+    p.add_argument("--tls-key", metavar="FILE", help="the PEM private key of --tls-cert")
+    p.add_argument("--tls-client-ca", metavar="FILE",
+                   help="require gRPC clients to present a certificate signed by a CA in this PEM bundle (mTLS)")
+
+
+def tls_overrides(args: argparse.Namespace) -> dict[str, str | None]:
+    """The TLS arguments of ``add_tls_args`` as ``collector_config`` overrides."""
+    return {name: getattr(args, name, None) for name in ("tls_cert", "tls_key", "tls_client_ca")}
 
 
 def config_path(args: argparse.Namespace, default: Path) -> Path:

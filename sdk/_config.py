@@ -29,7 +29,7 @@ from typing import Any, Final, TypeVar
 
 from auditlake.sdk._event import ANONYMOUS_TENANT, reseed_ids
 from auditlake.sdk._exceptions import ConfigurationError, NotConfiguredError
-from auditlake.sdk._exporter import Exporter, GrpcExporter, parse_endpoint
+from auditlake.sdk._exporter import ClientTls, Exporter, GrpcExporter, parse_endpoint
 from auditlake.sdk._policies import BatchPolicy, FullPolicy, RetryPolicy, SpoolPolicy
 from auditlake.sdk._processor import BatchProcessor, DroppedEvents, ReplayResult, Stats
 from auditlake.sdk._spool import DEAD_LETTER_MAX_BYTES
@@ -61,6 +61,9 @@ SETTINGS: Final[dict[str, tuple[str, Callable[[str], Any], Any]]] = {
     "tenant_id": ("AUDITLAKE_TENANT_ID", str, ""),
     "anonymous_tenant": ("AUDITLAKE_ANONYMOUS_TENANT", str, ANONYMOUS_TENANT),
     "tls": ("AUDITLAKE_TLS", _boolean, False),
+    "tls_ca_file": ("AUDITLAKE_TLS_CA_FILE", str, ""),
+    "tls_cert_file": ("AUDITLAKE_TLS_CERT_FILE", str, ""),
+    "tls_key_file": ("AUDITLAKE_TLS_KEY_FILE", str, ""),
     "durable_timeout": ("AUDITLAKE_DURABLE_TIMEOUT", float, 5.0),
     "redact": ("AUDITLAKE_REDACT", _names, ()),
     "batch_max_size": ("AUDITLAKE_BATCH_MAX_SIZE", int, _BATCH.max_batch_size),
@@ -156,6 +159,12 @@ class Settings:
     #: (anonymous requests of a multi-tenant service); "" refuses them.
     anonymous_tenant: str = ANONYMOUS_TENANT
     tls: bool = False
+    #: PEM CA bundle to trust instead of the system roots; a client
+    #: certificate and its key for a collector that asks for one (mTLS).
+    #: Any of them turns TLS on.
+    tls_ca_file: str = ""
+    tls_cert_file: str = ""
+    tls_key_file: str = ""
     durable_timeout: float = 5.0
     redact: tuple[str, ...] = ()
     batch: BatchPolicy = field(default_factory=BatchPolicy)
@@ -294,6 +303,9 @@ def load_settings(
             tenant_id=str(values["tenant_id"]),
             anonymous_tenant=str(values["anonymous_tenant"]),
             tls=bool(values["tls"]),
+            tls_ca_file=_path_text(values["tls_ca_file"]),
+            tls_cert_file=_path_text(values["tls_cert_file"]),
+            tls_key_file=_path_text(values["tls_key_file"]),
             durable_timeout=float(values["durable_timeout"]),
             redact=tuple(values["redact"]),
             batch=batch,
@@ -331,6 +343,9 @@ def configure(
     tenant_id: str | None = None,
     anonymous_tenant: str | None = None,
     tls: bool | None = None,
+    tls_ca_file: str | os.PathLike[str] | None = None,
+    tls_cert_file: str | os.PathLike[str] | None = None,
+    tls_key_file: str | os.PathLike[str] | None = None,
     durable_timeout: float | None = None,
     redact: Sequence[str] | str | None = None,
     batch_max_size: int | None = None,
@@ -390,10 +405,14 @@ def configure(
         if otel_name:
             settings = _replace_service(settings, otel_name)
 
+    # The certificate files are read here, so a missing one is an error of
+    # configure(), not of a later export on the background thread.
+    tls_files = None if exporter is not None else _client_tls(settings)
+
     def make_exporter() -> Exporter:
         if exporter is not None:
             return exporter
-        return GrpcExporter(settings.endpoint, settings.api_key, tls=settings.tls)
+        return GrpcExporter(settings.endpoint, settings.api_key, tls=settings.tls, tls_files=tls_files)
 
     def service() -> str:
         return resource_service_name() or settings.service_name or "unknown_service"
@@ -417,6 +436,19 @@ def configure(
             atexit.register(_shutdown_at_exit)
             _atexit_registered = True
     return settings
+
+
+def _path_text(value: Any) -> str:
+    """A file setting as text, ``~`` expanded ("" stays unset)."""
+    return os.path.expanduser(str(value)) if value else ""
+
+
+def _client_tls(settings: Settings) -> ClientTls | None:
+    """The TLS files of ``settings``, read; None when none is set."""
+    try:
+        return ClientTls.from_files(settings.tls_ca_file, settings.tls_cert_file, settings.tls_key_file)
+    except ValueError as error:
+        raise ConfigurationError(str(error)) from error
 
 
 def _replace_service(settings: Settings, name: str) -> Settings:

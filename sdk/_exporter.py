@@ -17,7 +17,7 @@ import enum
 import json
 import re
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
 import grpc
@@ -138,12 +138,63 @@ def parse_endpoint(endpoint: str) -> tuple[str, bool]:
     return _with_port(text, endpoint), tls
 
 
-class GrpcExporter:
-    """Exports to ``AuditService.Export`` with a Bearer API key."""
+@dataclass(frozen=True, slots=True)
+class ClientTls:
+    """What a TLS channel to the collector is made with, read from the
+    settings' files: the CA bundle to trust (None: the system roots), and a
+    client certificate chain with its key for a collector that requires one
+    (mutual TLS).  All PEM bytes."""
 
-    def __init__(self, endpoint: str, api_key: str = "", *, tls: bool = False) -> None:
+    root_certificates: bytes | None = None
+    certificate_chain: bytes | None = None
+    private_key: bytes | None = None
+
+    @classmethod
+    def from_files(cls, ca_file: str = "", cert_file: str = "", key_file: str = "") -> ClientTls | None:
+        """The files read, or None when no file is named; ValueError
+        naming the setting whose file cannot be read or holds no PEM."""
+        if not (ca_file or cert_file or key_file):
+            return None
+        if bool(cert_file) != bool(key_file):
+            raise ValueError("tls_cert_file and tls_key_file: give both (a client certificate and its key, "
+                             "for mTLS) or neither")
+        return cls(
+            _pem("tls_ca_file", ca_file, b"CERTIFICATE") if ca_file else None,
+            _pem("tls_cert_file", cert_file, b"CERTIFICATE") if cert_file else None,
+            _pem("tls_key_file", key_file, b"PRIVATE KEY") if key_file else None,
+        )
+
+    def credentials(self) -> grpc.ChannelCredentials:
+        """gRPC channel credentials of these certificates."""
+        return grpc.ssl_channel_credentials(self.root_certificates, self.private_key, self.certificate_chain)
+
+
+def _pem(setting: str, path: str, kind: bytes) -> bytes:
+    try:
+        with open(path, "rb") as handle:
+            data = handle.read()
+    except OSError as error:
+        raise ValueError(f"{setting}: cannot read {path}: {error.strerror or error}") from error
+    if b"-----BEGIN " not in data or kind + b"-----" not in data:
+        raise ValueError(f"{setting}: {path} holds no PEM {kind.decode().lower()}")
+    return data
+
+
+#: What gRPC says when the collector's certificate is not trusted (or a
+#: client certificate is refused): its message then gets a hint.
+_TLS_FAILURE = ("handshake", "certificate", "ssl")
+
+
+class GrpcExporter:
+    """Exports to ``AuditService.Export`` with a Bearer API key, over TLS
+    when ``tls`` is set, the endpoint says ``https://``, or ``tls_files``
+    (a CA to trust, a client certificate) are given."""
+
+    def __init__(self, endpoint: str, api_key: str = "", *, tls: bool = False,
+                 tls_files: ClientTls | None = None) -> None:
         self.endpoint, secure = parse_endpoint(endpoint)
-        self._tls = tls or secure
+        self._tls = tls or secure or tls_files is not None
+        self._tls_files = tls_files or ClientTls()
         self._metadata: tuple[tuple[str, str], ...] = (
             (("authorization", f"Bearer {api_key}"),) if api_key else ()
         )
@@ -168,9 +219,7 @@ class GrpcExporter:
             ("grpc.service_config", _ROUND_ROBIN),
         ]
         if self._tls:
-            self._channel = grpc.secure_channel(
-                self.endpoint, grpc.ssl_channel_credentials(), options=options
-            )
+            self._channel = grpc.secure_channel(self.endpoint, self._tls_files.credentials(), options=options)
         else:
             self._channel = grpc.insecure_channel(self.endpoint, options=options)
         self._stub = audit_pb2_grpc.AuditServiceStub(self._channel)  # type: ignore[no-untyped-call]
@@ -182,10 +231,27 @@ class GrpcExporter:
         try:
             response = stub.Export(request, timeout=timeout, metadata=self._metadata)
         except grpc.RpcError as error:
-            return result_from_error(error)
+            result = result_from_error(error)
+            hint = self._tls_hint(result) if self._tls and result.code == "UNAVAILABLE" else ""
+            return replace(result, message=f"{result.message} ({hint})") if hint else result
         return ExportResult(
             ExportStatus.OK, accepted=int(response.accepted), duplicate=bool(response.duplicate)
         )
+
+    def _tls_hint(self, result: ExportResult) -> str:
+        """What to check when a TLS channel did not come up: gRPC's words
+        for a failed handshake are OpenSSL's."""
+        text = result.message.lower()
+        if any(word in text for word in _TLS_FAILURE):
+            return ("TLS: the collector's certificate is not signed by a CA this client trusts, or names "
+                    "another host; set tls_ca_file to the CA that signed it. A collector that requires "
+                    "client certificates also needs tls_cert_file and tls_key_file")
+        if "socket closed" in text:
+            # A collector requiring client certificates hangs up on a client
+            # without one (or with one from a CA it does not accept).
+            return ("TLS: if the collector requires client certificates (mutual TLS), set tls_cert_file "
+                    "and tls_key_file to a certificate signed by a CA of its tls_client_ca")
+        return ""
 
     def close(self) -> None:
         """Close the channel (a new one is made if export is called again)."""

@@ -16,7 +16,7 @@ from starlette.applications import Starlette
 from starlette.routing import BaseRoute, Mount
 from starlette.staticfiles import StaticFiles
 
-from auditlake.collector.admin.routes import api, auth, events, export, integrity, search, users
+from auditlake.collector.admin.routes import api, auth, events, export, integrity, search, streams, users
 from auditlake.collector.admin.routes.context import AdminContext
 from auditlake.collector.admin.routes.errors import not_allowed, not_found
 from auditlake.collector.admin.routes.pages import template_env
@@ -70,6 +70,7 @@ def build_app(server: AdminServer) -> SecurityHeaders:
         *integrity.ROUTES,
         *users.ROUTES,
         *api.ROUTES,
+        *streams.ROUTES,
         Mount("/static", StaticFiles(directory=str(_HERE / "static")), name="static"),
     ]
     app = Starlette(routes=routes, exception_handlers={404: not_found, 405: not_allowed})

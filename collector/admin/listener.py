@@ -1,13 +1,20 @@
 """The admin server's listening socket: bound by the collector itself (so
 "cannot listen" is its error, at once, and the port is never free for anyone
 else to take while the admin process starts or restarts) and handed to the
-admin process as an inherited file descriptor."""
+admin process as an inherited file descriptor.  With ``tls_cert`` and
+``tls_key`` set, the admin process serves HTTPS on it (``HttpsContext``)."""
 
 from __future__ import annotations
 
+import logging
 import socket
+import ssl
+import threading
 
+from auditlake.collector.config import ServerTls
 from auditlake.collector.errors import ConfigError
+
+log = logging.getLogger(__name__)
 
 
 def bind_listener(listen: str) -> socket.socket:
@@ -35,3 +42,48 @@ def address_of(sock: socket.socket) -> str:
     """``host:port`` (``[host]:port`` for IPv6) a listening socket is bound to."""
     host, port = sock.getsockname()[:2]
     return f"[{host}]:{port}" if sock.family == socket.AF_INET6 else f"{host}:{port}"
+
+
+class HttpsContext:
+    """The TLS context of the admin listener, from ``[collector]``'s
+    certificate files: TLS 1.2 or newer, no client certificate asked (the
+    admin UI has its own logins).  ``start_watching`` re-reads the files when
+    they change, so new connections get a renewed certificate without a
+    restart; files that cannot be used yet keep the previous one."""
+
+    def __init__(self, tls: ServerTls) -> None:
+        tls.read()  # a clear ConfigError naming the file, before the ssl module's own
+        self.tls = tls
+        self.context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        self.context.minimum_version = ssl.TLSVersion.TLSv1_2
+        self.context.load_cert_chain(tls.cert, tls.key, password=lambda: b"")
+        self._stamp = tls.stamp()
+        self._stop = threading.Event()
+
+    def refresh(self) -> bool:
+        """Load the files again if they changed; True when it did."""
+        stamp = self.tls.stamp()
+        if stamp == self._stamp:
+            return False
+        try:
+            self.tls.read()
+            self.context.load_cert_chain(self.tls.cert, self.tls.key, password=lambda: b"")
+        except (ConfigError, ssl.SSLError, OSError) as exc:
+            log.warning("TLS certificate files changed but cannot be used yet (%s); "
+                        "the admin listener still serves the previous certificate", exc)
+            return False
+        self._stamp = stamp
+        log.info("TLS certificate files changed: the admin listener serves the renewed certificate")
+        return True
+
+    def start_watching(self, interval_s: float = 10.0) -> None:
+        """Check the files every ``interval_s`` in a background thread until stop()."""
+        def watch() -> None:
+            while not self._stop.wait(interval_s):
+                self.refresh()
+
+        threading.Thread(target=watch, name="auditlake-https-reload", daemon=True).start()
+
+    def stop(self) -> None:
+        """Stop watching the files."""
+        self._stop.set()

@@ -44,28 +44,32 @@ class AdminProcess:
     the same address, at most once every few seconds."""
 
     def __init__(self, proc: subprocess.Popen[bytes], listener: socket.socket, data: DataDir,
-                 config_file: Path | None) -> None:
+                 config_file: Path | None, env: dict[str, str] | None = None) -> None:
         self.proc = proc
         self._listener = listener
         #: ``host:port`` the child serves on.
         self.address = address_of(listener)
         self._data = data
         self._config_file = config_file
+        #: Variables the child is started with (again, after a crash).
+        self._env = env
         self._stopping = threading.Event()
         self._watch = threading.Thread(target=self._keep_running, name="auditlake-admin-watch", daemon=True)
         self._watch.start()
 
     @classmethod
-    def start(cls, data: DataDir, listen: str, config_file: Path | None, timeout_s: float = 30.0) -> AdminProcess:
+    def start(cls, data: DataDir, listen: str, config_file: Path | None, timeout_s: float = 30.0,
+              env: dict[str, str] | None = None) -> AdminProcess:
         """Bind ``listen`` here, start the child on that socket and wait until
-        it serves (ConfigError if either fails)."""
+        it serves (ConfigError if either fails).  ``env``: variables set for
+        the child only (e.g. certificate files given on the command line)."""
         listener = bind_listener(listen)
         try:
-            proc = _spawn(data, listener, config_file, timeout_s)
+            proc = _spawn(data, listener, config_file, timeout_s, env)
         except BaseException:
             listener.close()
             raise
-        return cls(proc, listener, data, config_file)
+        return cls(proc, listener, data, config_file, env)
 
     def _keep_running(self) -> None:
         while not self._stopping.is_set():
@@ -77,7 +81,7 @@ class AdminProcess:
             log.error("the admin server exited (%s); starting it again on %s", code, self.address)
             self._stopping.wait(3.0)
             try:
-                self.proc = _spawn(self._data, self._listener, self._config_file, 30.0)
+                self.proc = _spawn(self._data, self._listener, self._config_file, 30.0, self._env)
             except ConfigError:
                 log.exception("the admin server could not be started again; the admin UI is down")
                 return
@@ -100,7 +104,7 @@ class AdminProcess:
 
 
 def _spawn(data: DataDir, listener: socket.socket, config_file: Path | None,
-           timeout_s: float) -> subprocess.Popen[bytes]:
+           timeout_s: float, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
     """Start ``admin-serve`` on the inherited ``listener``; the process once it serves."""
     ready = data.state / f"admin-{os.getpid()}.ready"
     ready.unlink(missing_ok=True)
@@ -112,7 +116,8 @@ def _spawn(data: DataDir, listener: socket.socket, config_file: Path | None,
         cmd += ["--config", str(config_file)]
     # stdin is a pipe the child watches: when this process dies, it sees
     # EOF and exits too (no orphaned admin server).
-    proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, pass_fds=(listener.fileno(),))
+    proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, pass_fds=(listener.fileno(),),
+                            env={**os.environ, **env} if env else None)
     deadline = time.monotonic() + timeout_s
     while not ready.exists():
         if proc.poll() is not None:

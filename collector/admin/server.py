@@ -6,6 +6,12 @@ Routes (HTML unless under /api/): ``/login``, ``/logout`` (POST), ``/`` search,
 (API tokens), ``/users`` (admins); ``/api/v1/events``, ``/api/v1/events/{id}``,
 ``/api/v1/stats``, ``/api/v1/export``, ``/api/v1/exports/{eid}[/manifest]``,
 ``/api/v1/integrity``, ``/api/v1/openapi.json``.  docs/admin.md describes them.
+Beside them, without a login, for operators' tools: ``/metrics`` (Prometheus
+text: the collector process's families, asked through its status socket,
+and this process's integrity status), ``/healthz`` (liveness: the collector
+process answers) and ``/readyz`` (readiness: it takes events); see
+``OpsEndpoints`` and docs/operations.md.  With ``tls_cert`` and ``tls_key``
+in ``[collector]`` the listener speaks HTTPS only.
 
 Every read (search page, detail, API call, export) is recorded as an event
 (readaudit.py) with the reader's name, the filter and the rows returned.
@@ -16,6 +22,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import ipaddress
+import json
 import logging
 import os
 import queue
@@ -30,7 +37,8 @@ from typing import Any
 
 from auditlake.collector.admin.deadline import deadline_protocol
 from auditlake.collector.admin.export_runs import ExportRegistry
-from auditlake.collector.admin.listener import address_of, bind_listener
+from auditlake.collector.admin.listener import HttpsContext, address_of, bind_listener
+from auditlake.collector.config import ServerTls
 from auditlake.collector.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -131,6 +139,8 @@ class IntegrityMonitor:
         self.data = data
         self.interval_s = interval_s
         self.status: dict[str, Any] = {"state": "pending", "ok": None, "time": None}
+        #: Unix time the last verification ended (0: none yet), for /metrics.
+        self.finished_at = 0.0
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._running = threading.Lock()
@@ -178,6 +188,7 @@ class IntegrityMonitor:
             status.update(state="done", time=_iso_now(), seconds=round(time.time() - started, 2),
                           heads=self.heads())
             self.status = status
+            self.finished_at = time.time()
             return status
 
     def _verify(self) -> dict[str, Any]:
@@ -369,7 +380,16 @@ class AdminServer:
         self._thread: threading.Thread | None = None
         self._socket: socket.socket | None = None
         self.address = ""
-        self.app = build_app(self)
+        #: The certificate files of HTTPS (None: plain HTTP).
+        self.tls = _served_tls(collector, toml)
+        self._https: HttpsContext | None = None
+        #: How to ask the collector process for "metrics" and "health" (None:
+        #: there is none, a read-only server).
+        self.ask_collector: Callable[[str], bytes] | None = (
+            None if isinstance(collector, _ReadOnlyHost) else _status_socket_of(self.data))
+        #: This process's own metrics (the integrity status), apart from any other registry.
+        self.metrics_registry = _admin_registry(self)
+        self.app = OpsEndpoints(build_app(self), self)
 
     @classmethod
     def for_reading(cls, data: Any, *, listen: str = "127.0.0.1:0", users_dir: Path | None = None) -> AdminServer:
@@ -398,11 +418,21 @@ class AdminServer:
         # (the TLS terminator): the client address feeds login throttling and
         # the meta-audit events, the scheme the cookie's Secure flag.
         proxies = list(self.config.trusted_proxies)
+        https: dict[str, Any] = {}
+        if self.tls is not None:
+            self._https = HttpsContext(self.tls)
+            https = {"ssl_certfile": str(self.tls.cert), "ssl_keyfile": str(self.tls.key)}
         config = uvicorn.Config(self.app, log_level="warning", lifespan="off", access_log=False,
                                 proxy_headers=bool(proxies), forwarded_allow_ips=proxies or None,
                                 server_header=False, timeout_graceful_shutdown=3,
                                 http=deadline_protocol(self.config.request_timeout_s),
-                                limit_concurrency=self.config.max_connections)
+                                limit_concurrency=self.config.max_connections, **https)
+        if self._https is not None:
+            # Our context (TLS 1.2 at least, re-read when the files change)
+            # in place of the one uvicorn builds from the same files.
+            config.load()
+            config.ssl = self._https.context
+            self._https.start_watching()
         self._server = uvicorn.Server(config)
         # uvicorn installs signal handlers only on the main thread; ours is not.
         self._thread = threading.Thread(target=self._server.run, kwargs={"sockets": [sock]},
@@ -414,11 +444,13 @@ class AdminServer:
         self.audit_writer.start()
         if self.verify_in_background:
             self.integrity.start()
-        log.info("admin UI on http://%s", self.address)
+        log.info("admin UI on %s://%s", "https" if self.tls is not None else "http", self.address)
 
     def stop(self) -> None:
         """Stop serving (in-flight requests get a few seconds)."""
         self.integrity.stop()
+        if self._https is not None:
+            self._https.stop()
         if self._server is not None:
             self._server.should_exit = True
         if self._thread is not None:
@@ -495,6 +527,128 @@ class AdminServer:
                                                      int(time.time() * 1_000_000), table))
         if durable is not None:
             durable.result()
+
+
+# -- TLS, metrics and health ------------------------------------------------------
+
+
+def _served_tls(collector: Any, toml: dict[str, Any]) -> ServerTls | None:
+    """The certificate files this listener serves with: the running
+    collector's, else (in the admin process, whose host carries no
+    settings) ``[collector]`` of the TOML file and ``AUDITLAKE_TLS_*``."""
+    tls: ServerTls | None = getattr(collector.config, "tls", None)
+    if tls is not None or isinstance(collector, _ReadOnlyHost):
+        return tls
+    from auditlake.collector.config import collector_config  # noqa: PLC0415
+
+    return collector_config(toml).tls
+
+
+def _status_socket_of(data: Any) -> Callable[[str], bytes]:
+    """Asks the collector process of ``data`` through its status socket."""
+    from auditlake.collector.ingest.status_socket import ask  # noqa: PLC0415
+
+    state = Path(data.state)
+    return lambda what: ask(state, what)
+
+
+def _admin_registry(server: AdminServer) -> Any:
+    """A registry of this process's families: the last integrity
+    verification the admin shows (``/integrity``), read at each scrape."""
+    from prometheus_client import CollectorRegistry  # noqa: PLC0415
+    from prometheus_client.core import GaugeMetricFamily  # noqa: PLC0415
+    from prometheus_client.registry import Collector  # noqa: PLC0415
+
+    class IntegrityGauges(Collector):
+        """The integrity monitor's last result."""
+
+        def describe(self) -> list[Any]:
+            return []
+
+        def collect(self) -> Any:
+            status = server.integrity.status
+            monitor = server.integrity
+            if status.get("ok") is not None:  # a verification that ran to the end
+                yield GaugeMetricFamily("auditlake_integrity_ok", "1 when the last verification of the lake "
+                                        "found no problem, 0 when it found some", value=int(bool(status["ok"])))
+                yield GaugeMetricFamily("auditlake_integrity_problems", "Problems the last verification found",
+                                        value=int(status.get("problem_count", len(status.get("problems", [])))))
+            yield GaugeMetricFamily("auditlake_integrity_last_verify_timestamp_seconds", "Unix time the last "
+                                    "verification ended (0: none yet)", value=monitor.finished_at)
+            yield GaugeMetricFamily("auditlake_integrity_verify_seconds", "Seconds the last verification took",
+                                    value=float(status.get("seconds") or 0.0))
+            yield GaugeMetricFamily("auditlake_integrity_running", "1 while a verification runs",
+                                    value=int(status.get("state") == "running"))
+
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(IntegrityGauges())
+    return registry
+
+
+class OpsEndpoints:
+    """Pure ASGI: ``/metrics``, ``/healthz`` and ``/readyz`` answered before
+    the admin app (no login, no session), everything else passed on.
+
+    /metrics is readable without credentials, as Prometheus expects: it
+    holds counts, sizes and times, never a tenant, user, key or event
+    (ingest/metrics.py keeps it so); an operator who must hide even those
+    keeps the listener private or filters the path at the proxy
+    (docs/operations.md)."""
+
+    PATHS = ("/metrics", "/healthz", "/readyz")
+
+    def __init__(self, app: Callable[..., Any], server: AdminServer) -> None:
+        self.app = app
+        self.server = server
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http" or scope["path"] not in self.PATHS:
+            await self.app(scope, receive, send)
+            return
+        from starlette.concurrency import run_in_threadpool  # noqa: PLC0415
+
+        if scope["method"] not in ("GET", "HEAD"):
+            status, body, content_type = 405, b"GET only\n", "text/plain; charset=utf-8"
+        else:
+            # The collector is asked over a socket: off the event loop.
+            status, body, content_type = await run_in_threadpool(self.answer, scope["path"])
+        await send({"type": "http.response.start", "status": status, "headers": [
+            (b"content-type", content_type.encode()), (b"cache-control", b"no-store"),
+            (b"x-content-type-options", b"nosniff"), (b"content-length", str(len(body)).encode())]})
+        await send({"type": "http.response.body", "body": b"" if scope["method"] == "HEAD" else body})
+
+    def answer(self, path: str) -> tuple[int, bytes, str]:
+        """(status, body, content type) of one of PATHS."""
+        ask = self.server.ask_collector
+        if path == "/metrics":
+            from prometheus_client import generate_latest  # noqa: PLC0415
+
+            from auditlake.collector.ingest.metrics import CONTENT_TYPE  # noqa: PLC0415
+
+            collector = b""
+            if ask is not None:
+                try:
+                    collector = ask("metrics")
+                except OSError as exc:
+                    log.warning("/metrics: the collector process does not answer (%s)", exc)
+            reachable = (b"# HELP auditlake_collector_reachable 1 when the collector process answered this "
+                         b"scrape (its families are above)\n# TYPE auditlake_collector_reachable gauge\n"
+                         b"auditlake_collector_reachable " + (b"1" if collector else b"0") + b"\n")
+            own = generate_latest(self.server.metrics_registry)
+            return 200, collector + own + (reachable if ask is not None else b""), CONTENT_TYPE
+        if ask is None:  # a read-only server: no ingest to wait for
+            health: dict[str, Any] = {"ready": True, "phase": "read-only", "reason": ""}
+        else:
+            try:
+                health = json.loads(ask("health"))
+            except (OSError, ValueError) as exc:
+                health = {"ready": False, "phase": "unreachable",
+                          "reason": f"the collector process does not answer: {exc}"}
+        if path == "/healthz":  # alive: the collector process answered, whatever it said
+            alive = health["phase"] != "unreachable"
+            body = {"ok": True} if alive else {"ok": False, "reason": health["reason"]}
+            return (200 if alive else 503), (json.dumps(body) + "\n").encode(), "application/json"
+        return (200 if health.get("ready") else 503), (json.dumps(health) + "\n").encode(), "application/json"
 
 
 # -- the ASGI app ---------------------------------------------------------------------

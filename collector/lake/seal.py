@@ -145,6 +145,9 @@ class Sealer:
         self._inflight_rows = 0
         self._stop = False
         self._thread: threading.Thread | None = None
+        #: Called (on the sealing thread) after seals committed new events:
+        #: readers of the lake that would otherwise poll (streams).
+        self.on_sealed: list[Callable[[], None]] = []
         self.recent_ids = RecentEventIds(self.policy.dedupe_window_events)
         #: Writes each seal's files while the next seal is hashed.
         self.stager = Stager(self.lake, self.writer_id)
@@ -211,6 +214,12 @@ class Sealer:
             if self._pending_rows >= self.policy.max_rows:
                 self._lock.notify()
 
+    def oldest_pending_us(self) -> int | None:
+        """When the oldest queued (not yet taken) batch was received, in
+        microseconds since the epoch; None when nothing waits."""
+        with self._lock:
+            return self._pending[0][0].received_at_us if self._pending else None
+
     @property
     def pending_rows(self) -> int:
         """Events acknowledged (in the WAL) and not yet sealed."""
@@ -255,8 +264,15 @@ class Sealer:
         while True:
             n = self._seal_round()
             if n < 0:
-                return total
+                break
             total += n
+        if total:
+            for listener in self.on_sealed:
+                try:
+                    listener()
+                except Exception:  # noqa: BLE001 - a reader's wake-up must never stop sealing
+                    log.exception("a listener of new seals failed")
+        return total
 
     def _seal_round(self) -> int:
         """Seal the queued batches, one seal after another, overlapping each

@@ -92,13 +92,23 @@ def _schedule(collector: Any, policy: RetentionPolicy, stop: threading.Event) ->
                 report = run_in_collector(collector, policy, dry_run=bool(body.get("dry_run")), cancel=stop)
                 _write_json(req.with_suffix(".result"), {"text": report.text(), "error": report.error})
                 req.unlink()
+                _count_run(collector, ok=not report.error)
             elif time.monotonic() >= next_run:
                 report = run_in_collector(collector, policy, cancel=stop)
                 log.info("%s", report.text().rstrip())
                 next_run = time.monotonic() + interval
+                _count_run(collector, ok=not report.error)
         except Exception:  # noqa: BLE001 - the next tick retries; nothing is lost
             log.exception("retention run failed; it will be retried")
             next_run = time.monotonic() + min(interval or 60.0, 60.0)
+            _count_run(collector, ok=False)
+
+
+def _count_run(collector: Any, *, ok: bool) -> None:
+    """Count a run in the collector's metrics (auditlake_retention_runs_total)."""
+    metrics = getattr(collector, "metrics", None)
+    if metrics is not None:
+        metrics.retention_run(ok)
 
 
 def finish_interrupted_moves(data: DataDir) -> int:

@@ -1,7 +1,7 @@
 """The collector's folders are its architecture: imports point one way.
 
     cli, server                 tie everything together (may import anything)
-    admin        retention      read the lake; neither imports the other
+    admin   retention   streams read the lake; none imports another
     ingest                      gRPC in, validation, keys, inbox
     lake                        WAL, sealing, Parquet files, compaction, the query view
     integrity                   chain encoding, checkpoints, signing, verify
@@ -25,7 +25,7 @@ PREFIX = "auditlake.collector"
 
 FOUNDATION = {"errors", "config", "schema"}
 TOP = {"cli", "server", "__main__"}
-LAYER = {"storage": 1, "integrity": 2, "lake": 3, "ingest": 4, "retention": 5, "admin": 5}
+LAYER = {"storage": 1, "integrity": 2, "lake": 3, "ingest": 4, "retention": 5, "admin": 5, "streams": 5}
 
 
 def _owner(module: Path) -> str:

@@ -6,7 +6,6 @@
 - the Merkle proof routes of ``proofs.py`` (``/api/v1/events/{id}/proof``,
   ``/api/v1/proofs/consistency``, ``/api/v1/checkpoints/...``), served with these
 - ``GET /api/v1/openapi.json``: the OpenAPI document (no sign-in)
-- ``GET /healthz``: liveness (no sign-in)
 
 Exports and integrity have their own modules (export.py, integrity.py).
 """
@@ -128,13 +127,7 @@ async def openapi(request: Request) -> Response:
     return JSONResponse(document())
 
 
-async def healthz(request: Request) -> Response:
-    """Liveness: the server answers."""
-    return JSONResponse({"ok": True})
-
-
 ROUTES: list[BaseRoute] = [
-    Route("/healthz", healthz),
     Route("/api/v1/openapi.json", openapi),
     Route("/api/v1/events", events),
     Route("/api/v1/events/{id}", event),

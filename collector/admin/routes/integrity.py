@@ -1,6 +1,7 @@
 """Integrity routes: the result of the last verification of the lake.
 
 - ``GET /integrity``: the status page, with each writer's newest signed chain head
+  and each stream's lag (docs/streams.md)
 - ``POST /integrity/verify``: start a verification now (admins)
 - ``GET /api/v1/integrity``: the status as JSON
 
@@ -21,13 +22,16 @@ from auditlake.collector.admin.routes.csrf import read_form, session_token_ok
 from auditlake.collector.admin.routes.errors import api_endpoint, ui_endpoint
 from auditlake.collector.admin.routes.pages import page, status_for
 from auditlake.collector.admin.routes.principal import Principal
+from auditlake.collector.admin.routes.streams import stream_statuses
 
 
 @ui_endpoint
 async def integrity_page(request: Request, who: Principal) -> Response:
     """The status page (the status itself is on every page, in the header)."""
     heads = await run_in_threadpool(admin_context(request).integrity.heads) if who.user.is_admin else []
-    return page("integrity.html", request, who, heads=heads)
+    # Stream lags tell every tenant's event volume too: admins only.
+    streams = stream_statuses(admin_context(request).data.root) if who.user.is_admin else []
+    return page("integrity.html", request, who, heads=heads, streams=streams)
 
 
 @ui_endpoint

@@ -47,6 +47,7 @@ from auditlake.collector.admin.search import Filter, LakeReader, iso, where
 from auditlake.collector.errors import ConfigError
 from auditlake.collector.integrity.checkpoint import canonical_json, read_checkpoints
 from auditlake.collector.integrity.signing import SigningKey
+from auditlake.collector.lake.encode import OCSF_JSON, RFC3339, string_values
 from auditlake.collector.lake.files import EVENTS
 from auditlake.collector.schema import COLUMNS, EVENT_SCHEMA
 from auditlake.collector.storage.datadir import DataDir
@@ -60,7 +61,7 @@ EXTENSIONS = {"csv": "csv", "jsonl": "jsonl", "ocsf": "ocsf.jsonl"}
 MANIFEST_VERSION = 1
 _BATCH_ROWS = 64 * 1024
 #: OCSF rows are ~10x larger once encoded (nested JSON per row): smaller
-#: chunks keep one export's memory near a megabyte and let a hung-up
+#: chunks keep one export's memory to a few megabytes and let a hung-up
 #: download stop within a chunk.
 _OCSF_BATCH_ROWS = 2 * 1024
 _TIME_COLUMNS = tuple(f.name for f in EVENT_SCHEMA if pa.types.is_timestamp(f.type))
@@ -114,18 +115,23 @@ def neutralize(cell: str) -> str:
 
 def _select_list(fmt: str) -> str:
     """Columns as the encoders want them: for CSV, DuckDB writes timestamps
-    as ISO 8601 text and neutralises formula cells."""
+    as ISO 8601 text and neutralises formula cells; for JSON lines and OCSF,
+    one finished line per row (the OCSF mapping is the lake's ``OCSF_JSON``,
+    the streams' too)."""
+    # DuckDB writes each line in C++, in parallel with the scan: many times
+    # faster than json.dumps per row in Python.
     if fmt == "jsonl":
-        # DuckDB writes the JSON (in C++, in parallel): ~6x faster than json.dumps per row.
-        members = [f"'{c}': strftime({c}, '%Y-%m-%dT%H:%M:%S.%fZ')" if c in _TIME_COLUMNS else f"'{c}': {c}"
+        members = [f"'{c}': strftime({c}, '{RFC3339}')" if c in _TIME_COLUMNS else f"'{c}': {c}"
                    for c in COLUMNS]
-        return "to_json({" + ", ".join(members) + "}) AS line"
+        return "concat(to_json({" + ", ".join(members) + "}), '\n') AS line"
+    if fmt == "ocsf":
+        return f"concat({OCSF_JSON}, '\n') AS line"
     if fmt != "csv":
         return ", ".join(COLUMNS)
     out = []
     for f in EVENT_SCHEMA:
         if f.name in _TIME_COLUMNS:
-            out.append(f"strftime({f.name}, '%Y-%m-%dT%H:%M:%S.%fZ') AS {f.name}")
+            out.append(f"strftime({f.name}, '{RFC3339}') AS {f.name}")
         elif pa.types.is_string(f.type):
             out.append(f"{neutralize_sql(f.name)} AS {f.name}")
         else:
@@ -143,132 +149,33 @@ class CsvEncoder:
                         pacsv.WriteOptions(include_header=True, eol="\r\n"))
         return bytes(buf.getvalue().to_pybytes())
 
-    def encode(self, batch: pa.RecordBatch) -> bytes:
+    def encode(self, batches: list[pa.RecordBatch]) -> bytes:
+        # one write for the chunk: DuckDB's batches are a few thousand rows each
+        table = pa.Table.from_batches(batches).combine_chunks()
         buf = pa.BufferOutputStream()
-        pacsv.write_csv(batch, buf, pacsv.WriteOptions(include_header=False, eol="\r\n",
+        pacsv.write_csv(table, buf, pacsv.WriteOptions(include_header=False, eol="\r\n",
                                                        quoting_style="all_valid"))
         return bytes(buf.getvalue().to_pybytes())
 
 
-class JsonlEncoder:
-    """One JSON object per line, the stored columns as they are (the lines
-    come ready-made from DuckDB: ``_select_list("jsonl")``)."""
+class LineEncoder:
+    """One line per row, made by DuckDB in the scan (``_select_list``: JSON
+    lines or OCSF, each ending in a newline): a chunk is the result column's
+    text as it stands, with no Python object per row."""
 
     def header(self) -> bytes:
         return b""
 
-    def encode(self, batch: pa.RecordBatch) -> bytes:
-        lines = batch.column(0).to_pylist()
-        return ("\n".join(lines) + "\n").encode() if lines else b""
+    def encode(self, batches: list[pa.RecordBatch]) -> bytes:
+        return b"".join(view for b in batches for view in string_values(b.column(0)))
 
 
-#: OCSF activity ids of API Activity (6003) by our action, CRUD first.
-_API_ACTIVITY = {"create": (1, "Create"), "read": (2, "Read"), "update": (3, "Update"),
-                 "delete": (4, "Delete")}
-#: Actions that are OCSF Authentication (3002): activity id and name.
-_AUTH_ACTIVITY = {"login": (1, "Logon"), "login_failed": (1, "Logon"), "logout": (2, "Logoff")}
-OCSF_VERSION = "1.3.0"
-
-
-def _ms(value: Any) -> int:
-    if isinstance(value, dt.datetime):
-        if value.tzinfo is None:
-            value = value.replace(tzinfo=dt.UTC)
-        return int(value.timestamp() * 1000)
-    return 0
-
-
-def _json_object(text: str) -> Any:
-    try:
-        return json.loads(text)
-    except (TypeError, ValueError):
-        return text
-
-
-def ocsf_event(row: dict[str, Any]) -> dict[str, Any]:
-    """One stored event as an OCSF 1.3 event: Authentication (3002) for
-    login, logout and login_failed; API Activity (6003) for everything else
-    (docs/admin.md has the field mapping)."""
-    action = row["action"]
-    failed = row["outcome"] != "success" or action == "login_failed"
-    if action in _AUTH_ACTIVITY:
-        class_uid, class_name, category_uid, category_name = 3002, "Authentication", 3, "Identity & Access Management"
-        activity_id, activity_name = _AUTH_ACTIVITY[action]
-    else:
-        class_uid, class_name, category_uid, category_name = 6003, "API Activity", 6, "Application Activity"
-        activity_id, activity_name = _API_ACTIVITY.get(action, (99, "Other"))
-    out: dict[str, Any] = {
-        "class_uid": class_uid,
-        "class_name": class_name,
-        "category_uid": category_uid,
-        "category_name": category_name,
-        "activity_id": activity_id,
-        "activity_name": activity_name,
-        "type_uid": class_uid * 100 + activity_id,
-        "severity_id": 1,
-        "severity": "Informational",
-        "time": _ms(row["created_at"]),
-        "status_id": 2 if failed else 1,
-        "status": "Failure" if failed else "Success",
-        "metadata": {
-            "version": OCSF_VERSION,
-            "uid": row["id"],
-            "tenant_uid": row["tenant_id"],
-            "logged_time": _ms(row["received_at"]),
-            "product": {"name": "auditlake", "vendor_name": "auditlake"},
-            "log_name": "audit",
-        },
-        "actor": {"user": {"uid": row["user_id"], "type_id": 0}},
-        "src_endpoint": {"ip": row["ip_address"]} if row["ip_address"] else {},
-        "unmapped": {
-            "action": action,
-            "outcome": row["outcome"],
-            "changes": _json_object(row["changes"]),
-            "metadata": _json_object(row["metadata"]),
-            "writer_id": row["writer_id"],
-            "seq": row["seq"],
-            "chain_hash": row["chain_hash"],
-            "imported": row["imported"],
-            "clock_skew": row["clock_skew"],
-        },
-    }
-    if failed:
-        out["status_detail"] = f"{row['outcome']}: {row['reason']}" if row["reason"] else row["outcome"]
-    if row["user_agent"]:
-        out["http_request"] = {"user_agent": row["user_agent"]}
-    if row["trace_id"]:
-        out["metadata"]["correlation_uid"] = row["trace_id"]
-        out["unmapped"]["span_id"] = row["span_id"]
-    if class_uid == 3002:
-        out["user"] = {"uid": row["user_id"]}
-        out["service"] = {"name": row["service"]}
-    else:
-        out["api"] = {"operation": action, "service": {"name": row["service"]}}
-        if row["request_id"]:
-            out["api"]["request"] = {"uid": row["request_id"]}
-        out["resources"] = [{"type": row["resource_type"], "uid": row["resource_id"]}]
-    return out
-
-
-class OcsfEncoder:
-    """OCSF events, one JSON object per line (what SIEM importers take)."""
-
-    def header(self) -> bytes:
-        return b""
-
-    def encode(self, batch: pa.RecordBatch) -> bytes:
-        return "".join(json.dumps(ocsf_event(r), ensure_ascii=False) + "\n"
-                       for r in batch.to_pylist()).encode()
-
-
-def encoder(fmt: str) -> CsvEncoder | JsonlEncoder | OcsfEncoder:
+def encoder(fmt: str) -> CsvEncoder | LineEncoder:
     """The encoder of ``fmt`` (csv, jsonl, ocsf)."""
     if fmt == "csv":
         return CsvEncoder()
-    if fmt == "jsonl":
-        return JsonlEncoder()
-    if fmt == "ocsf":
-        return OcsfEncoder()
+    if fmt in ("jsonl", "ocsf"):
+        return LineEncoder()
     raise ConfigError(f"unknown export format {fmt!r} (csv, jsonl or ocsf)")
 
 
@@ -388,11 +295,9 @@ class ExportRun:
         ).fetchall()[0]
         self._first, self._last, self.total = first, last, int(total)
 
-    def _encode(self, enc: CsvEncoder | JsonlEncoder | OcsfEncoder, batches: list[pa.RecordBatch]) -> bytes:
-        table = pa.Table.from_batches(batches).combine_chunks()
-        self.rows += table.num_rows
-        out = b"".join(enc.encode(b) for b in table.to_batches())
-        return self._emit(out)
+    def _encode(self, enc: CsvEncoder | LineEncoder, batches: list[pa.RecordBatch]) -> bytes:
+        self.rows += sum(b.num_rows for b in batches)
+        return self._emit(enc.encode(batches))
 
     def _emit(self, chunk: bytes) -> bytes:
         self._sha.update(chunk)

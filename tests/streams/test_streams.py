@@ -20,7 +20,6 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 
-from auditlake.collector.admin.export import ocsf_event
 from auditlake.collector.admin.routes.streams import STATUS_DIR, STATUS_SUFFIX, stream_statuses
 from auditlake.collector.admin.users import UserStore
 from auditlake.collector.errors import ConfigError
@@ -34,6 +33,7 @@ from auditlake.collector.streams.feed import LakeFeed
 from auditlake.collector.streams.run import Stream
 from auditlake.collector.streams.settings import load_streams
 from tests.conftest import CollectorProcess
+from tests.ocsf_reference import ocsf_event
 from tests.streams.receivers import HttpReceiver, SyslogListener, concatenated_json, self_signed
 from tests.wire_client import WireClient, make_event
 

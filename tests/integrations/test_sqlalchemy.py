@@ -699,7 +699,8 @@ _rows = st.dictionaries(st.sampled_from(["id", "name", "api_token", "PassWord", 
 def test_changes_are_exactly_what_the_sdk_diff_reports(before: dict[str, Any], after: dict[str, Any],
                                                        extra: tuple[str, ...]) -> None:
     from auditlake.sdk._diff import DEFAULT_REDACT, diff_dict
-    from auditlake.sdk.sqlalchemy import CapturePolicy, _table_capture
+    from auditlake.sdk.sqlalchemy import CapturePolicy
+    from auditlake.sdk.sqlalchemy._policy import _table_capture
 
     capture = _table_capture(CapturePolicy(redact=extra), _secrets, None)
     assert capture.changes(before, after) == diff_dict(before, after, redact=DEFAULT_REDACT + extra)

@@ -35,7 +35,7 @@ from auditlake.collector.storage.datadir import DataDir
 
 #: Modules that add subcommands (each defines ``register(subparsers)``).
 STAGE_COMMANDS = ("integrity.verify", "integrity.proof_command", "admin.server", "admin.export", "admin.process",
-                  "retention.job", "retention.backfill", "lake.compact")
+                  "retention.job", "retention.backfill", "retention.erase", "lake.compact")
 
 
 def cmd_serve(args: argparse.Namespace) -> int:

@@ -177,6 +177,7 @@ def collector_config(toml: dict[str, Any], **overrides: Any) -> CollectorConfig:
     """CollectorConfig from the TOML ``[collector]`` table, then environment
     variables ``AUDITLAKE_<FIELD>``, then non-None ``overrides``."""
     cfg = CollectorConfig()
+    erasure_config(toml)  # a bad [erasure] table stops `auditlake serve` at start, not at its first batch
     table = toml.get("collector", {})
     known = {f.name: f.type for f in fields(CollectorConfig)}
     unknown = set(table) - set(known)
@@ -192,6 +193,52 @@ def collector_config(toml: dict[str, Any], **overrides: Any) -> CollectorConfig:
         if overrides.get(name) is not None:
             values[name] = _coerce(f"--{name.replace('_', '-')}", overrides[name], kind)
     return replace(cfg, **values)
+
+
+#: Columns ``[erasure] fields`` may not name: what identifies, routes and
+#: classifies an event (and the subject's tenant) stays readable after erasure.
+ERASURE_FORBIDDEN = frozenset({"id", "tenant_id", "action", "resource_type", "outcome"})
+
+
+@dataclass(frozen=True)
+class ErasureConfig:
+    """Crypto-shredding of personal fields (TOML table ``[erasure]``,
+    docs/erasure.md): off by default; when on, ``fields`` are stored
+    encrypted with a key per subject (tenant_id, user_id)."""
+
+    enabled: bool = False
+    fields: tuple[str, ...] = ("user_id", "ip_address", "user_agent", "changes", "metadata")
+
+    def __post_init__(self) -> None:
+        from auditlake.collector.schema import STRING_FIELDS  # noqa: PLC0415 - foundation beside this one
+
+        if not self.fields:
+            raise ConfigError("[erasure] fields must name at least one column")
+        for name in self.fields:
+            if name not in STRING_FIELDS or name in ERASURE_FORBIDDEN:
+                allowed = ", ".join(f for f in STRING_FIELDS if f not in ERASURE_FORBIDDEN)
+                raise ConfigError(f"[erasure] fields: {name!r} cannot be encrypted (allowed: {allowed})")
+        if len(set(self.fields)) != len(self.fields):
+            raise ConfigError("[erasure] fields: a column is named twice")
+
+
+def erasure_config(toml: dict[str, Any]) -> ErasureConfig:
+    """ErasureConfig from the TOML ``[erasure]`` table (``AUDITLAKE_ERASURE``
+    = true/false overrides ``enabled``)."""
+    table = toml.get("erasure", {})
+    unknown = set(table) - {"enabled", "fields"}
+    if unknown:
+        raise ConfigError(f"unknown setting(s) in [erasure]: {', '.join(sorted(unknown))}")
+    enabled = table.get("enabled", False)
+    env = os.environ.get("AUDITLAKE_ERASURE")
+    if env is not None:
+        enabled = env.strip().lower() in ("1", "true", "yes", "on")
+    if not isinstance(enabled, bool):
+        raise ConfigError(f"[erasure].enabled: expected true or false, got {enabled!r}")
+    fields_ = table.get("fields", ErasureConfig.fields)
+    if not isinstance(fields_, list | tuple) or not all(isinstance(f, str) for f in fields_):
+        raise ConfigError(f"[erasure].fields: expected a list of column names, got {fields_!r}")
+    return ErasureConfig(enabled=enabled, fields=tuple(fields_))
 
 
 # -- the arguments every command shares ---------------------------------------------

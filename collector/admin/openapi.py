@@ -87,7 +87,7 @@ _SIGNED_CHECKPOINT = {
         "version": {"type": "integer", "enum": [2]},
         "writer_id": {"type": "string"}, "seal": {"type": "integer"}, "seq": {"type": "integer"},
         "chain_hash": _HEX64, "time": {"type": "string"},
-        "kind": {"type": "string", "enum": ["seal", "compact", "move", "expire"]},
+        "kind": {"type": "string", "enum": ["seal", "compact", "move", "expire", "erase"]},
         "files": {"type": "array", "items": _FILE_ENTRY}, "removed": {"type": "array", "items": _FILE_ENTRY},
         "previous": {"type": "string"}, "extra": {"type": "object"},
         "tree_size": {"type": "integer", "minimum": 0}, "tree_root": _HEX64,

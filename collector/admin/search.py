@@ -435,7 +435,7 @@ class LakeReader:
         cold = prepare_connection(con, self.data)  # the cold tier, when files are cold
         if cold:
             view = f"{view} UNION ALL BY NAME {cold}"
-        create_events_view(con, view, one_copy=several_writers(self.data))
+        create_events_view(con, view, one_copy=several_writers(self.data), data=self.data)
         return con
 
     def _first_file_lacks_key_column(self) -> bool:

@@ -18,6 +18,7 @@ import duckdb
 import pyarrow.dataset as pads
 
 from auditlake.collector.lake.cold import prepare_connection
+from auditlake.collector.lake.erasure import reader_for
 from auditlake.collector.lake.files import DATED_SCHEMA, EVENTS, day_dataset, partition_files
 from auditlake.collector.schema import EVENT_SCHEMA
 from auditlake.collector.storage.datadir import DataDir
@@ -52,18 +53,28 @@ HOT_RELATION = "auditlake_hot_events"
 HOT_LISTING_MAX_AGE_S = 1.0
 
 
-def create_events_view(con: duckdb.DuckDBPyConnection, view: str, *, one_copy: bool = False) -> None:
+def create_events_view(con: duckdb.DuckDBPyConnection, view: str, *, one_copy: bool = False,
+                       data: DataDir | None = None, toml: dict[str, Any] | None = None) -> None:
     """The view ``events`` over the relation ``view``, with every column of
     EVENT_SCHEMA: a lake whose files were all sealed before a column existed
     (``ingest_key_id``) reads it as NULL instead of failing every query that
     names it.  ``one_copy`` (a lake with several writers): each (tenant, event
-    id) once, as :data:`ONE_COPY` picks it; docs/durability.md says why."""
+    id) once, as :data:`ONE_COPY` picks it; docs/durability.md says why.
+    ``data`` (and its configuration ``toml``, default DIR/auditlake.toml):
+    when ``[erasure]`` is enabled there, the encrypted columns read as
+    plaintext, or ``[erased]`` (lake/erasure.py); else the view is unchanged."""
     have = {row[0] for row in con.execute(f"DESCRIBE {view}").fetchall()}
     missing = [f", CAST(NULL AS {_sql_type(f)}) AS {f.name}" for f in EVENT_SCHEMA if f.name not in have]
     if missing:
         view = f"SELECT *{''.join(missing)} FROM ({view})"
     if one_copy:
+        # On the stored (encrypted) values: copies of an event are equal
+        # there too, and the rule's filters still reach the files.
         view = f"SELECT * FROM ({view}) {ONE_COPY}"
+    decryptor = reader_for(data, toml) if data is not None else None
+    if decryptor is not None:
+        decryptor.register(con)
+        view = decryptor.view_sql(view, [f.name for f in EVENT_SCHEMA])
     con.execute(f"CREATE OR REPLACE VIEW events AS {view}")
 
 
@@ -159,7 +170,7 @@ def connect(data: DataDir, *, extra_globs: Iterable[str] = (), threads: int | No
     cold = prepare_connection(con, data, toml)  # the cold tier, when retention moved files there
     if cold:
         view = f"{view} UNION ALL BY NAME {cold}"
-    create_events_view(con, view, one_copy=several_writers(data))
+    create_events_view(con, view, one_copy=several_writers(data), data=data, toml=toml)
     return con
 
 

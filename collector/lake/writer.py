@@ -17,6 +17,7 @@ from auditlake.collector.errors import ConfigError
 from auditlake.collector.integrity.signing import SigningKey
 from auditlake.collector.lake.batch import AcceptedBatch, BatchIndex
 from auditlake.collector.lake.compact import CompactionResult, Compactor
+from auditlake.collector.lake.erasure import ERASE_BATCH_PREFIX, WriterErasure
 from auditlake.collector.lake.seal import Sealer, SealPolicy, canonical_prefix
 from auditlake.collector.lake.seal_progress import batch_outcome
 from auditlake.collector.lake.wal import LogPosition, WriteAheadLog
@@ -119,6 +120,16 @@ class LakeWriter:
 
     def store(self, batch: AcceptedBatch) -> Any:
         """Append an accepted batch to the WAL; the future resolves once fsynced."""
+        # Erasure (off by default: then one attribute read per batch): the
+        # personal fields are encrypted before anything is hashed, so the
+        # chain and the proofs cover the ciphertext (lake/erasure.py).
+        erasure = getattr(self, "_erasure", None)
+        if erasure is None:
+            erasure = self._erasure = WriterErasure.for_writer(self.data, getattr(self, "config_toml", None))
+        if erasure.enabled:
+            if batch.batch_id.startswith(ERASE_BATCH_PREFIX):  # `auditlake erase`, through the inbox
+                erasure.carry_out(batch.batch_id, self.sealer.append_checkpoint, self.maintenance_lock)
+            batch.table = erasure.encrypt(batch.table)
         # The bulk of the hash input is computed here, on the receiving
         # thread (Arrow releases the GIL), so the one sealer thread only adds
         # each row's seq and hashes.

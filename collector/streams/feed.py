@@ -25,6 +25,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from auditlake.collector.lake.erasure import reader_for
 from auditlake.collector.lake.files import partition_files
 from auditlake.collector.schema import EVENT_SCHEMA
 from auditlake.collector.storage.datadir import DataDir
@@ -85,6 +86,9 @@ class LakeFeed:
         self._spans: dict[str, FileSpan | None] = {}
         self._lock = threading.Lock()
         self._cache: tuple[str, int, pa.Table] | None = None  # (writer, first seq, rows) of the last read
+        #: With erasure enabled (DIR/auditlake.toml), a destination receives
+        #: plaintext, or ``[erased]``, never the stored ciphertext.
+        self._decryptor = reader_for(data)
 
     def refresh(self) -> None:
         """List the lake again; read the footer of each file not seen before."""
@@ -127,7 +131,8 @@ class LakeFeed:
         # the run without a hole: seq[i] == after + 1 + i
         breaks = np.nonzero(seqs != np.arange(first, first + len(seqs)))[0]
         run = int(breaks[0]) if len(breaks) else len(seqs)
-        return FeedRead(rows.slice(0, min(run, limit)))
+        rows = rows.slice(0, min(run, limit))
+        return FeedRead(rows if self._decryptor is None else self._decryptor.table(rows))
 
     def _window(self, writer_id: str, after: int) -> pa.Table:
         """The writer's rows with seq in (after, after + READ_WINDOW], seq

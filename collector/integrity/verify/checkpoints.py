@@ -22,7 +22,7 @@ from auditlake.collector.storage.tiers import fleet_state
 from auditlake.collector.storage.writers import list_writers
 
 #: Checkpoint kinds of the contract (docs/integrity.md, "Checkpoint kinds").
-KINDS = ("seal", "compact", "move", "expire")
+KINDS = ("seal", "compact", "move", "expire", "erase")
 
 #: One writer's checkpoints by seal number.
 Seals = dict[int, SignedCheckpoint]

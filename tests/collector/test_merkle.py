@@ -1,6 +1,6 @@
 """The Merkle core (integrity.merkle) against RFC 9162 section 2.1.
 
-- Every case of the transparency-dev test vectors (../shared/vectors/rfc6962):
+- Every case of the transparency-dev test vectors (tests/vectors/rfc6962):
   each happy path accepted, each mutated case rejected; the generators
   reproduce the happy paths' proofs from the RFC 6962 test leaves.
 - The compact tree (a writer's running root) equals the RFC's recursive
@@ -52,7 +52,9 @@ from auditlake.collector.integrity.merkle import (
     verify_inclusion,
 )
 
-VECTORS = Path(__file__).resolve().parents[2].parent / "shared" / "vectors" / "rfc6962" / "testdata"
+#: transparency-dev/merkle's vectors, copied into the repository unchanged
+#: (tests/vectors/rfc6962: README and Apache 2.0 LICENSE beside them).
+VECTORS = Path(__file__).resolve().parents[1] / "vectors" / "rfc6962" / "testdata"
 INCLUSION_FILES = sorted((VECTORS / "inclusion").rglob("*.json"))
 CONSISTENCY_FILES = sorted((VECTORS / "consistency").rglob("*.json"))
 

@@ -55,6 +55,11 @@ def test_import_csv_keeps_timestamps_marks_imported_and_reports_bad_lines(tmp_pa
     meta = system_events(data, "import")
     assert len(meta) == 1 and '"rejected": 2' in meta[0]["metadata"] and '"tenant": "acme"' in meta[0]["metadata"]
     assert_verify_clean(data)
+    # an imported event has its Merkle proof like any other (docs/integrity.md section 8)
+    out = data.parent / "proof.json"
+    run_cli("proof", rows[0][5], "--output", str(out), data=data)
+    checked = run_cli("proof", "verify", str(out), "--public-key", str(data / "keys" / "signing.pub.pem"))
+    assert f"OK: event {rows[0][5]}" in checked.stdout
 
 
 def test_reimporting_the_same_file_stores_each_event_once(tmp_path: Path) -> None:

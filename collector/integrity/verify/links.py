@@ -3,12 +3,18 @@ seq-1 || canonical) == stored chain_hash``.  DuckDB computes the canonical
 encodings and streams the events in (writer, seq) order; hashlib (OpenSSL's
 SHA-256, faster than DuckDB's) checks each link.  Every link holding,
 together with the signed heads, is the same statement as the whole chain
-holding from genesis."""
+holding from genesis.
+
+A regular lake (one writer's consecutive seqs per file, no seq stored
+twice) is first re-hashed file by file on worker processes
+(verify.parallel: no sort, both cores); that path only confirms, and
+whatever it cannot confirm is re-hashed by the stream, which names it."""
 
 from __future__ import annotations
 
 import hashlib
 import time
+from collections import deque
 from dataclasses import dataclass, field
 
 import duckdb
@@ -20,6 +26,7 @@ from auditlake.collector.integrity.checkpoint import KeptSubtrees
 from auditlake.collector.integrity.merkle import CompactTree
 from auditlake.collector.integrity.verify.index import LakeScan
 from auditlake.collector.integrity.verify.listing import ExpectedFiles
+from auditlake.collector.integrity.verify.parallel import FileTask, Piece, Rehash
 from auditlake.collector.integrity.verify.report import ProgressFn
 
 #: (writer, seq, previous hash) of an event whose link fails.
@@ -88,6 +95,33 @@ class _Trees:
             at = max(at, size - start)
             self._check(writer, tree, size, root, name)
         tree.extend(leaves[at:])
+
+    def add_pieces(self, writer: str, first_seq: int, count: int, pieces: list[Piece]) -> None:
+        """Append ``writer``'s ``count`` leaves for seqs ``first_seq``, … known
+        by the roots of the aligned subtrees they form, in order (a signed
+        tree size inside them falls between two pieces): the same as
+        :meth:`add` with their leaf hashes."""
+        heads = self.heads.get(writer)
+        if not heads:
+            return
+        tree = self.trees.setdefault(writer, CompactTree())
+        self._fill(writer, tree, first_seq - 1)
+        if writer not in self.heads:
+            return
+        if first_seq != tree.size + 1:
+            self.stop(writer, f"its events do not run without a gap from seq 1 (seq {first_seq} follows "
+                               f"{tree.size})")
+            return
+        end = tree.size + count
+        todo = deque(pieces)
+        while heads and heads[0][0] <= end:
+            size, root, name = heads.pop(0)
+            while todo and todo[0][0] < size:
+                _, leaves, subtree = todo.popleft()
+                tree.append_subtree(leaves, subtree)
+            self._check(writer, tree, size, root, name)
+        for _, leaves, subtree in todo:
+            tree.append_subtree(leaves, subtree)
 
     def _fill(self, writer: str, tree: CompactTree, upto: int) -> None:
         """Fold in the kept subtrees that start where the tree ends, up to
@@ -177,11 +211,19 @@ def _events_sql(con: duckdb.DuckDBPyConnection, scan: LakeScan, keys: list[str],
 def hash_links(con: duckdb.DuckDBPyConnection, scan: LakeScan, keys: list[str], context: list[str],
                starts: dict[tuple[str, int], str], maybe_null: set[str], total: int,
                progress: ProgressFn, tree_heads: dict[str, list[TreeHead]] | None = None,
-               kept: KeptSubtrees | None = None) -> Links:
+               kept: KeptSubtrees | None = None, rehash: Rehash | None = None) -> Links:
     """Check the link of every event of ``keys`` (``context`` files supply
     previous hashes only); ``total`` events are expected, for progress.
     With ``tree_heads`` (a whole-lake verify), also rebuild each writer's
-    Merkle tree from the same encodings and check each signed tree head."""
+    Merkle tree from the same encodings and check each signed tree head.
+    ``rehash``: the file-by-file re-hash of ``keys`` already started
+    (start_rehash, with the same ``tree_heads``); by default started here."""
+    if rehash is None:
+        rehash = start_rehash(scan, keys, maybe_null, tree_heads, total)
+    if rehash is not None:
+        regular = _rehash_regular(con, rehash, keys, context, starts, total, progress, tree_heads, kept)
+        if regular is not None:
+            return regular
     failing = _null_events(con, scan, [k for k in keys if k in maybe_null])
     query = _events_sql(con, scan, keys, context)
     if query is None:
@@ -202,6 +244,120 @@ def hash_links(con: duckdb.DuckDBPyConnection, scan: LakeScan, keys: list[str], 
     for w, s_, p in failing:
         if p is not None:
             links.prev.setdefault((w, s_), p)
+    return links
+
+
+#: A file's events by the index: writer, first seq, last seq, count.
+_Span = tuple[str, int, int, int]
+
+
+def _spans(con: duckdb.DuckDBPyConnection, files: list[str]) -> dict[str, _Span] | None:
+    """Each file's writer and seq span, when every file holds one writer's
+    consecutive seqs and no seq is in two files; else None."""
+    if not files:
+        return {}
+    con.execute("CREATE OR REPLACE TEMP TABLE rehash_files (f VARCHAR)")
+    con.executemany("INSERT INTO rehash_files VALUES (?)", [(k,) for k in files])
+    spans: dict[str, _Span] = {}
+    for file, w_lo, w_hi, lo, hi, n in con.execute(
+            "SELECT _file, min(writer_id), max(writer_id), min(seq), max(seq), count(*) FROM idx "
+            "WHERE _file IN (SELECT f FROM rehash_files) GROUP BY _file").fetchall():
+        if w_lo is None or w_lo != w_hi or n != hi - lo + 1:
+            return None
+        spans[file] = (w_lo, int(lo), int(hi), int(n))
+    by_writer = sorted(spans.values())
+    for (w, _, hi, _), (w2, lo2, _, _) in zip(by_writer, by_writer[1:]):  # noqa: B905 - pairs
+        if w == w2 and lo2 <= hi:
+            return None
+    return spans
+
+
+def _previous_hashes(con: duckdb.DuckDBPyConnection, spans: dict[str, _Span],
+                     starts: dict[tuple[str, int], str]) -> dict[str, bytes | None]:
+    """For each file, what its first event chains onto, as the streaming walk
+    decides it: the stored hash of the event before (None when malformed),
+    else where a chain starts there, else nothing (a gap)."""
+    ends = {(w, hi) for w, _, hi, _ in spans.values()}
+    wanted = sorted({(w, lo - 1) for w, lo, _, _ in spans.values() if (w, lo - 1) in ends})
+    stored: dict[tuple[str, int], bytes | None] = {}
+    if wanted:
+        con.execute("CREATE OR REPLACE TEMP TABLE rehash_prev (w VARCHAR, s BIGINT)")
+        con.executemany("INSERT INTO rehash_prev VALUES (?, ?)", wanted)
+        for w, seq, h in con.execute("SELECT i.writer_id, i.seq, i.chain_hash FROM idx i JOIN rehash_prev p "
+                                     "ON i.writer_id = p.w AND i.seq = p.s").fetchall():
+            try:
+                digest = bytes.fromhex(h) if h is not None and len(h) == 64 else None
+            except ValueError:
+                digest = None
+            stored[(w, int(seq))] = digest if digest is not None and len(digest) == 32 else None
+    out: dict[str, bytes | None] = {}
+    for file, (w, lo, _, _) in spans.items():
+        if (w, lo - 1) in ends:
+            out[file] = stored.get((w, lo - 1))
+        else:
+            start = starts.get((w, lo))
+            out[file] = bytes.fromhex(start) if start else None
+    return out
+
+
+def start_rehash(scan: LakeScan, keys: list[str], maybe_null: set[str],
+                 tree_heads: dict[str, list[TreeHead]] | None, events: int) -> Rehash | None:
+    """The file-by-file re-hash of ``keys`` (verify.parallel), started now so
+    that worker processes hash while the index is built and checked; None
+    when a file may hold a NULL (the stream handles those)."""
+    if any(k in maybe_null for k in keys):
+        return None
+    sizes = {w: tuple(sorted({size for size, _, _ in heads})) for w, heads in (tree_heads or {}).items() if heads}
+    return Rehash([FileTask(path=scan.disk[k].full if k not in scan.buffers else None,
+                            data=scan.buffers.get(k), heads=sizes) for k in keys], events)
+
+
+def _rehash_regular(con: duckdb.DuckDBPyConnection, rehash: Rehash, keys: list[str], context: list[str],
+                    starts: dict[tuple[str, int], str], total: int, progress: ProgressFn,
+                    tree_heads: dict[str, list[TreeHead]] | None, kept: KeptSubtrees | None) -> Links | None:
+    """The re-hash of a regular lake file by file (``rehash``, over ``keys``),
+    each file's events as the index has them, or None when the lake is not
+    regular, or a link or tree head fails: the streaming walk then runs and
+    names what is wrong."""
+    spans = _spans(con, keys + context)
+    if spans is None:
+        return None
+    done = 0
+    last_report = time.monotonic()
+
+    def advance(rows: int) -> None:
+        nonlocal done, last_report
+        done += rows
+        if time.monotonic() - last_report > 1:
+            progress("hash", done, total)
+            last_report = time.monotonic()
+
+    results = rehash.results(advance)
+    progress("hash", done, total)
+    if len(results) != len(keys):
+        return None
+    stored = [(key, r) for key, r in zip(keys, results, strict=True) if r.rows or key in spans]
+    for key, r in stored:
+        if not r.links_ok or spans.get(key) != (r.writer, r.first_seq, r.first_seq + r.rows - 1, r.rows):
+            return None
+    previous = _previous_hashes(con, spans, starts)
+    for key, r in stored:
+        prev = previous[key]
+        if prev is not None and hashlib.sha256(prev + r.first_canon).digest() != r.first_hash:
+            return None
+    links = Links(hashed=done)
+    if tree_heads:
+        trees = _Trees(tree_heads, links, kept)
+        for _, r in sorted(stored, key=lambda item: (item[1].writer, item[1].first_seq)):
+            if any(r.first_seq - 1 < k < r.first_seq - 1 + r.rows for k in trees.kept.get(r.writer, {})):
+                return None  # a kept subtree inside stored events: the walk says what that means
+            if trees.heads.get(r.writer):
+                if r.pieces is None:
+                    return None
+                trees.add_pieces(r.writer, r.first_seq, r.rows, r.pieces)
+        trees.finish()
+        if links.tree_mismatches:
+            return None  # this path only confirms: the walk reports what does not hold
     return links
 
 

@@ -96,6 +96,8 @@ class VerifyReport:
     checkpoints: int = 0
     #: Signed Merkle tree heads checked against the tree of the stored events.
     tree_heads: int = 0
+    #: Worker processes the re-hash ran on (0: in this process).
+    hash_workers: int = 0
     mirrors: list[str] = field(default_factory=list)
     public_key: str = ""
     date_from: str | None = None
@@ -128,6 +130,7 @@ class VerifyReport:
             "bytes_digested": self.bytes_digested,
             "checkpoints": self.checkpoints,
             "tree_heads": self.tree_heads,
+            "hash_workers": self.hash_workers,
             "mirrors": self.mirrors,
             "public_key": self.public_key,
             "range": {"from": self.date_from, "to": self.date_to},

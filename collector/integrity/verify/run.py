@@ -30,7 +30,7 @@ from auditlake.collector.integrity.verify.digest import FileReads, check_strays,
 from auditlake.collector.integrity.verify.expect import ExpectedHead, check_expected_heads, read_expected_heads
 from auditlake.collector.integrity.verify.explain import explain_failures, explain_writer_ids
 from auditlake.collector.integrity.verify.index import LakeScan, build_index, summarize
-from auditlake.collector.integrity.verify.links import Links, TreeHead, chain_starts, hash_links
+from auditlake.collector.integrity.verify.links import Links, TreeHead, chain_starts, hash_links, start_rehash
 from auditlake.collector.integrity.verify.listing import (
     DateRange,
     DiskFile,
@@ -277,22 +277,30 @@ class _Verification:
         """Index the readable files, check their rows, then re-hash the chain."""
         scan = LakeScan(con, snap.disk, reads.buffers)
         readable = reads.readable(snap.disk)
-        build_index(scan, readable)
-        self.progress("index", 1, 1)
-        summarize(con, snap.expected, self.report)
-        changed_writer_ids = check_writers(con, set(snap.writers), snap.expected, self.report)
-        check_sequences(con, snap.writers, snap.expected, self.report)
-        check_file_rows(con, snap.disk, snap.expected, set(snap.writers), self.report)
-        check_anchors(con, snap.expected, self.report)
-        check_expected_heads(con, self.expect_heads, snap.writers, snap.expected, self.report)
         keys = [k for k in readable if self.dates.contains(k)]
         hashed = set(keys)
         whole = self.dates.first is None and self.dates.last is None
-        links = hash_links(
-            con, scan, keys, [k for k in readable if k not in hashed],
-            chain_starts(set(snap.writers), snap.expected), reads.maybe_null,
-            sum(max(snap.disk[k].rows, 0) for k in keys), self.progress,
-            tree_heads=self._tree_heads(snap) if whole else None, kept=self._kept_subtrees(snap))
+        heads = self._tree_heads(snap) if whole else None
+        events = sum(max(snap.disk[k].rows, 0) for k in keys)
+        # The re-hash starts first: worker processes hash while DuckDB indexes.
+        rehash = start_rehash(scan, keys, reads.maybe_null, heads, events)
+        try:
+            build_index(scan, readable)
+            self.progress("index", 1, 1)
+            summarize(con, snap.expected, self.report)
+            changed_writer_ids = check_writers(con, set(snap.writers), snap.expected, self.report)
+            check_sequences(con, snap.writers, snap.expected, self.report)
+            check_file_rows(con, snap.disk, snap.expected, set(snap.writers), self.report)
+            check_anchors(con, snap.expected, self.report)
+            check_expected_heads(con, self.expect_heads, snap.writers, snap.expected, self.report)
+            links = hash_links(
+                con, scan, keys, [k for k in readable if k not in hashed],
+                chain_starts(set(snap.writers), snap.expected), reads.maybe_null, events, self.progress,
+                tree_heads=heads, kept=self._kept_subtrees(snap), rehash=rehash)
+        finally:
+            if rehash is not None:
+                self.report.hash_workers = rehash.workers
+                rehash.close()
         self.report.events_hashed = links.hashed
         self._report_trees(links, snap)
         if links.failing:

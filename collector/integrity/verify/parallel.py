@@ -1,0 +1,305 @@
+"""The re-hash of a regular lake, file by file and on every core.
+
+A link needs only the event's canonical encoding and the STORED hash of the
+event before it, and a leaf only the encoding, so each file can be checked
+on its own once the stored hash before its first event is known: a worker
+reads the file (pyarrow, not DuckDB: no sort of wide rows), encodes it
+(chain.canonical_column_bulk), orders it by seq (argsort of the seq column:
+the encodings are taken by offset, never sorted), checks every link against
+the stored hashes and, when its writer's tree is rebuilt, returns the roots
+of the complete aligned subtrees its leaves form (cut at every signed tree
+size inside the file), which the caller folds into the writer's tree
+(``links._Trees.add_pieces``) in a few hashes per file: a few hundred bytes
+back per file instead of 32 per event.
+
+This is the fast path for what a lake almost always is: one writer per
+file, consecutive seqs in each file, no seq stored twice, every field and
+hash well formed.  A file that is not like that, or whose links fail,
+makes the caller (``links._rehash_regular``) give up and run the streaming
+re-hash, which names every failure exactly.  So this path only ever
+confirms; what it finds wrong is reported by the same code as before.
+
+Worker processes (not threads: hashlib holds the GIL for inputs under 2 KiB)
+run it for lakes large enough to pay their start-up (:func:`_workers`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import multiprocessing
+import os
+import threading
+from collections.abc import Callable
+from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from dataclasses import dataclass
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from auditlake.collector.integrity.chain import canonical_column_bulk, canonical_fields
+from auditlake.collector.integrity.merkle import aligned_subtrees
+from auditlake.collector.schema import EVENT_SCHEMA
+
+#: Events below which the re-hash stays in this process: forking workers
+#: and shipping them work costs more than it saves on a small lake.
+PARALLEL_MIN_EVENTS = 100_000
+
+#: A complete aligned subtree of a writer's tree: first leaf index, leaves, root.
+Piece = tuple[int, int, bytes]
+
+_LEAF = b"\x00"
+_NODE = b"\x01"
+_HASH = 32
+
+
+@dataclass(frozen=True)
+class FileTask:
+    """One file to re-hash."""
+
+    #: A local path pyarrow reads, or None when ``data`` holds the file.
+    path: str | None
+    data: bytes | None
+    #: Each writer whose tree is rebuilt, and its signed tree sizes: where
+    #: the file's subtrees must be cut.
+    heads: dict[str, tuple[int, ...]]
+
+
+@dataclass
+class FileResult:
+    """What a worker found in one file: its events by the file alone; the
+    caller checks them against the index and checks the first link, whose
+    previous hash is in another file."""
+
+    #: False when the file is not regular (the streaming re-hash must run).
+    regular: bool
+    writer: str = ""
+    first_seq: int = 0
+    rows: int = 0
+    #: The first event's canonical encoding and stored hash.
+    first_canon: bytes = b""
+    first_hash: bytes = b""
+    #: True when every link after the first held.
+    links_ok: bool = False
+    #: The subtree roots, when its writer's tree is rebuilt.
+    pieces: list[Piece] | None = None
+
+
+def _read(task: FileTask) -> pa.Table | None:
+    """The file's hashed columns plus seq and chain_hash, or None when a
+    column's type differs from the schema or holds a NULL (the streaming
+    re-hash, through DuckDB, decides what such a file means)."""
+    parquet = pq.ParquetFile(task.path if task.path is not None else pa.BufferReader(task.data))
+    names = parquet.schema_arrow.names
+    wanted = [*canonical_fields(names), "chain_hash"]
+    if not set(wanted) <= set(names):
+        return None
+    table = parquet.read(columns=wanted, use_threads=False)
+    for name in wanted:
+        col = table.column(name)
+        if col.type != EVENT_SCHEMA.field(name).type or col.null_count:
+            return None
+    return table
+
+
+def _stored_hashes(column: pa.ChunkedArray) -> bytes | None:
+    """The stored hex hashes as one run of 32-byte digests, or None when
+    any is not 64 hex digits."""
+    text = column.combine_chunks()
+    n = len(text)
+    offsets = np.frombuffer(text.buffers()[1], dtype=np.int32, count=n + 1, offset=text.offset * 4)
+    if n and not bool(np.all(np.diff(offsets) == 2 * _HASH)):
+        return None
+    raw = text.buffers()[2]
+    body = b"" if raw is None else raw.to_pybytes()[offsets[0]:offsets[-1]]
+    try:
+        digests = bytes.fromhex(body.decode("ascii"))
+    except (UnicodeDecodeError, ValueError):
+        return None
+    return digests if len(digests) == n * _HASH else None
+
+
+def _leaf_hashes(canon: pa.Array) -> bytes:
+    """The leaf hash SHA-256(0x00 || encoding) of each of ``canon``
+    (large_binary), concatenated.  The prefix is hashed once and its state
+    copied: cheaper than joining it to every encoding."""
+    offsets = np.frombuffer(canon.buffers()[1], dtype=np.int64, count=len(canon) + 1,
+                            offset=canon.offset * 8).tolist()
+    data = memoryview(canon.buffers()[2] or b"")
+    copy = hashlib.sha256(_LEAF).copy
+    out: list[bytes] = []
+    append = out.append
+    for a, b in zip(offsets, offsets[1:]):  # noqa: B905 - n+1 offsets
+        h = copy()
+        h.update(data[a:b])
+        append(h.digest())
+    return b"".join(out)
+
+
+def _subtree_root(leaves: bytes) -> bytes:
+    """The root of a complete subtree (a power of two leaves) from its leaf
+    hashes, level by level (the 0x01 prefix hashed once, as for leaves)."""
+    copy = hashlib.sha256(_NODE).copy
+    level = leaves
+    while len(level) > _HASH:
+        out: list[bytes] = []
+        append = out.append
+        for k in range(0, len(level), 2 * _HASH):
+            h = copy()
+            h.update(level[k:k + 2 * _HASH])
+            append(h.digest())
+        level = b"".join(out)
+    return level
+
+
+def _pieces(leaves: bytes, first: int, cuts: tuple[int, ...]) -> list[Piece]:
+    """The aligned subtrees covering leaves ``first``.. (``leaves`` their
+    hashes), none crossing a cut, with their roots."""
+    end = first + len(leaves) // _HASH
+    bounds = [first, *cuts, end]
+    out: list[Piece] = []
+    for a, b in zip(bounds, bounds[1:]):  # noqa: B905 - bounds has one more
+        for start, size in aligned_subtrees(a, b):
+            at = (start - first) * _HASH
+            out.append((start, size, _subtree_root(leaves[at:at + size * _HASH])))
+    return out
+
+
+def _hashes(values: pa.Array) -> bytes:
+    """SHA-256 of each value of a large_binary array, concatenated."""
+    n = len(values)
+    offsets = np.frombuffer(values.buffers()[1], dtype=np.int64, count=n + 1, offset=values.offset * 8).tolist()
+    data = memoryview(values.buffers()[2] or b"")
+    sha256 = hashlib.sha256
+    return b"".join([sha256(data[a:b]).digest() for a, b in zip(offsets, offsets[1:])])  # noqa: B905 - n+1
+
+
+def _prefixed(prefix: pa.Array, canon: pa.Array) -> pa.Array:
+    """``prefix || canon`` row by row, joined in Arrow (one copy, no object per row)."""
+    joined = pc.binary_join_element_wise(prefix, canon, pa.scalar(b"", pa.large_binary()))
+    return pc.cast(joined, pa.large_binary())
+
+
+def hash_file(task: FileTask) -> FileResult:
+    """Check one file's links after its first and, when its writer's tree is
+    rebuilt, compute its subtree roots."""
+    try:
+        table = _read(task)
+    except (OSError, pa.ArrowException):
+        return FileResult(False)  # gone or broken: the stream reports it
+    if table is None:
+        return FileResult(False)
+    if not table.num_rows:
+        return FileResult(True, links_ok=True)
+    writers = pc.unique(table.column("writer_id"))
+    seqs = table.column("seq").to_numpy()
+    order = np.argsort(seqs, kind="stable")
+    n, first_seq = table.num_rows, int(seqs[order[0]])
+    if len(writers) != 1 or not bool(np.array_equal(seqs[order], np.arange(first_seq, first_seq + n))):
+        return FileResult(False)
+    stored = _stored_hashes(table.column("chain_hash"))
+    if stored is None:
+        return FileResult(False)
+    canon = canonical_column_bulk(table)
+    if not bool(np.all(order[:-1] < order[1:])):
+        # Ordered by their offsets: the encodings themselves stay where they are.
+        canon = canon.take(pa.array(order))
+        stored = np.frombuffer(stored, dtype=f"S{_HASH}")[order].tobytes()
+    writer = str(writers[0].as_py())
+    result = FileResult(True, writer, first_seq, n, canon[0].as_py(), stored[:_HASH])
+    # Each link hashes the stored hash before it: the file's own, shifted by one.
+    prevs = pa.FixedSizeBinaryArray.from_buffers(pa.binary(_HASH), n - 1, [None, pa.py_buffer(stored[:-_HASH])])
+    links = _hashes(_prefixed(prevs.cast(pa.large_binary()), canon.slice(1)))
+    result.links_ok = links == stored[_HASH:]
+    sizes = task.heads.get(writer)
+    if result.links_ok and sizes:
+        leaves = _leaf_hashes(canon)
+        cuts = tuple(s for s in sizes if first_seq - 1 < s < first_seq - 1 + n)
+        result.pieces = _pieces(leaves, first_seq - 1, cuts)
+    return result
+
+
+def _min_events() -> int:
+    """The smallest lake worth worker processes: PARALLEL_MIN_EVENTS, or
+    ``AUDITLAKE_VERIFY_PARALLEL_MIN_EVENTS`` (tests set 0 to run the
+    workers on small lakes)."""
+    text = os.environ.get("AUDITLAKE_VERIFY_PARALLEL_MIN_EVENTS", "")
+    return int(text) if text.strip().isdigit() else PARALLEL_MIN_EVENTS
+
+
+def _workers(total: int, tasks: int) -> int:
+    """Worker processes for ``total`` events in ``tasks`` files: two on a
+    lake large enough to pay for them, when this process runs no other
+    Python thread; else none (the work stays here).
+
+    Workers are forked: they need nothing but this module, already
+    imported, and start in milliseconds (a spawned interpreter costs
+    ~0.4 s and re-imports the caller's main module).  In a single-threaded
+    process no lock can be held across the fork by a thread that is not
+    there (DuckDB's own threads hold none a worker takes).  A server
+    verifying from a thread (the admin UI's monitor, beside gRPC's) keeps
+    the re-hash on that thread: a fork there could copy a held lock, and a
+    background check should leave the other core to ingest anyway."""
+    if total < _min_events() or threading.active_count() > 1:
+        return 0
+    if "fork" not in multiprocessing.get_all_start_methods():
+        return 0
+    return min(os.cpu_count() or 1, 2, tasks) if (os.cpu_count() or 1) > 1 else 0
+
+
+class Rehash:
+    """Files being re-hashed: on worker processes from the moment it is
+    made (while the caller builds its index and checks rows) when
+    :func:`_workers` says so, else here when the results are asked for."""
+
+    def __init__(self, tasks: list[FileTask], events: int) -> None:
+        self.tasks = tasks
+        self._pool: ProcessPoolExecutor | None = None
+        self._futures: list[Future[FileResult]] = []
+        workers = _workers(events, len(tasks))
+        #: Worker processes started (0: the files are re-hashed here).
+        self.workers = 0
+        if workers > 1:
+            try:
+                self._pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork"))
+                # Largest first, so that no worker is left with a big file at the end.
+                by_size = sorted(range(len(tasks)), key=lambda i: -_size(tasks[i]))
+                submitted = {i: self._pool.submit(hash_file, tasks[i]) for i in by_size}
+                self._futures = [submitted[i] for i in range(len(tasks))]
+                self.workers = workers
+            except (BrokenProcessPool, OSError):
+                self.close()  # no processes to be had (limits, memory): the same work, here
+
+    def results(self, progress: Callable[[int], None]) -> list[FileResult]:
+        """Each task's result, in order, up to the first that is not regular
+        or whose links fail; ``progress(rows)`` after each."""
+        out: list[FileResult] = []
+        for i, task in enumerate(self.tasks):
+            result = self._result(i, task)
+            out.append(result)
+            progress(result.rows)
+            if not result.links_ok:
+                break
+        self.close()
+        return out
+
+    def _result(self, i: int, task: FileTask) -> FileResult:
+        if self._futures:
+            try:
+                return self._futures[i].result()
+            except (BrokenProcessPool, OSError):
+                self.close()
+        return hash_file(task)
+
+    def close(self) -> None:
+        """Stop the workers (idempotent; pending files are dropped)."""
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+        self._pool = None
+        self._futures = []
+
+
+def _size(task: FileTask) -> int:
+    return len(task.data) if task.data is not None else os.path.getsize(task.path) if task.path else 0

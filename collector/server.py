@@ -247,8 +247,7 @@ class Collector(LakeWriter):
                                seen=self.sealer.recent_ids.duplicate_rows)
         self.grpc_server.add_generic_rpc_handlers((service.handler(),))
         # OpenTelemetry's LogsService/Export on the same port (docs/otlp.md).
-        otlp = OtlpLogsService(self.keys, self.store, self.batches, overloaded=self.overloaded,
-                               seen=self.sealer.recent_ids.duplicate_rows)
+        otlp = OtlpLogsService(service.path)
         self.grpc_server.add_generic_rpc_handlers((otlp.handler(),))
         tls = self.config.tls
         port = (self.grpc_server.add_secure_port(self.config.grpc_listen, server_credentials(tls)) if tls

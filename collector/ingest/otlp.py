@@ -21,10 +21,7 @@ import hashlib
 import json
 import logging
 import math
-import os
-import threading
-import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any, NoReturn
@@ -40,17 +37,17 @@ from opentelemetry.proto.logs.v1 import logs_pb2
 from opentelemetry.proto.resource.v1 import resource_pb2
 
 from auditlake.collector.errors import AuthError, StorageError
-from auditlake.collector.ingest.keys import IngestKey, IngestKeyStore
+from auditlake.collector.ingest.keys import IngestKey
 from auditlake.collector.ingest.receive import (
     WIRE_SCHEMA,
-    Limits,
+    IngestPath,
     Rejection,
-    _bearer,
-    _reserved,
+    bearer_token,
     normalize,
+    reserved_service_rows,
     validate,
 )
-from auditlake.collector.lake.batch import AcceptedBatch, BatchIndex
+from auditlake.collector.lake.batch import AcceptedBatch
 from auditlake.collector.schema import STRING_FIELDS
 
 log = logging.getLogger(__name__)
@@ -548,29 +545,18 @@ class OtlpLogsService:
     log records in, audit events stored, through the same write path as
     AuditService (receive.py)."""
 
-    def __init__(
-        self,
-        keys: IngestKeyStore,
-        store: Callable[[AcceptedBatch], Future[object]],
-        batches: BatchIndex,
-        *,
-        limits: Limits | None = None,
-        overloaded: Callable[[], tuple[float, str] | None] = lambda: None,
-        clock: Callable[[], float] = time.time,
-        max_concurrent: int | None = None,
-        seen: Callable[[pa.Table], np.ndarray] = lambda table: np.zeros(0, np.int64),
-    ) -> None:
-        self._keys = keys
-        self._store = store
-        self._batches = batches
-        self._limits = limits or Limits()
-        self._overloaded = overloaded
-        self._clock = clock
+    def __init__(self, path: IngestPath) -> None:
+        """``path``: the native AuditService's (its ``path``): the same keys,
+        write path, batch ids and limits, and one CPU limit for both."""
+        self._keys = path.keys
+        self._store = path.store
+        self._batches = path.batches
+        self._limits = path.limits
+        self._overloaded = path.overloaded
+        self._clock = path.clock
         #: Row indices of a batch whose (tenant_id, id) is already stored.
-        self._seen = seen
-        # As in AuditService: mapping holds the GIL; more threads at it than
-        # cores only fight over it.
-        self._cpu = threading.BoundedSemaphore(max_concurrent or os.cpu_count() or 2)
+        self._seen = path.seen
+        self._cpu = path.cpu
 
     def handler(self) -> grpc.GenericRpcHandler:
         """The service for ``grpc.Server.add_generic_rpc_handlers``: Export
@@ -634,7 +620,7 @@ class OtlpLogsService:
 
     def _authenticate(self, context: grpc.ServicerContext) -> IngestKey:
         try:
-            return self._keys.authenticate(_bearer(context))
+            return self._keys.authenticate(bearer_token(context))
         except AuthError as exc:
             _abort(context, grpc.StatusCode.UNAUTHENTICATED, f"{exc} (OTLP exporters: headers "
                    "'authorization=Bearer <key>', e.g. OTEL_EXPORTER_OTLP_HEADERS=authorization=Bearer%20<key>)")
@@ -658,7 +644,7 @@ class OtlpLogsService:
         table = normalize(mapped.table)
         found = validate(table, now_us, self._limits)
         named = {r.index for r in found}
-        found += [r for r in _reserved(table) if r.index not in named]
+        found += [r for r in reserved_service_rows(table) if r.index not in named]
         refused = list(mapped.refused) + [_translated(r, mapped.positions[r.index]) for r in found]
         refused.sort(key=lambda r: r.position.ordinal)
         if found:

@@ -478,7 +478,9 @@ def _all_json_objects(col: pa.Array | pa.ChunkedArray) -> bool:
 # -- the service -----------------------------------------------------------------
 
 
-def _bearer(context: grpc.ServicerContext) -> str | None:
+def bearer_token(context: grpc.ServicerContext) -> str | None:
+    """The ingest key a call carries (``authorization: Bearer <key>``, or
+    ``x-api-key``), for every ingest service on the port."""
     for key, value in context.invocation_metadata() or ():
         if key == "authorization":
             v = str(value)
@@ -486,6 +488,27 @@ def _bearer(context: grpc.ServicerContext) -> str | None:
         if key == "x-api-key":
             return str(value).strip()
     return None
+
+
+@dataclass(frozen=True)
+class IngestPath:
+    """What every ingest service on the port (AuditService here, OTLP's
+    LogsService in otlp.py) authenticates against and stores through, and
+    the one limit on how many requests decode and validate at once, so the
+    two services together never put more threads on the GIL than cores."""
+
+    keys: IngestKeyStore
+    store: Callable[[AcceptedBatch], Future[object]]
+    batches: BatchIndex
+    limits: Limits
+    overloaded: Callable[[], tuple[float, str] | None]
+    clock: Callable[[], float]
+    #: Row indices of a batch whose (tenant_id, id) is already stored.
+    seen: Callable[[pa.Table], np.ndarray]
+    # Decoding and validating hold the GIL much of the time: more threads
+    # doing it at once than there are cores only fight over it (and
+    # starve the sealer); the other workers wait here, off the GIL.
+    cpu: threading.BoundedSemaphore
 
 
 class AuditService(audit_pb2_grpc.AuditServiceServicer):
@@ -503,18 +526,17 @@ class AuditService(audit_pb2_grpc.AuditServiceServicer):
         max_concurrent: int | None = None,
         seen: Callable[[pa.Table], np.ndarray] = lambda table: np.zeros(0, np.int64),
     ) -> None:
+        #: Shared with the other services on the port (otlp.OtlpLogsService).
+        self.path = IngestPath(keys, store, batches, limits or Limits(), overloaded, clock, seen,
+                               threading.BoundedSemaphore(max_concurrent or os.cpu_count() or 2))
         self._keys = keys
         self._store = store
         self._batches = batches
-        self._limits = limits or Limits()
+        self._limits = self.path.limits
         self._overloaded = overloaded
         self._clock = clock
-        #: Row indices of a batch whose (tenant_id, id) is already stored.
         self._seen = seen
-        # Decoding and validating hold the GIL much of the time: more threads
-        # doing it at once than there are cores only fight over it (and
-        # starve the sealer); the other workers wait here, off the GIL.
-        self._cpu = threading.BoundedSemaphore(max_concurrent or os.cpu_count() or 2)
+        self._cpu = self.path.cpu
 
     def handler(self) -> grpc.GenericRpcHandler:
         """The service for ``grpc.Server.add_generic_rpc_handlers``: Export
@@ -550,7 +572,7 @@ class AuditService(audit_pb2_grpc.AuditServiceServicer):
 
     def _authenticate(self, context: grpc.ServicerContext) -> IngestKey:
         try:
-            return self._keys.authenticate(_bearer(context))
+            return self._keys.authenticate(bearer_token(context))
         except AuthError as exc:
             context.abort(grpc.StatusCode.UNAUTHENTICATED, str(exc))
         except StorageError as exc:
@@ -638,7 +660,7 @@ class AuditService(audit_pb2_grpc.AuditServiceServicer):
         """Every invalid event of a normalized batch, one Rejection each, by row."""
         found = validate(table, now_us, self._limits, not_utf8)
         named = {r.index for r in found}
-        found += [r for r in _reserved(table) if r.index not in named]
+        found += [r for r in reserved_service_rows(table) if r.index not in named]
         found.sort(key=lambda r: r.index)
         return found
 
@@ -743,7 +765,7 @@ def _scattered_message(rejections: Sequence[Rejection], total: int) -> str:
     return head + _named(rejections, _MESSAGE_BUDGET - len(head))
 
 
-def _reserved(table: pa.Table) -> list[Rejection]:
+def reserved_service_rows(table: pa.Table) -> list[Rejection]:
     """Events claiming to be the collector's own (its service names): only
     the collector writes those, never an ingest key."""
     service = table.column("service")

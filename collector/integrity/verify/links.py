@@ -74,19 +74,29 @@ class _Trees:
         self.trees.pop(writer, None)
         self.heads.pop(writer, None)
 
-    def add(self, writer: str, first_seq: int, leaves: list[bytes]) -> None:
-        """Append ``writer``'s leaves for seqs ``first_seq``, ``first_seq + 1``, …"""
+    def _tree_at(self, writer: str, first_seq: int) -> tuple[CompactTree, list[TreeHead]] | None:
+        """``writer``'s tree, grown through kept subtrees up to ``first_seq``,
+        and its heads still to check; None when the writer's tree is not
+        rebuilt (no heads, or events that do not follow without a gap)."""
         heads = self.heads.get(writer)
         if not heads:
-            return
+            return None
         tree = self.trees.setdefault(writer, CompactTree())
         self._fill(writer, tree, first_seq - 1)
         if writer not in self.heads:
-            return
+            return None
         if first_seq != tree.size + 1:
             self.stop(writer, f"its events do not run without a gap from seq 1 (seq {first_seq} follows "
                                f"{tree.size})")
+            return None
+        return tree, heads
+
+    def add(self, writer: str, first_seq: int, leaves: list[bytes]) -> None:
+        """Append ``writer``'s leaves for seqs ``first_seq``, ``first_seq + 1``, …"""
+        found = self._tree_at(writer, first_seq)
+        if found is None:
             return
+        tree, heads = found
         start = tree.size
         at = 0
         while heads and heads[0][0] <= start + len(leaves):
@@ -101,17 +111,10 @@ class _Trees:
         by the roots of the aligned subtrees they form, in order (a signed
         tree size inside them falls between two pieces): the same as
         :meth:`add` with their leaf hashes."""
-        heads = self.heads.get(writer)
-        if not heads:
+        found = self._tree_at(writer, first_seq)
+        if found is None:
             return
-        tree = self.trees.setdefault(writer, CompactTree())
-        self._fill(writer, tree, first_seq - 1)
-        if writer not in self.heads:
-            return
-        if first_seq != tree.size + 1:
-            self.stop(writer, f"its events do not run without a gap from seq 1 (seq {first_seq} follows "
-                               f"{tree.size})")
-            return
+        tree, heads = found
         end = tree.size + count
         todo = deque(pieces)
         while heads and heads[0][0] <= end:

@@ -28,8 +28,11 @@ from pathlib import Path
 
 import pytest
 
-from auditlake import sdk
 from tests.conftest import free_port
+
+# The SDK tests' own guard, for every test here too: no spool in the real
+# home directory, no configured collector reached, the SDK shut down after.
+from tests.sdk.conftest import _sdk_is_shut_down_after_each_test  # noqa: F401
 
 __all__ = ["PostgresServer", "find_pg_bin", "postgres", "start_postgres"]
 
@@ -178,15 +181,3 @@ def postgres() -> Iterator[PostgresServer]:
         if server is not None:
             server.stop()
         shutil.rmtree(root, ignore_errors=True)
-
-
-@pytest.fixture(autouse=True)
-def _sdk_is_shut_down_after_each_test(
-    tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch
-) -> Iterator[None]:
-    # Never spool into the real home directory, never reach a configured collector.
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path_factory.mktemp("cache")))
-    for name in ("AUDITLAKE_ENDPOINT", "AUDITLAKE_API_KEY", "AUDITLAKE_CONFIG"):
-        monkeypatch.delenv(name, raising=False)
-    yield
-    sdk.shutdown(timeout=5.0)

@@ -33,9 +33,47 @@ from auditlake.collector.config import (
 from auditlake.collector.errors import CollectorError
 from auditlake.collector.storage.datadir import DataDir
 
-#: Modules that add subcommands (each defines ``register(subparsers)``).
-STAGE_COMMANDS = ("integrity.verify", "integrity.proof_command", "admin.server", "admin.export", "admin.process",
-                  "retention.job", "retention.backfill", "retention.erase", "lake.compact")
+#: The subcommands this module adds itself (cheap: their imports wait for the call).
+BUILTIN_COMMANDS = ("serve", "keys", "query")
+
+#: Which module (under ``auditlake.collector``, defining ``register(subparsers)``)
+#: adds each top-level subcommand, in --help order.  The one list: ``auditlake NAME``
+#: imports NAME's module only, since importing them all costs half a second of
+#: pandas, gRPC and Starlette that `auditlake verify` never uses;
+#: tests/e2e/test_cli_lazy.py checks that the modules add exactly these names.
+STAGE_COMMANDS: dict[str, str] = {
+    "verify": "integrity.verify",
+    "proof": "integrity.proof_command",
+    "monitor": "integrity.proof_command",
+    "users": "admin.server",
+    "export": "admin.export",
+    "admin-serve": "admin.process",
+    "retention": "retention.job",
+    "import": "retention.backfill",
+    "erase": "retention.erase",
+    "compact": "lake.compact",
+}
+
+#: The top-level options that take a value (``--log-level DEBUG``).
+_VALUED_OPTIONS = ("--log-level",)
+
+
+def named_command(argv: list[str]) -> str | None:
+    """The subcommand ``argv`` names (its first non-option argument), or None
+    when that is not certain: an option other than --log-level comes first
+    (``--help``, ``--version``, a typo), or there is none.  None registers
+    every subcommand, so help and errors read as if nothing were lazy."""
+    i = 0
+    while i < len(argv):
+        arg = argv[i]
+        if not arg.startswith("-"):
+            return arg
+        name = arg.split("=", 1)[0]
+        # argparse accepts unambiguous prefixes (--log DEBUG); "--" alone is no option.
+        if len(name) < 3 or not any(opt.startswith(name) for opt in _VALUED_OPTIONS):
+            return None
+        i += 1 if "=" in arg else 2
+    return None
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -163,7 +201,10 @@ def cmd_query(args: argparse.Namespace) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The `auditlake` parser.  With ``command`` (a name of BUILTIN_COMMANDS
+    or STAGE_COMMANDS) only that subcommand's module is imported (none for a
+    builtin); otherwise all are, which is what --help and an unknown name need."""
     parser = argparse.ArgumentParser(
         prog="auditlake",
         description="auditlake collector: ingest, store, verify and query audit events.",
@@ -214,8 +255,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("sql", help="SQL text, or - to read it from stdin")
     p.set_defaults(func=cmd_query)
 
-    for name in STAGE_COMMANDS:
-        importlib.import_module(f"auditlake.collector.{name}").register(sub)
+    if command in BUILTIN_COMMANDS:
+        return parser
+    modules = [STAGE_COMMANDS[command]] if command in STAGE_COMMANDS else STAGE_COMMANDS.values()
+    for module in dict.fromkeys(modules):  # a module adding two names registers once
+        importlib.import_module(f"auditlake.collector.{module}").register(sub)
     return parser
 
 
@@ -258,10 +302,13 @@ def _raise_open_files_limit() -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from auditlake.collector.integrity.proof_command import shorthand  # noqa: PLC0415
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["proof"]:
+        # `proof EVENT_ID` is `proof event EVENT_ID`; only `proof` needs the module.
+        from auditlake.collector.integrity.proof_command import shorthand  # noqa: PLC0415
 
-    parser = build_parser()
-    args = parser.parse_args(shorthand(sys.argv[1:] if argv is None else list(argv)))
+        argv = shorthand(argv)
+    args = build_parser(named_command(argv)).parse_args(argv)
     logging.basicConfig(
         level=getattr(logging, str(args.log_level).upper(), logging.INFO),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import ssl
 import tomllib
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
@@ -118,6 +117,8 @@ class ServerTls:
         cert = _read_pem(self.cert, "tls_cert", b"CERTIFICATE")
         key = _read_pem(self.key, "tls_key", b"PRIVATE KEY")
         ca = _read_pem(self.client_ca, "tls_client_ca", b"CERTIFICATE") if self.client_ca else None
+        import ssl  # noqa: PLC0415 - only TLS listeners need it; verify and query start without it
+
         try:
             # The pair must match (a renewal replaces the two files one after
             # the other); an encrypted key fails here rather than prompting.

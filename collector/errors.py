@@ -1,6 +1,6 @@
 """The collector's exceptions.
 
-    AuditlakeError                      (auditlake.sdk's root, re-used)
+    AuditlakeError                      (the root, auditlake.AuditlakeError, shared with the SDK)
     └── CollectorError
         ├── ConfigError(ValueError)     a bad setting or file
         ├── StorageError(OSError)       the disk or a store failed
@@ -12,7 +12,8 @@ Errors are mapped to gRPC / HTTP statuses once, at the boundary.
 
 from __future__ import annotations
 
-from auditlake.sdk import AuditlakeError
+# Not `auditlake.sdk`: importing the SDK would start every collector command with gRPC.
+from auditlake import AuditlakeError
 
 
 class CollectorError(AuditlakeError):

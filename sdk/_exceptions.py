@@ -12,9 +12,8 @@ gRPC statuses are mapped to these once, in ``_exporter.py``.
 
 from __future__ import annotations
 
-
-class AuditlakeError(Exception):
-    """Root of every exception auditlake raises."""
+# Defined in the root package, which the collector shares without importing the SDK.
+from auditlake import AuditlakeError as AuditlakeError
 
 
 class ConfigurationError(ValueError, AuditlakeError):

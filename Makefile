@@ -9,7 +9,7 @@ STAMP  := $(VENV)/.installed
 install: $(STAMP)
 
 # Re-install when the project's dependency list changes.
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml collector/integrity/_chainhash.c
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e '.[test]'

@@ -19,8 +19,13 @@ makes the caller (``links._rehash_regular``) give up and run the streaming
 re-hash, which names every failure exactly.  So this path only ever
 confirms; what it finds wrong is reported by the same code as before.
 
-Worker processes (not threads: hashlib holds the GIL for inputs under 2 KiB)
-run it for lakes large enough to pay their start-up (:func:`_workers`).
+The per-event loop (encoding, link, leaf) runs in C when the optional
+extension ``integrity._chainhash`` is built (OpenSSL's SHA-256 with the GIL
+released, as pyarrow's reads are): then one thread per core runs it.
+Without it the same checks run in Python (``canonical_column_bulk`` and
+hashlib) on worker processes, since hashlib holds the GIL for inputs under
+2 KiB.  Either runs for lakes large enough to pay its start-up
+(:func:`_workers`).
 """
 
 from __future__ import annotations
@@ -29,8 +34,9 @@ import hashlib
 import multiprocessing
 import os
 import threading
+import types
 from collections.abc import Callable
-from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 
@@ -42,6 +48,15 @@ import pyarrow.parquet as pq
 from auditlake.collector.integrity.chain import canonical_column_bulk, canonical_fields
 from auditlake.collector.integrity.merkle import aligned_subtrees
 from auditlake.collector.schema import EVENT_SCHEMA
+
+_chainhash: types.ModuleType | None
+try:
+    from auditlake.collector.integrity import _chainhash
+except ImportError:  # built without a C compiler or OpenSSL's headers: the Python loop runs
+    _chainhash = None
+
+#: True when the per-event loop runs in C (reported by verify as ``native``).
+NATIVE = _chainhash is not None
 
 #: Events below which the re-hash stays in this process: forking workers
 #: and shipping them work costs more than it saves on a small lake.
@@ -87,19 +102,41 @@ class FileResult:
     pieces: list[Piece] | None = None
 
 
+def _dictionary_columns(parquet: pq.ParquetFile, names: list[str]) -> list[str]:
+    """String columns every row group stores dictionary-encoded: the C loop
+    reads them as dictionary arrays, sparing pyarrow a string per row."""
+    meta = parquet.metadata
+    if meta.num_row_groups == 0:
+        return []
+    out = []
+    for name in names:
+        if EVENT_SCHEMA.field(name).type != pa.string():
+            continue
+        i = parquet.schema_arrow.get_field_index(name)
+        if all("RLE_DICTIONARY" in meta.row_group(g).column(i).encodings
+               and meta.row_group(g).column(i).has_dictionary_page for g in range(meta.num_row_groups)):
+            out.append(name)
+    return out
+
+
 def _read(task: FileTask) -> pa.Table | None:
     """The file's hashed columns plus seq and chain_hash, or None when a
     column's type differs from the schema or holds a NULL (the streaming
     re-hash, through DuckDB, decides what such a file means)."""
-    parquet = pq.ParquetFile(task.path if task.path is not None else pa.BufferReader(task.data))
+    source = task.path if task.path is not None else pa.BufferReader(task.data)
+    parquet = pq.ParquetFile(source)
     names = parquet.schema_arrow.names
     wanted = [*canonical_fields(names), "chain_hash"]
     if not set(wanted) <= set(names):
         return None
+    dictionary = _dictionary_columns(parquet, wanted) if NATIVE else []
+    if dictionary:
+        parquet = pq.ParquetFile(source, read_dictionary=dictionary)
     table = parquet.read(columns=wanted, use_threads=False)
     for name in wanted:
         col = table.column(name)
-        if col.type != EVENT_SCHEMA.field(name).type or col.null_count:
+        typ = col.type.value_type if pa.types.is_dictionary(col.type) else col.type
+        if typ != EVENT_SCHEMA.field(name).type or col.null_count:
             return None
     return table
 
@@ -182,6 +219,62 @@ def _prefixed(prefix: pa.Array, canon: pa.Array) -> pa.Array:
     return pc.cast(joined, pa.large_binary())
 
 
+#: The C loop's field kinds (see _chainhash.c).
+_STRING, _INT64, _BOOL, _INT32, _DICT_STRING = 0, 2, 3, 4, 5
+
+
+def _native_field(col: pa.Array) -> tuple[int, int, object, object, object, int, int] | None:
+    """One column as the C loop reads it: (kind, offset, buffers..., the
+    dictionary's offset and length); None for a type it does not read."""
+    t = col.type
+    bufs = col.buffers()
+    if t == pa.string():
+        return (_STRING, col.offset, bufs[1], bufs[2] or b"", None, 0, 0)
+    if (pa.types.is_timestamp(t) and t.unit == "us") or t == pa.int64():
+        return (_INT64, col.offset, bufs[1], None, None, 0, 0)
+    if t == pa.int32():
+        return (_INT32, col.offset, bufs[1], None, None, 0, 0)
+    if t == pa.bool_():
+        return (_BOOL, col.offset, bufs[1], None, None, 0, 0)
+    if pa.types.is_dictionary(t) and t.index_type == pa.int32() and t.value_type == pa.string():
+        values = col.dictionary
+        vbufs = values.buffers()
+        return (_DICT_STRING, col.offset, bufs[1], vbufs[1], vbufs[2] or b"", values.offset, len(values))
+    return None
+
+
+def _native_check(table: pa.Table, order: np.ndarray | None,
+                  leaves: bool) -> tuple[bool, bytes, bytes, bytes | None] | None:
+    """The C loop over ``table`` (rows taken in ``order``): links after the
+    first held, the first encoding and stored hash, the leaf hashes; None
+    when a column is of a type it does not read."""
+    assert _chainhash is not None
+    columns = [table.column(name).combine_chunks() for name in canonical_fields(table.column_names)]
+    fields = [f for f in map(_native_field, columns) if f is not None]
+    if len(fields) != len(columns):
+        return None
+    hashes = table.column("chain_hash").combine_chunks()
+    if hashes.type != pa.string():
+        hashes = hashes.cast(pa.string())
+    hbufs = hashes.buffers()
+    indices = None if order is None else np.ascontiguousarray(order, dtype=np.int64)
+    ok, first_canon, first_hash, leaf_hashes = _chainhash.check_file(
+        fields, (hashes.offset, hbufs[1], hbufs[2] or b""), table.num_rows, indices, leaves)
+    return bool(ok), first_canon or b"", first_hash or b"", leaf_hashes
+
+
+def _pieces_native(leaves: bytes, first: int, cuts: tuple[int, ...]) -> list[Piece]:
+    """_pieces with each subtree's root hashed in C."""
+    assert _chainhash is not None
+    end = first + len(leaves) // _HASH
+    bounds = [first, *cuts, end]
+    out: list[Piece] = []
+    for a, b in zip(bounds, bounds[1:]):  # noqa: B905 - bounds has one more
+        for start, size in aligned_subtrees(a, b):
+            out.append((start, size, _chainhash.complete_root(leaves, start - first, size)))
+    return out
+
+
 def hash_file(task: FileTask) -> FileResult:
     """Check one file's links after its first and, when its writer's tree is
     rebuilt, compute its subtree roots."""
@@ -193,12 +286,33 @@ def hash_file(task: FileTask) -> FileResult:
         return FileResult(False)
     if not table.num_rows:
         return FileResult(True, links_ok=True)
-    writers = pc.unique(table.column("writer_id"))
+    writer_col = table.column("writer_id")
+    if pa.types.is_dictionary(writer_col.type):
+        writer_col = writer_col.cast(pa.string())
+    writers = pc.unique(writer_col)
     seqs = table.column("seq").to_numpy()
     order = np.argsort(seqs, kind="stable")
     n, first_seq = table.num_rows, int(seqs[order[0]])
     if len(writers) != 1 or not bool(np.array_equal(seqs[order], np.arange(first_seq, first_seq + n))):
         return FileResult(False)
+    writer = str(writers[0].as_py())
+    sizes = task.heads.get(writer)
+    if NATIVE:
+        sorted_already = bool(np.all(order[:-1] < order[1:]))
+        try:
+            native = _native_check(table, None if sorted_already else order, bool(sizes))
+        except (pa.ArrowException, ValueError):
+            native = None
+        if native is not None:
+            ok, first_canon, first_hash, leaves = native
+            result = FileResult(True, writer, first_seq, n, first_canon, first_hash, links_ok=ok)
+            if ok and sizes and leaves is not None:
+                cuts = tuple(s for s in sizes if first_seq - 1 < s < first_seq - 1 + n)
+                result.pieces = _pieces_native(leaves, first_seq - 1, cuts)
+            return result
+        if any(pa.types.is_dictionary(f.type) for f in table.schema):
+            table = pa.table({name: (col.cast(col.type.value_type) if pa.types.is_dictionary(col.type) else col)
+                              for name, col in zip(table.column_names, table.columns, strict=True)})
     stored = _stored_hashes(table.column("chain_hash"))
     if stored is None:
         return FileResult(False)
@@ -207,13 +321,11 @@ def hash_file(task: FileTask) -> FileResult:
         # Ordered by their offsets: the encodings themselves stay where they are.
         canon = canon.take(pa.array(order))
         stored = np.frombuffer(stored, dtype=f"S{_HASH}")[order].tobytes()
-    writer = str(writers[0].as_py())
     result = FileResult(True, writer, first_seq, n, canon[0].as_py(), stored[:_HASH])
     # Each link hashes the stored hash before it: the file's own, shifted by one.
     prevs = pa.FixedSizeBinaryArray.from_buffers(pa.binary(_HASH), n - 1, [None, pa.py_buffer(stored[:-_HASH])])
     links = _hashes(_prefixed(prevs.cast(pa.large_binary()), canon.slice(1)))
     result.links_ok = links == stored[_HASH:]
-    sizes = task.heads.get(writer)
     if result.links_ok and sizes:
         leaves = _leaf_hashes(canon)
         cuts = tuple(s for s in sizes if first_seq - 1 < s < first_seq - 1 + n)
@@ -230,11 +342,12 @@ def _min_events() -> int:
 
 
 def _workers(total: int, tasks: int) -> int:
-    """Worker processes for ``total`` events in ``tasks`` files: two on a
-    lake large enough to pay for them, when this process runs no other
-    Python thread; else none (the work stays here).
+    """Workers for ``total`` events in ``tasks`` files: one per core (at
+    most two) on a lake large enough to pay for them, when this process runs
+    no other Python thread; else none (the work stays here).
 
-    Workers are forked: they need nothing but this module, already
+    With the C loop the workers are threads.  Otherwise they are processes,
+    forked: they need nothing but this module, already
     imported, and start in milliseconds (a spawned interpreter costs
     ~0.4 s and re-imports the caller's main module).  In a single-threaded
     process no lock can be held across the fork by a thread that is not
@@ -244,7 +357,7 @@ def _workers(total: int, tasks: int) -> int:
     background check should leave the other core to ingest anyway."""
     if total < _min_events() or threading.active_count() > 1:
         return 0
-    if "fork" not in multiprocessing.get_all_start_methods():
+    if not NATIVE and "fork" not in multiprocessing.get_all_start_methods():
         return 0
     return min(os.cpu_count() or 1, 2, tasks) if (os.cpu_count() or 1) > 1 else 0
 
@@ -256,14 +369,17 @@ class Rehash:
 
     def __init__(self, tasks: list[FileTask], events: int) -> None:
         self.tasks = tasks
-        self._pool: ProcessPoolExecutor | None = None
+        self._pool: Executor | None = None
         self._futures: list[Future[FileResult]] = []
         workers = _workers(events, len(tasks))
-        #: Worker processes started (0: the files are re-hashed here).
+        #: Workers started (0: the files are re-hashed here).
         self.workers = 0
+        #: Where the per-event loop runs: "C" or "Python".
+        self.loop = "C" if NATIVE else "Python"
         if workers > 1:
             try:
-                self._pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork"))
+                self._pool = (ThreadPoolExecutor(workers, thread_name_prefix="auditlake-verify") if NATIVE else
+                              ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork")))
                 # Largest first, so that no worker is left with a big file at the end.
                 by_size = sorted(range(len(tasks)), key=lambda i: -_size(tasks[i]))
                 submitted = {i: self._pool.submit(hash_file, tasks[i]) for i in by_size}

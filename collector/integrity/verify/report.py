@@ -96,8 +96,13 @@ class VerifyReport:
     checkpoints: int = 0
     #: Signed Merkle tree heads checked against the tree of the stored events.
     tree_heads: int = 0
-    #: Worker processes the re-hash ran on (0: in this process).
+    #: Workers the re-hash of whole files ran on (0: this thread): threads
+    #: with the C loop, else processes.
     hash_workers: int = 0
+    #: Where the per-event loop of that re-hash ran: "C" (the optional
+    #: extension integrity._chainhash) or "Python"; "" when it did not run
+    #: (a small lake, a partial verify, a file that may hold a NULL).
+    hash_loop: str = ""
     mirrors: list[str] = field(default_factory=list)
     public_key: str = ""
     date_from: str | None = None
@@ -131,6 +136,7 @@ class VerifyReport:
             "checkpoints": self.checkpoints,
             "tree_heads": self.tree_heads,
             "hash_workers": self.hash_workers,
+            "hash_loop": self.hash_loop,
             "mirrors": self.mirrors,
             "public_key": self.public_key,
             "range": {"from": self.date_from, "to": self.date_to},

@@ -300,6 +300,7 @@ class _Verification:
         finally:
             if rehash is not None:
                 self.report.hash_workers = rehash.workers
+                self.report.hash_loop = rehash.loop
                 rehash.close()
         self.report.events_hashed = links.hashed
         self._report_trees(links, snap)

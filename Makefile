@@ -4,12 +4,13 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: install proto demo demo-check test lint bench browser java postgres clean
+.PHONY: install proto demo demo-check test lint bench browser java postgres openssl-headers clean
 
 install: $(STAMP)
 
 # Re-install when the project's dependency list changes.
 $(STAMP): pyproject.toml collector/integrity/_chainhash.c
+	@$(MAKE) --no-print-directory openssl-headers
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e '.[test]'
@@ -33,6 +34,14 @@ browser:
 	@command -v chromium >/dev/null 2>&1 || { \
 	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq chromium >/dev/null; \
 	  else sudo apt-get update -qq && sudo apt-get install -y -qq chromium >/dev/null; fi; }
+
+# OpenSSL's headers for verify's C loop (collector/integrity/_chainhash.c links
+# libcrypto, the SHA-256 hashlib uses); without them pip skips the optional
+# extension and verify runs its Python loop, several times slower.
+openssl-headers:
+	@test -f /usr/include/openssl/sha.h || { \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq libssl-dev >/dev/null; \
+	  else sudo apt-get update -qq && sudo apt-get install -y -qq libssl-dev >/dev/null; fi; }
 
 # Debian's PostgreSQL for the ORM capture tests (tests/integrations): the tests
 # start their own server with initdb + pg_ctl in a temporary directory.
@@ -66,4 +75,4 @@ bench: $(STAMP)
 	$(PY) bench/run.py
 
 clean:
-	rm -rf $(VENV) auditlake-demo build .pytest_cache
+	rm -rf $(VENV) auditlake-demo build .pytest_cache collector/integrity/_chainhash.*.so

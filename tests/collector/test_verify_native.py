@@ -157,6 +157,9 @@ def test_dictionary_columns_row_groups_and_unsorted_files(monkeypatch: pytest.Mo
         for t in (table, shuffled):
             data = _file(t, row_group_size=128)
             assert pq.ParquetFile(io.BytesIO(data)).metadata.num_row_groups == 8
+            table = parallel._read(parallel.FileTask(path=None, data=data, heads={}))
+            assert table is not None and pa.types.is_dictionary(table.schema.field("user_id").type)
+            assert parallel._native_check(table, None, False) is not None  # the C loop read it, no fallback
             native, python = _both(data, {"w1": (100, 1_040)}, monkeypatch)
             assert native == python
             assert native.links_ok and native.first_seq == 41 and native.rows == 1_000

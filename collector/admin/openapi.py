@@ -136,7 +136,8 @@ _PROOF_HELP = ("Check it with `auditlake proof verify FILE --public-key KEY`, or
 
 
 def _errors(*codes: int) -> dict[str, Any]:
-    text = {400: "Malformed parameter", 401: "Not authenticated", 403: "Not allowed (tenant outside the grant)",
+    text = {400: "Malformed parameter", 401: "Not authenticated",
+            403: "Not allowed (a tenant outside the grant, or an endpoint the role may not call)",
             404: "Not found", 409: "The lake cannot give this proof as it stands (the message says why)",
             429: "Too many exports running (see Retry-After)",
             503: "The query ran past [admin] query_timeout_s and was stopped (see Retry-After)"}
@@ -205,7 +206,7 @@ def document() -> dict[str, Any]:
             "/api/v1/proofs/consistency": {"get": {
                 "operationId": "getConsistencyProof",
                 "summary": "The proof that a writer's later checkpoint's log extends an earlier one's "
-                           "(admins). " + _PROOF_HELP,
+                           "(admins and monitors). " + _PROOF_HELP,
                 "parameters": [
                     {"name": "writer", "in": "query", "required": True, "description": "The writer id.",
                      "schema": _WRITER},
@@ -220,15 +221,16 @@ def document() -> dict[str, Any]:
                 }}},
             "/api/v1/checkpoints/heads": {"get": {
                 "operationId": "getTreeHeads",
-                "summary": "Every writer's newest checkpoint that signs a Merkle tree head, as stored (admins): "
-                           "what `auditlake monitor --url` polls",
+                "summary": "Every writer's newest checkpoint that signs a Merkle tree head, as stored "
+                           "(admins and monitors): what `auditlake monitor --url` polls",
                 "responses": {
                     "200": {"description": "The heads", "content": _json(_HEADS)},
                     **_errors(401, 403),
                 }}},
             "/api/v1/checkpoints/{writer}/head": {"get": {
                 "operationId": "getTreeHead",
-                "summary": "One writer's newest checkpoint that signs a Merkle tree head, as stored (admins)",
+                "summary": "One writer's newest checkpoint that signs a Merkle tree head, as stored "
+                           "(admins and monitors)",
                 "parameters": [{"name": "writer", "in": "path", "required": True, "schema": _WRITER}],
                 "responses": {
                     "200": {"description": "The signed checkpoint", "content": _json(_ref("SignedCheckpoint"))},

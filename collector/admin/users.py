@@ -11,7 +11,11 @@ and sessions, and a restart logs nobody out:
     session-secret.json        the key session cookies are tagged with
 
 Roles: ``admin`` reads every tenant and manages users; ``auditor`` reads and
-exports only the tenants granted.  ``users.json`` is a
+exports only the tenants granted; ``monitor`` reads only the signed tree
+heads and consistency proofs (what ``auditlake monitor --url`` polls), no
+event of any tenant: the least an external monitor needs, so it never holds
+an admin's token.  The API and the pages deny a monitor every endpoint not
+marked for it, in one place (``routes/principal.py``).  ``users.json`` is a
 :class:`~auditlake.collector.storage.fleet_doc.FleetDocument`: changed only by
 conditional read-modify-write, read through a cache (a local file at each
 change, an object within ~2-5 s).  API tokens expire (``--expires-days``,
@@ -81,7 +85,9 @@ T = TypeVar("T")
 
 #: The document of users inside the fleet state.
 USERS = "users.json"
-ROLES = ("admin", "auditor")
+ROLES = ("admin", "auditor", "monitor")
+#: The role that may call only the endpoints marked for it (``routes/principal.py``).
+MONITOR = "monitor"
 #: API tokens one user may hold at once.
 MAX_TOKENS_PER_USER = 20
 #: Default lifetime of an API token.
@@ -121,12 +127,23 @@ class User:
 
     @property
     def scope(self) -> frozenset[str] | None:
-        """Tenants this user may read; None means every tenant."""
+        """Tenants this user may read; None means every tenant (a monitor's is
+        empty: no tenant, should a read ever reach the lake for one)."""
         return None if self.role == "admin" else self.tenants
 
     @property
     def is_admin(self) -> bool:
         return self.role == "admin"
+
+    @property
+    def is_monitor(self) -> bool:
+        """Whether this user may call only the endpoints marked for monitors."""
+        return self.role == MONITOR
+
+    @property
+    def grants(self) -> str:
+        """The tenants granted, as `users list` shows them: ``*`` every one, ``-`` none."""
+        return "*" if self.is_admin else ",".join(sorted(self.tenants)) or "-"
 
 
 class UserStore:
@@ -186,6 +203,9 @@ class UserStore:
             raise ConfigError("an auditor needs at least one tenant (--tenant T)")
         if role == "admin" and clean:
             raise ConfigError("an admin reads every tenant; --tenant is for auditors")
+        if role == MONITOR and clean:
+            raise ConfigError("a monitor reads no tenant's events, only signed tree heads and consistency "
+                              "proofs; --tenant is for auditors")
         if len(password) < MIN_PASSWORD:
             raise ConfigError(f"the password must be at least {MIN_PASSWORD} characters")
         entry: dict[str, Any] = {
@@ -720,14 +740,13 @@ def _store(args: argparse.Namespace) -> UserStore:
 def cmd_users_add(args: argparse.Namespace) -> int:
     user = _store(args).add(args.name, args.role, args.tenant or [], _read_password(args),
                             replace=args.replace)
-    grants = ",".join(sorted(user.tenants)) or "*"
-    print(f"user {user.name} ({user.role}, tenants {grants}) saved")
+    print(f"user {user.name} ({user.role}, tenants {user.grants}) saved")
     return 0
 
 
 def cmd_users_list(args: argparse.Namespace) -> int:
     for u in _store(args).users():
-        print(f"{u.name}\t{u.role}\t{','.join(sorted(u.tenants)) or '*'}\t{u.created_at}")
+        print(f"{u.name}\t{u.role}\t{u.grants}\t{u.created_at}")
     return 0
 
 
@@ -778,7 +797,9 @@ def register_users(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> 
     p = us.add_parser("add", help="add a user; the password is read from a prompt, or stdin when piped")
     add_data_arg(p)
     p.add_argument("name")
-    p.add_argument("--role", choices=ROLES, required=True)
+    p.add_argument("--role", choices=ROLES, required=True,
+                   help="admin: every tenant, and users; auditor: the --tenant(s) granted; "
+                   "monitor: only signed tree heads and consistency proofs (auditlake monitor --url)")
     p.add_argument("--tenant", action="append", help="tenant an auditor may read (repeatable)")
     p.add_argument("--replace", action="store_true", help="overwrite an existing user")
     p.set_defaults(func=cmd_users_add)

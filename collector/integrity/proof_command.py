@@ -225,7 +225,8 @@ class _ApiHeads:
         except urllib.error.HTTPError as exc:
             message = _error_message(exc)
             if exc.code in (401, 403):
-                raise ConfigError(f"{self.base}: {message} (--token must be an admin's API token: "
+                raise ConfigError(f"{self.base}: {message} (--token must be a monitor's (or an admin's) API "
+                                  "token: `auditlake users add NAME --role monitor`, then "
                                   "`auditlake users token NAME`)") from None
             if exc.code in (400, 404, 409):
                 raise IntegrityError(message) from None
@@ -257,8 +258,8 @@ def _head_source(args: argparse.Namespace) -> _LakeHeads | _ApiHeads:
         raise ConfigError("give --url (the admin API) or --data/--lake (the lake), not both")
     token = args.token or os.environ.get(TOKEN_ENV, "")
     if not token:
-        raise ConfigError(f"--url needs an admin's API token: --token TOKEN or ${TOKEN_ENV} "
-                          "(`auditlake users token NAME`)")
+        raise ConfigError(f"--url needs a monitor's (or an admin's) API token: --token TOKEN or ${TOKEN_ENV} "
+                          "(`auditlake users add NAME --role monitor`, then `auditlake users token NAME`)")
     return _ApiHeads(args.url, token)
 
 
@@ -362,14 +363,14 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "consistency proof from the kept head to the newest.  A rolled-back or rewritten log fails "
         "(exit 1) and the old head is kept.  Run it from cron with a key obtained out of band.  "
         "It reads the lake (--data/--lake), or, from another machine with no access to the lake, "
-        "the admin API (--url with an admin's API token).")
+        "the admin API (--url with a monitor's (or an admin's) API token).")
     add_data_arg(p)
     p.add_argument("--url", metavar="URL",
                    help="the admin API's base URL (http://host:8080): fetch heads and consistency proofs over "
                    "HTTP instead of reading the lake")
     p.add_argument("--token", metavar="TOKEN",
-                   help=f"an admin's API token for --url (default: ${TOKEN_ENV}, which keeps it out of the "
-                   "process list)")
+                   help=f"a monitor's (or an admin's) API token for --url (default: ${TOKEN_ENV}, which keeps "
+                   "it out of the process list)")
     p.add_argument("--state", required=True, metavar="FILE", help="where the heads seen are kept")
     p.add_argument("--public-key", metavar="FILE", action="append", help="the writers' public key(s) (required)")
     p.add_argument("--checkpoint-mirror", metavar="DIR", action="append", help=argparse.SUPPRESS)

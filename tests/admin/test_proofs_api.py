@@ -291,7 +291,7 @@ def test_monitor_checks_heads_over_http_with_no_lake(lake: Lake, copied: tuple[A
 
     # an auditor's token, or none, is refused before anything is checked
     result = monitor(lake.url, lake.tokens["alice"])
-    assert result.returncode == 2 and "admin's API token" in result.stderr, result.stderr
+    assert result.returncode == 2 and "monitor's (or an admin's) API token" in result.stderr, result.stderr
     result = monitor(lake.url, None)
     assert result.returncode == 2 and "--token" in result.stderr, result.stderr
     result = monitor(lake.url, lake.tokens["root"], "--data", str(lake.collector.data))

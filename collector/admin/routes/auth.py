@@ -2,7 +2,9 @@
 
 - ``GET /login``: the login form (sets the form's CSRF cookie)
 - ``POST /login``: check the password (throttled), start a session (valid at
-  every collector of the lake: ``admin/users.py``), go on to ``next``
+  every collector of the lake: ``admin/users.py``), go on to ``next``; a
+  monitor gets no session (its API token is all it needs, and a session
+  would only be refused on every page)
 - ``POST /logout``: end the session (at every collector of the lake)
 - ``GET /account``: the account page
 - ``POST /account/tokens``: create an API token, shown once
@@ -65,6 +67,12 @@ async def login_post(request: Request) -> Response:
         return page("login.html", request, None, 401, next=nxt, login_csrf=cookie,
                     error="Wrong user name or password.")
     admin.throttle.succeeded(f"user:{name}", stamp=stamp, reserved=keys)
+    if user.is_monitor:
+        await record(request, action="login_failed", user=user.name, tenants=None, outcome="denied",
+                     reason="a monitor has no pages", resource_type="admin_session", details={"role": user.role})
+        return page("login.html", request, None, 403, next=nxt, login_csrf=cookie,
+                    error="A monitor account cannot sign in: its API token reads signed tree heads and "
+                    "consistency proofs (auditlake monitor --url), and nothing else.")
     value, _ = await run_in_threadpool(admin.sessions.create, user.name, user.generation)
     await record(request, action="login", user=user.name, tenants=None,
                  resource_type="admin_session", details={"role": user.role})

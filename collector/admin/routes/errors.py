@@ -6,6 +6,8 @@ form and shows errors as pages; the API (``api_endpoint``) answers JSON:
 - no or bad credentials: login redirect (303) / 401 with ``WWW-Authenticate``
   (credentials are checked on a worker thread: a session or token may need
   a read of the fleet state, which must not hold up the event loop)
+- RoleDenied (a monitor, on an endpoint not marked for monitors): 403 page /
+  403 JSON naming the role, recorded as a denied read
 - QueryParameterError: 400 naming the parameter
 - TenantScopeError: 403, recorded as a denied read
 - no such URL, wrong method: 404, 405 (``not_found``, ``not_allowed``)
@@ -22,9 +24,9 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 
-from auditlake.collector.admin.routes.audit import record_denied
+from auditlake.collector.admin.routes.audit import record, record_denied
 from auditlake.collector.admin.routes.pages import page
-from auditlake.collector.admin.routes.principal import Principal, authenticate
+from auditlake.collector.admin.routes.principal import Principal, RoleDenied, authenticate
 from auditlake.collector.admin.search import QueryParameterError, QueryTimeout, TenantScopeError
 from auditlake.collector.errors import AuthError
 
@@ -56,6 +58,11 @@ def ui_endpoint(handler: Handler) -> Endpoint:
     async def endpoint(request: Request) -> Response:
         try:
             who = await run_in_threadpool(authenticate, request)
+        except RoleDenied as exc:
+            await _record_role_denied(request, exc)
+            return page("error.html", request, None, 403, title="Not allowed",
+                        message=f"A {exc.user.role} account has no pages: its API token reads signed tree heads "
+                        "and consistency proofs only.")
         except AuthError:
             who = None
         if who is None:
@@ -82,6 +89,9 @@ def api_endpoint(handler: Handler) -> Endpoint:
     async def endpoint(request: Request) -> Response:
         try:
             who = await run_in_threadpool(authenticate, request)
+        except RoleDenied as exc:
+            await _record_role_denied(request, exc)
+            return json_error(403, str(exc))
         except AuthError as exc:
             return json_error(401, str(exc), headers={"WWW-Authenticate": "Bearer"})
         if who is None:
@@ -112,3 +122,9 @@ async def not_allowed(request: Request, exc: Exception) -> Response:
     if request.url.path.startswith("/api/"):
         return json_error(405, "method not allowed")
     return HTMLResponse("<!doctype html><title>Method not allowed</title><p>Method not allowed.", 405)
+
+
+async def _record_role_denied(request: Request, exc: RoleDenied) -> None:
+    """Record a refused call of ``exc.user``'s role, as the proof routes record theirs."""
+    await record(request, action="read", user=exc.user.name, tenants=None, outcome="denied",
+                 reason=f"not an endpoint for a {exc.user.role}", details={"path": request.url.path})

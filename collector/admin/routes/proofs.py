@@ -11,7 +11,10 @@ An event's proof is for whoever may read the event (the same 404 for an
 event of another tenant as ``/api/v1/events/{id}``); it carries that event's
 fields and its writer's signed checkpoint, nothing of other events but
 hashes.  Tree heads and consistency proofs tell each writer's event count
-over every tenant, like the integrity page's chain heads: admins only.
+over every tenant, like the integrity page's chain heads: admins only, and
+monitors (the role made for ``auditlake monitor --url``): these three are
+the only endpoints marked ``for_monitors``, which every other refuses a
+monitor (``principal.py``).
 Making a proof may read a writer's whole chain: it runs on a worker thread,
 one at a time (``admin/proofs.py`` keeps the trees between requests).
 """
@@ -36,7 +39,7 @@ from auditlake.collector.admin.routes.audit import record
 from auditlake.collector.admin.routes.context import admin_context
 from auditlake.collector.admin.routes.errors import api_endpoint, json_error
 from auditlake.collector.admin.routes.params import single
-from auditlake.collector.admin.routes.principal import Principal
+from auditlake.collector.admin.routes.principal import Principal, for_monitors
 from auditlake.collector.admin.search import QueryParameterError
 from auditlake.collector.schema import MAX_BYTES
 
@@ -74,6 +77,7 @@ async def event_proof(request: Request, who: Principal) -> Response:
     return _document(doc, name)
 
 
+@for_monitors
 @api_endpoint
 async def consistency_proof(request: Request, who: Principal) -> Response:
     """The consistency proof between two checkpoints of one writer."""
@@ -84,7 +88,7 @@ async def consistency_proof(request: Request, who: Principal) -> Response:
         raise QueryParameterError("from", "is required: the seal number of the earlier checkpoint")
     if second is not None and second < first:
         raise QueryParameterError("to", f"checkpoint {second} is before checkpoint {first} (from)")
-    denied = await _admins_only(request, who, "consistency proofs")
+    denied = await _admins_and_monitors_only(request, who, "consistency proofs")
     if denied is not None:
         return denied
     admin = admin_context(request)
@@ -97,11 +101,12 @@ async def consistency_proof(request: Request, who: Principal) -> Response:
     return _document(doc, None)
 
 
+@for_monitors
 @api_endpoint
 async def writer_head(request: Request, who: Principal) -> Response:
     """The URL's writer's newest checkpoint that signs a tree head, as stored."""
     writer = _writer(request.path_params["writer"], "writer")
-    denied = await _admins_only(request, who, "signed tree heads")
+    denied = await _admins_and_monitors_only(request, who, "signed tree heads")
     if denied is not None:
         return denied
     admin = admin_context(request)
@@ -113,10 +118,11 @@ async def writer_head(request: Request, who: Principal) -> Response:
     return _document(doc, None)
 
 
+@for_monitors
 @api_endpoint
 async def writer_heads(request: Request, who: Principal) -> Response:
     """Every writer's newest signed tree head (what a monitor polls)."""
-    denied = await _admins_only(request, who, "signed tree heads")
+    denied = await _admins_and_monitors_only(request, who, "signed tree heads")
     if denied is not None:
         return denied
     admin = admin_context(request)
@@ -146,13 +152,13 @@ async def _build(source: ProofSource, fn: Callable[..., Any], *args: Any) -> Any
         return json_error(409, str(exc))
 
 
-async def _admins_only(request: Request, who: Principal, what: str) -> Response | None:
-    """403 (recorded as a denied read) unless ``who`` is an admin."""
-    if who.user.is_admin:
+async def _admins_and_monitors_only(request: Request, who: Principal, what: str) -> Response | None:
+    """403 (recorded as a denied read) unless ``who`` is an admin or a monitor."""
+    if who.user.is_admin or who.user.is_monitor:
         return None
     await record(request, action="read", user=who.user.name, tenants=None, outcome="denied",
-                 reason=f"{what} are for admins", details={"path": request.url.path})
-    return json_error(403, f"only admins may read {what}: they tell every tenant's event count")
+                 reason=f"{what} are for admins and monitors", details={"path": request.url.path})
+    return json_error(403, f"only admins and monitors may read {what}: they tell every tenant's event count")
 
 
 def _document(doc: dict[str, Any], attachment: str | None) -> Response:

@@ -21,7 +21,7 @@ import hashlib
 import json
 import logging
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any, NoReturn
@@ -47,6 +47,7 @@ from auditlake.collector.ingest.receive import (
     reserved_service_rows,
     validate,
 )
+from auditlake.collector.ingest.wire import fields
 from auditlake.collector.lake.batch import AcceptedBatch
 from auditlake.collector.schema import STRING_FIELDS
 
@@ -157,47 +158,6 @@ class RequestTooLarge(ValueError):
     """A request holds more log records (or containers) than the collector takes at once."""
 
 
-def _varint(raw: bytes, pos: int, end: int) -> tuple[int, int]:
-    value = shift = 0
-    while True:
-        if pos >= end or shift > 63:
-            raise ValueError("malformed request: truncated or overlong varint")
-        byte = raw[pos]
-        pos += 1
-        value |= (byte & 0x7F) << shift
-        if byte < 0x80:
-            return value, pos
-        shift += 7
-
-
-def _fields(raw: bytes, start: int, end: int) -> Iterator[tuple[int, int, int]]:
-    """(field number, start, end) of each length-delimited field of
-    ``raw[start:end]``, in order; fields of other wire types are skipped."""
-    pos = start
-    while pos < end:
-        tag, pos = _varint(raw, pos, end)
-        number, wire_type = tag >> 3, tag & 7
-        if number == 0:
-            raise ValueError(f"malformed request: field number 0 at byte {pos}")
-        if wire_type == 2:
-            size, pos = _varint(raw, pos, end)
-            if pos + size > end:
-                raise ValueError("malformed request: a field runs past the end of its message")
-            yield number, pos, pos + size
-            pos += size
-            continue
-        if wire_type == 0:
-            _, pos = _varint(raw, pos, end)
-        elif wire_type == 1:
-            pos += 8
-        elif wire_type == 5:
-            pos += 4
-        else:
-            raise ValueError(f"malformed request: wire type {wire_type} of field {number} at byte {pos}")
-        if pos > end:
-            raise ValueError("malformed request: a field runs past the end of its message")
-
-
 def scan_request(raw: bytes, max_records: int) -> ScannedRequest:
     """The request's resources, scopes and record spans, read from its bytes
     without parsing a record.  Parsing the whole request at once would cost
@@ -210,12 +170,12 @@ def scan_request(raw: bytes, max_records: int) -> ScannedRequest:
     scope, log_records = _SCOPE_LOGS["scope"].number, _SCOPE_LOGS["log_records"].number
     resources: list[ResourceSpan] = []
     records = containers = 0
-    for number, start, end in _fields(raw, 0, len(raw)):
+    for number, start, end in fields(raw, 0, len(raw)):
         if number != resource_logs:
             continue
         current = ResourceSpan()
         resources.append(current)
-        for inner, s, e in _fields(raw, start, end):
+        for inner, s, e in fields(raw, start, end):
             if inner == resource:
                 # A message field sent twice is merged: parsing the
                 # concatenated bytes does exactly that.
@@ -224,7 +184,7 @@ def scan_request(raw: bytes, max_records: int) -> ScannedRequest:
                 scoped = ScopeSpan()
                 current.scopes.append(scoped)
                 containers += 1
-                for leaf, s2, e2 in _fields(raw, s, e):
+                for leaf, s2, e2 in fields(raw, s, e):
                     if leaf == scope:
                         scoped.scope += raw[s2:e2]
                     elif leaf == log_records:

@@ -30,6 +30,7 @@ from google.protobuf.message import DecodeError
 
 from auditlake.collector.errors import AuthError, StorageError
 from auditlake.collector.ingest.keys import IngestKey, IngestKeyStore
+from auditlake.collector.ingest.wire import fields
 from auditlake.collector.lake.batch import AcceptedBatch, BatchIndex
 from auditlake.collector.lake.seal_progress import REFUSED_ROWS_KEY, BatchOutcome, RowSet
 from auditlake.collector.schema import (
@@ -183,41 +184,13 @@ def wire_event_count(raw: bytes, stop_after: int) -> int:
     An empty ``AuditEvent`` costs 2 bytes on the wire and ~275 parsed: this
     check runs before parsing, so a small request cannot make a large one.
     Raises ValueError on a malformed top-level field."""
-    pos, end, events = 0, len(raw), 0
-    while pos < end:
-        tag, pos = _varint(raw, pos)
-        field, wire_type = tag >> 3, tag & 7
-        if wire_type == 2:
-            size, pos = _varint(raw, pos)
-            pos += size
-            if field == _EVENTS_FIELD:
-                events += 1
-                if events > stop_after:
-                    return events
-        elif wire_type == 0:
-            _, pos = _varint(raw, pos)
-        elif wire_type == 1:
-            pos += 8
-        elif wire_type == 5:
-            pos += 4
-        else:
-            raise ValueError(f"malformed request: wire type {wire_type} of field {field} at byte {pos}")
-        if pos > end:
-            raise ValueError("malformed request: a field runs past the end of the message")
+    events = 0
+    for number, _, _ in fields(raw, 0, len(raw)):
+        if number == _EVENTS_FIELD:
+            events += 1
+            if events > stop_after:
+                return events
     return events
-
-
-def _varint(raw: bytes, pos: int) -> tuple[int, int]:
-    value = shift = 0
-    while True:
-        if pos >= len(raw) or shift > 63:
-            raise ValueError("malformed request: truncated or overlong varint")
-        byte = raw[pos]
-        pos += 1
-        value |= (byte & 0x7F) << shift
-        if byte < 0x80:
-            return value, pos
-        shift += 7
 
 
 #: ExportRequest.events' field number (proto/auditlake/v1/audit.proto).

@@ -191,16 +191,21 @@ def _subtree_root(leaves: bytes) -> bytes:
     return level
 
 
-def _pieces(leaves: bytes, first: int, cuts: tuple[int, ...]) -> list[Piece]:
+def _python_root(leaves: bytes, at: int, size: int) -> bytes:
+    return _subtree_root(leaves[at * _HASH:(at + size) * _HASH])
+
+
+def _pieces(leaves: bytes, first: int, cuts: tuple[int, ...],
+            root: Callable[[bytes, int, int], bytes] = _python_root) -> list[Piece]:
     """The aligned subtrees covering leaves ``first``.. (``leaves`` their
-    hashes), none crossing a cut, with their roots."""
+    hashes), none crossing a cut, with their roots: ``root(leaves, at,
+    size)`` of the ``size`` leaf hashes from the ``at``-th."""
     end = first + len(leaves) // _HASH
     bounds = [first, *cuts, end]
     out: list[Piece] = []
     for a, b in zip(bounds, bounds[1:]):  # noqa: B905 - bounds has one more
         for start, size in aligned_subtrees(a, b):
-            at = (start - first) * _HASH
-            out.append((start, size, _subtree_root(leaves[at:at + size * _HASH])))
+            out.append((start, size, root(leaves, start - first, size)))
     return out
 
 
@@ -263,18 +268,6 @@ def _native_check(table: pa.Table, order: np.ndarray | None,
     return bool(ok), first_canon or b"", first_hash or b"", leaf_hashes
 
 
-def _pieces_native(leaves: bytes, first: int, cuts: tuple[int, ...]) -> list[Piece]:
-    """_pieces with each subtree's root hashed in C."""
-    assert _chainhash is not None
-    end = first + len(leaves) // _HASH
-    bounds = [first, *cuts, end]
-    out: list[Piece] = []
-    for a, b in zip(bounds, bounds[1:]):  # noqa: B905 - bounds has one more
-        for start, size in aligned_subtrees(a, b):
-            out.append((start, size, _chainhash.complete_root(leaves, start - first, size)))
-    return out
-
-
 def hash_file(task: FileTask) -> FileResult:
     """Check one file's links after its first and, when its writer's tree is
     rebuilt, compute its subtree roots."""
@@ -300,7 +293,7 @@ def hash_file(task: FileTask) -> FileResult:
         return FileResult(False)
     writer = str(writers[0].as_py())
     sizes = task.heads.get(writer)
-    if NATIVE:
+    if NATIVE and _chainhash is not None:
         sorted_already = bool(np.all(order[:-1] < order[1:]))
         try:
             native = _native_check(table, None if sorted_already else order, bool(sizes))
@@ -311,7 +304,7 @@ def hash_file(task: FileTask) -> FileResult:
             result = FileResult(True, writer, first_seq, n, first_canon, first_hash, links_ok=ok)
             if ok and sizes and leaves is not None:
                 cuts = tuple(s for s in sizes if first_seq - 1 < s < first_seq - 1 + n)
-                result.pieces = _pieces_native(leaves, first_seq - 1, cuts)
+                result.pieces = _pieces(leaves, first_seq - 1, cuts, _chainhash.complete_root)
             return result
         if any(pa.types.is_dictionary(f.type) for f in table.schema):
             table = pa.table({name: (col.cast(col.type.value_type) if pa.types.is_dictionary(col.type) else col)

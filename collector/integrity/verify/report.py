@@ -100,8 +100,8 @@ class VerifyReport:
     #: with the C loop, else processes.
     hash_workers: int = 0
     #: Where the per-event loop of that re-hash ran: "C" (the optional
-    #: extension integrity._chainhash) or "Python"; "" when it did not run
-    #: (a small lake, a partial verify, a file that may hold a NULL).
+    #: extension integrity._chainhash) or "Python"; "" when files were not
+    #: re-hashed one by one (a file may hold a NULL: the stream re-hashes).
     hash_loop: str = ""
     mirrors: list[str] = field(default_factory=list)
     public_key: str = ""

@@ -20,6 +20,7 @@ private; their public names are re-exported here):
     _trace        the OpenTelemetry span and service name at the call
     _event        the captured event and its packed wire form
     _processor    the export thread: batches, retries, spools
+    _refusals     refused and dropped events: dead-letter spool, on_drop, replays
     _exporter     one batch to the collector, and what its answer means
     _spool        batches on disk: the spool, and the dead-letter spool of refused ones
     _policies     Retry, Batch and Spool policies (frozen, validated)

@@ -7,11 +7,9 @@ Failures go to the disk spool; while anything is spooled, new batches are
 spooled behind it so delivery stays in order.  Counters are kept per batch
 under one lock, never on the caller's path.
 
-No event goes without a trace: one the collector refuses (or the SDK, for a
-missing tenant) is kept in the dead-letter spool, for
-``replay_dead_letters()``; one that cannot be kept is counted as dropped.
-Both reach ``configure(on_drop=...)`` (always called on the export thread)
-and the summary ``shutdown()`` logs.
+No event goes without a trace, but what becomes of one the collector (or
+the SDK) refuses, or that cannot be kept, is decided in ``_refusals.py``:
+the processor hands each such batch or event to its ``Refusals``.
 """
 
 from __future__ import annotations
@@ -26,57 +24,25 @@ from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
 from auditlake.packing import event_count
-from auditlake.sdk._event import (
-    WAITER,
-    CapturedEvent,
-    decode_columns,
-    encode_batch,
-    fill_tenant,
-    missing_required,
-    new_id,
-    new_sequence,
-    select_rows,
-    split_by_tenant,
-    split_request,
-    tenants_of,
-)
-from auditlake.sdk._exceptions import DeliveryError, DeliveryRejected, DeliveryTimeout
+from auditlake.sdk._event import WAITER, CapturedEvent, encode_batch, missing_required, new_id, new_sequence
+from auditlake.sdk._exceptions import DeliveryError, DeliveryTimeout
 from auditlake.sdk._exporter import Exporter, ExportResult, ExportStatus
 from auditlake.sdk._policies import BatchPolicy, RetryPolicy, SpoolPolicy
-from auditlake.sdk._spool import (
-    DEAD_LETTER_DIRECTORY,
-    DEAD_LETTER_MAX_BYTES,
-    DeadLetter,
-    DeadLetterSpool,
-    DiskSpool,
-    SpoolFull,
-    utc_now,
-)
+from auditlake.sdk._refusals import REPLAY_HINT, Refusals, ReplayMarker
+from auditlake.sdk._refusals import DroppedEvents as DroppedEvents  # re-exported: imported from here
+from auditlake.sdk._refusals import ReplayResult as ReplayResult
+from auditlake.sdk._spool import DEAD_LETTER_DIRECTORY, DEAD_LETTER_MAX_BYTES, DeadLetterSpool, DiskSpool, SpoolFull
 from auditlake.v1 import audit_pb2
 
 log = logging.getLogger("auditlake.sdk")
 
-_DROP_WARNING_INTERVAL = 10.0
 _RESCAN_INTERVAL = 30.0
 _BACKLOG_BUDGET = 1.0
 _DURABLE_RETRY_CAP = 0.25
-#: Export calls spent at most on finding which events of a partly refused
-#: batch were refused, when the collector's message names only some (a
-#: collector that does not list them all in ``auditlake-rejected``).
-_LOCATE_ROUNDS = 32
-_MAX_BATCH_ID = 128  # the collector's limit
 _PARENT_EXPORTERS: list[Exporter] = []
-
-#: The collector's refusals, by gRPC status: the reason they are counted under.
-_REFUSAL_REASONS: Mapping[str, str] = {
-    "UNAUTHENTICATED": "unauthenticated",
-    "PERMISSION_DENIED": "permission_denied",
-    "INVALID_ARGUMENT": "invalid_argument",
-}
-_REPLAY_HINT = "auditlake.sdk.replay_dead_letters() resends them once the cause is fixed"
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,41 +71,6 @@ class Stats:
     dropped_by_reason: Mapping[str, int] = field(default_factory=dict)
 
 
-@dataclass(frozen=True, slots=True)
-class DroppedEvents:
-    """Events that did not reach the collector, as ``configure(on_drop=...)`` gets them.
-
-    ``reason``: refused by the collector (``unauthenticated``,
-    ``permission_denied``, ``invalid_argument``) or by the SDK
-    (``no_tenant``, ``missing_field``); or dropped (``queue_full``,
-    ``spool_full``, ``spool_error``).  ``kept``: True when the events are in
-    the dead-letter spool (``replay_dead_letters()`` resends them), False
-    when they are gone.  ``message``: the collector's status and message, or
-    the SDK's explanation.  ``events``: each event's columns, as the
-    collector would have stored them (``created_at_us`` for the time);
-    ``count`` is their number (larger than ``len(events)`` only when more
-    drops than ``queue_max_size`` events waited for the hook at once).
-    """
-
-    reason: str
-    message: str
-    kept: bool
-    count: int
-    events: list[dict[str, Any]]
-
-
-class ReplayResult(NamedTuple):
-    """What ``replay_dead_letters()`` did, in events."""
-
-    #: Acknowledged by the collector (stored now, or found stored before).
-    delivered: int
-    #: Refused again: still in the dead-letter spool, with the new refusal.
-    refused: int
-    #: Not delivered because the collector was unavailable: still in the
-    #: dead-letter spool, or moved to the spool to be delivered with it.
-    pending: int
-
-
 class Waiter:
     """The caller's side of a durable event: set once the batch is settled."""
 
@@ -160,32 +91,9 @@ class _FlushMarker:
         self.ok = False
 
 
-class _ReplayMarker:
-    __slots__ = ("delivered", "done", "pending", "refused", "replays", "written")
-
-    def __init__(self) -> None:
-        self.done = threading.Event()
-        self.delivered = self.refused = self.pending = 0
-        # The dead letter being replayed: how often it was refused already,
-        # and the files written back for it.
-        self.replays = 0
-        self.written: set[str] = set()
-
-
-@dataclass(slots=True)
-class _Notice:
-    """A drop waiting for the on_drop hook (which runs on the export thread)."""
-
-    reason: str
-    message: str
-    kept: bool
-    count: int
-    request: audit_pb2.ExportRequest | None = None
-    events: Sequence[CapturedEvent] = ()
-
-
 class BatchProcessor:
-    """Owns the memory queue, the export thread, the exporter and the spools."""
+    """Owns the memory queue, the export thread, the exporter and the spool;
+    its ``Refusals`` own the dead-letter spool and what was refused or dropped."""
 
     def __init__(
         self,
@@ -216,9 +124,9 @@ class BatchProcessor:
         self.batch_size = batch.max_batch_size
         self.max_queue = batch.max_queue_size
         self._spool = self._open_spool()
-        self._dead = self._open_dead_letters(announce=True)
+        dead = self._open_dead_letters(announce=True)
         self._stopped = False
-        self._setup_runtime()
+        self._setup_runtime(dead)
         self._thread.start()
 
     # -- lifecycle ---------------------------------------------------------
@@ -259,11 +167,11 @@ class BatchProcessor:
                 len(dead),
                 dead.bytes,
                 directory,
-                _REPLAY_HINT,
+                REPLAY_HINT,
             )
         return dead
 
-    def _setup_runtime(self) -> None:
+    def _setup_runtime(self, dead: DeadLetterSpool | None) -> None:
         # Everything a forked child must not share with its parent.
         self.queue: deque[Any] = deque()
         self.wake = threading.Event()
@@ -282,22 +190,20 @@ class BatchProcessor:
         self._retry_level = 0
         self._last_rescan = time.monotonic()
         self._rng = random.Random(int.from_bytes(os.urandom(16), "big"))
-        self._drops_unreported = 0
-        self._last_drop_warning = -_DROP_WARNING_INTERVAL
         self._losses_reported = 0
-        self._last_refusal_warning = -_DROP_WARNING_INTERVAL
-        self._last_rejection_log = -_DROP_WARNING_INTERVAL
-        self._refusals_unreported = 0
         self._waiting_flushes: list[_FlushMarker] = []
         self._inflight: tuple[audit_pb2.ExportRequest, int] | None = None
-        self.exported = self.retried = self.spooled = self.dropped = self.rejected = 0
-        self.dead_lettered = 0
-        self._rejected_by: dict[str, int] = {}
-        self._dropped_by: dict[str, int] = {}
-        self._notices: deque[_Notice] = deque()
-        self._notice_events = 0
-        self._last_hook_error = -_DROP_WARNING_INTERVAL
-        self._replay: _ReplayMarker | None = None  # set while a replay runs
+        self.exported = self.retried = self.spooled = 0
+        self._refusals = Refusals(
+            self,
+            lock=self._lock,
+            dead=dead,
+            on_drop=self._on_drop,
+            max_queue=self.max_queue,
+            service=self._service,
+            rng=self._rng,
+            default_tenant=self._default_tenant,
+        )
         self._thread = threading.Thread(target=self._run, name="auditlake-export", daemon=True)
 
     def after_fork_in_child(self) -> None:
@@ -311,8 +217,7 @@ class BatchProcessor:
             _PARENT_EXPORTERS.append(self._exporter)
         self._exporter = None
         self._spool = self._open_spool()
-        self._dead = self._open_dead_letters()
-        self._setup_runtime()
+        self._setup_runtime(self._open_dead_letters())
         self._thread.start()
 
     def flush(self, timeout: float | None = None, *, persist: bool = True) -> bool:
@@ -345,9 +250,9 @@ class BatchProcessor:
         dead-letter spool; refused ones stay (only the events refused again,
         with the new status); the first unavailable answer ends the replay.
         """
-        if self._stopped or self._dead is None:
+        if self._stopped or self._refusals.dead is None:
             return ReplayResult(0, 0, 0)
-        marker = _ReplayMarker()
+        marker = ReplayMarker()
         self.queue.append(marker)
         self.wake.set()
         # Bounded: one export call per kept batch, each bounded by export_timeout.
@@ -387,12 +292,13 @@ class BatchProcessor:
         with self._space:
             self._space.notify_all()
         if not self._thread.is_alive():
-            self._deliver_notices()  # what shutdown itself could not keep
-        self._log_summary()
+            self._refusals.deliver_notices()  # what shutdown itself could not keep
+        self._refusals.log_summary()
         return ok and not leftover
 
     def stats(self) -> Stats:
         """A snapshot of the counters."""
+        refusals = self._refusals
         with self._lock:
             return Stats(
                 recorded=_count_value(self.seq) - self._seq_start,
@@ -402,32 +308,13 @@ class BatchProcessor:
                 retried=self.retried,
                 spooled=self.spooled,
                 spool_pending=len(self._spool) if self._spool is not None else 0,
-                dropped=self.dropped,
-                rejected=self.rejected,
-                dead_lettered=self.dead_lettered,
-                dead_letter_pending=len(self._dead) if self._dead is not None else 0,
-                rejected_by_reason=dict(self._rejected_by),
-                dropped_by_reason=dict(self._dropped_by),
+                dropped=refusals.dropped,
+                rejected=refusals.rejected,
+                dead_lettered=refusals.dead_lettered,
+                dead_letter_pending=len(refusals.dead) if refusals.dead is not None else 0,
+                rejected_by_reason=dict(refusals.rejected_by),
+                dropped_by_reason=dict(refusals.dropped_by),
             )
-
-    def _log_summary(self) -> None:
-        """One WARNING for the whole run: the per-batch lines are rate-limited."""
-        with self._lock:
-            rejected, dropped, kept = self.rejected, self.dropped, self.dead_lettered
-            rejected_by, dropped_by = dict(self._rejected_by), dict(self._dropped_by)
-        if not rejected and not dropped:
-            return
-        parts = []
-        if rejected:
-            where = (
-                f"{kept} kept in the dead-letter spool {self._dead.directory}, {_REPLAY_HINT}"
-                if self._dead is not None and kept
-                else f"{kept} kept"
-            )
-            parts.append(f"{rejected} refused ({_by_reason(rejected_by)}; {where})")
-        if dropped:
-            parts.append(f"{dropped} dropped for good ({_by_reason(dropped_by)})")
-        log.warning("auditlake: audit events not delivered during this run: %s", "; ".join(parts))
 
     # -- the caller's rare paths -------------------------------------------
 
@@ -443,7 +330,7 @@ class BatchProcessor:
         if self._spool is None:
             # Nowhere to spill: memory is the limit, drop the newest.
             why = "the memory queue is full and the spool is disabled"
-            self._drop(1, "queue_full", why, events=(event,))
+            self._refusals.drop(1, "queue_full", why, events=(event,))
             waiter = event[WAITER]
             if waiter is not None:
                 waiter.error = DeliveryError(f"dropped: {why}")
@@ -490,7 +377,7 @@ class BatchProcessor:
                 self._deliver_backlog(force=False)
                 self._drain_queue()
                 self._check_flushes()
-                self._deliver_notices()
+                self._refusals.deliver_notices()
             except Exception:  # the thread must survive anything
                 log.exception("auditlake: unexpected error in the export thread")
             if self._stopping and not self.queue:
@@ -513,8 +400,8 @@ class BatchProcessor:
                 if batch:
                     self._process(batch)
                     batch = []
-                if type(item) is _ReplayMarker:
-                    self._replay_all(item)
+                if type(item) is ReplayMarker:
+                    self._refusals.replay_all(item)
                 else:
                     self._complete(item)
         if batch:
@@ -540,7 +427,7 @@ class BatchProcessor:
                 self._settle_flush(marker, delivered)
 
     def _settle_flush(self, marker: _FlushMarker, delivered: bool) -> None:
-        self._deliver_notices()  # the hook has seen every loss the flush reports
+        self._refusals.deliver_notices()  # the hook has seen every loss the flush reports
         losses = self._losses()
         marker.ok = delivered and losses == self._losses_reported
         self._losses_reported = losses
@@ -570,7 +457,7 @@ class BatchProcessor:
         for a missing required field (they would sink the whole batch)."""
         default_tenant = self._default_tenant
         if any(missing_required(event, default_tenant) for event in events):
-            events = self._refuse_incomplete(events)
+            events = self._refusals.refuse_incomplete(events)
             if not events:
                 return None
         batch_id = new_id(time.time_ns())
@@ -579,50 +466,6 @@ class BatchProcessor:
             with self._lock:
                 self._waiters[batch_id] = waiters
         return encode_batch(events, batch_id, self._service(), self._rng, default_tenant)
-
-    def _refuse_incomplete(self, events: Sequence[CapturedEvent]) -> list[CapturedEvent]:
-        """Keep apart (dead-letter) the events lacking a required field."""
-        kept: list[CapturedEvent] = []
-        refused: dict[str, list[CapturedEvent]] = {}
-        for event in events:
-            field_name = missing_required(event, self._default_tenant)
-            if not field_name:
-                kept.append(event)
-                continue
-            refused.setdefault(field_name, []).append(event)
-            waiter = event[WAITER]
-            if waiter is not None:
-                waiter.error = DeliveryRejected(f"{field_name} is required")
-                waiter.done.set()
-        count = len(events) - len(kept)
-        with self._lock:
-            now = time.monotonic()
-            report = now - self._last_refusal_warning >= _DROP_WARNING_INTERVAL
-            if report:
-                self._last_refusal_warning = now
-        outcomes = []
-        for field_name, group in sorted(refused.items()):
-            request = encode_batch(
-                group, new_id(time.time_ns()), self._service(), self._rng, self._default_tenant
-            )
-            reason = "no_tenant" if field_name == "tenant_id" else "missing_field"
-            message = (
-                "tenant_id is required: the event names no tenant (record(), actor()) and "
-                "neither tenant_id nor anonymous_tenant is configured"
-                if reason == "no_tenant"
-                else f"{field_name} is required"
-            )
-            outcomes.append(self._refuse(request, len(group), "", reason, message, fresh=True))
-        if report:
-            log.error(
-                "auditlake: %d audit events not sent, a required field is empty (%s); set it "
-                "in record()/actor(), or configure(tenant_id=...) for a single-tenant service, "
-                "or configure(anonymous_tenant=...) for traffic without a tenant (%s)",
-                count,
-                ", ".join(f"{name}: {len(group)}" for name, group in sorted(refused.items())),
-                "; ".join(outcomes),
-            )
-        return kept
 
     def _export_once(self, request: audit_pb2.ExportRequest) -> ExportResult:
         exporter = self._exporter
@@ -653,235 +496,19 @@ class BatchProcessor:
         return result
 
     def _settle(self, request: audit_pb2.ExportRequest, count: int, result: ExportResult) -> None:
-        """Act on the collector's final answer for a batch (not RETRY)."""
-        batch_id = request.batch_id
+        """Act on the collector's final answer for a batch (not RETRY): what
+        it stored is counted here, what it refused is the refusals' to keep."""
         if result.status is ExportStatus.OK:
             with self._lock:
                 self.exported += count
-            if self._replay is not None:
-                self._replay.delivered += count
-            self._resolve(batch_id, None)
+            self._refusals.delivered(count)
+            self._resolve(request.batch_id, None)
             return
-        refused: audit_pb2.ExportRequest | None = request
         if result.partial:
-            # The collector stored the valid events and refused the rest:
-            # resending the batch would answer "duplicate", so the refused
-            # events are kept apart, under a batch id of their own.
             with self._lock:
                 self.exported += result.accepted
-            if self._replay is not None:
-                self._replay.delivered += result.accepted
-            refused = self._refused_part(request, result)
-        elif result.code == "INVALID_ARGUMENT" and count > 1:
-            # A collector that refuses a whole batch for one bad event.
-            self._resend_in_parts(request, result, split_request(request))
-            return
-        elif result.code == "PERMISSION_DENIED" and len(tenants_of(request)) > 1:
-            # One tenant the key may not write (the anonymous one, say)
-            # must not take the other tenants' events down with it.
-            self._resend_in_parts(request, result, split_by_tenant(request))
-            return
-        if refused is None:  # the collector found none of it refused after all
-            self._resolve(batch_id, None)
-            return
-        reason = _REFUSAL_REASONS.get(result.code, result.code.lower() or "refused")
-        outcome = self._refuse(refused, event_count(refused), result.code, reason, result.message)
-        self._report_refusal(batch_id, event_count(refused), result.message, outcome)
-        self._resolve(batch_id, DeliveryRejected(result.message))
-
-    def _report_refusal(self, batch_id: str, count: int, message: str, outcome: str) -> None:
-        if self._replay is not None:
-            return  # a replay reports its own result
-        with self._lock:
-            # Loud, but not once per batch when every batch is refused (a
-            # wrong key): the first refusal, then a summary every 10 s.
-            self._refusals_unreported += count
-            now = time.monotonic()
-            report = now - self._last_rejection_log >= _DROP_WARNING_INTERVAL
-            if report:
-                unreported, self._refusals_unreported = self._refusals_unreported, 0
-                self._last_rejection_log = now
-        if report:
-            log.error(
-                "auditlake: the collector refused batch %s, not retried (%d events refused "
-                "since the last report, %d in total; %s): %s",
-                batch_id,
-                unreported,
-                self.rejected,
-                outcome,
-                message,
-            )
-
-    def _resend_in_parts(
-        self,
-        request: audit_pb2.ExportRequest,
-        result: ExportResult,
-        parts: Sequence[audit_pb2.ExportRequest],
-    ) -> None:
-        """A batch refused as a whole: send its parts (halves, or one per
-        tenant), down to the events that are really refused.
-
-        For a collector that stores nothing of a batch with one invalid
-        event (auditlake's stores the valid ones and says which it refused,
-        see ``ExportResult.partial``), and for a batch of several tenants of
-        which the key may not write one: the good events are isolated from
-        the bad ones rather than kept back with them.
-        """
-        log.warning(
-            "auditlake: the collector refused batch %s (%s); resending it in %d parts "
-            "to deliver the events it would take",
-            request.batch_id,
-            result.message,
-            len(parts),
-        )
-        with self._lock:
-            waiters = self._waiters.pop(request.batch_id, None)
-        complete = True
-        pending = list(parts)
-        while pending:
-            part = pending.pop(0)
-            count = event_count(part)
-            outcome = self._export_with_retry(part, count)
-            if outcome.status is ExportStatus.OK:
-                self._settle(part, count, outcome)
-                continue
-            complete = False
-            if outcome.status is ExportStatus.RETRY:
-                if self._replay is not None:
-                    self._replay.pending += count
-                self._store(part, count)
-                self._schedule_retry(outcome)
-            elif outcome.code == "INVALID_ARGUMENT" and count > 1 and not outcome.partial:
-                pending[:0] = split_request(part)  # depth first keeps the order
-            elif outcome.code == "PERMISSION_DENIED" and len(tenants_of(part)) > 1:
-                pending[:0] = split_by_tenant(part)
-            else:
-                self._settle(part, count, outcome)
-        for waiter in waiters or ():
-            waiter.error = None if complete else DeliveryRejected(result.message)
-            waiter.done.set()
-
-    def _refused_part(
-        self, request: audit_pb2.ExportRequest, result: ExportResult
-    ) -> audit_pb2.ExportRequest | None:
-        """The events of a partly stored batch that the collector refused,
-        under a batch id of their own (None when it refused none)."""
-        rows = self._locate_refused(request, result)
-        if rows is not None and not rows:
-            return None
-        if rows is None:
-            # Which ones is unknown: keep the whole batch.  A replay resends
-            # the stored ones with their ids, and the collector stores an id once.
-            log.warning(
-                "auditlake: cannot tell which events of batch %s the collector refused; "
-                "keeping all %d",
-                request.batch_id,
-                event_count(request),
-            )
-            rows = list(range(event_count(request)))
-        return select_rows(request, rows, _derived_id(request.batch_id, "r"))
-
-    def _locate_refused(
-        self, request: audit_pb2.ExportRequest, result: ExportResult
-    ) -> list[int] | None:
-        """Positions of the refused events of a partly stored batch (None: unknown).
-
-        The collector lists every one in its trailers (``refused_listed``).
-        An older collector's message names only the first 20: when it
-        refused more, the rest are among the events after the last one
-        named; when every one of those was refused, that is the answer;
-        otherwise they are sent again (a new batch id; the collector stores
-        an event id once, so the stored ones are not stored twice) for it to
-        name the next 20.
-        """
-        if result.refused_listed:
-            rows = sorted(set(result.refused_rows))
-            total = event_count(request)
-            # Rows past the batch, or more refused than were not stored, are
-            # not this batch's answer: keep all of it rather than guess.
-            if (rows and rows[-1] >= total) or len(rows) + result.accepted > total:
-                return None
-            return rows
-        ids = [str(row["id"]) for row in decode_columns(request)]
-        remaining = result.refused
-        found: list[int] = []
-        offsets = list(range(len(ids)))  # position in this round -> in the batch
-        answer = result
-        for round_number in range(_LOCATE_ROUNDS):
-            named = [
-                offsets[row]
-                for row, event_id in zip(answer.refused_rows, answer.refused_ids, strict=True)
-                if 0 <= row < len(offsets) and ids[offsets[row]] == event_id
-            ]
-            if remaining <= 0 or not named:
-                return None
-            found += named
-            remaining -= len(named)
-            if remaining == 0:
-                return found
-            tail = [i for i in offsets if i > max(named)]
-            if len(tail) == remaining:
-                return found + tail
-            if len(tail) < remaining:
-                return None
-            offsets = tail
-            part = select_rows(request, tail, _derived_id(request.batch_id, f"q{round_number}"))
-            answer = self._export_once(part)
-            if answer.status is ExportStatus.OK:
-                return found  # none of the rest is refused now
-            if not answer.partial:
-                return None
-            remaining = answer.refused
-        return None
-
-    # -- refused and dropped events ------------------------------------------
-
-    def _refuse(
-        self,
-        request: audit_pb2.ExportRequest,
-        count: int,
-        code: str,
-        reason: str,
-        message: str,
-        *,
-        fresh: bool = False,
-    ) -> str:
-        """Keep refused events in the dead-letter spool (or count them as
-        dropped when that cannot be); a phrase saying which, for the log.
-        ``fresh``: newly recorded events (possibly refused on a recording
-        thread while the export thread replays), never a replay's."""
-        replay = None if fresh else self._replay
-        dead = self._dead
-        if replay is not None and dead is not None:
-            # Refused again: back into the dead-letter spool (unbounded: it
-            # replaces what the replay took out), not counted a second time.
-            letter = DeadLetter(request, code, reason, message, utc_now(), replay.replays)
-            replay.written.add(dead.keep(letter, bounded=False))
-            replay.refused += count
-            return "kept in the dead-letter spool"
-        letter = DeadLetter(request, code, reason, message, utc_now())
-        with self._lock:
-            self.rejected += count
-            self._rejected_by[reason] = self._rejected_by.get(reason, 0) + count
-        lost = "dead_letter_off"
-        why = "not kept: the dead-letter spool is off (the spool is disabled or unusable)"
-        if dead is not None:
-            try:
-                dead.keep(letter)
-            except SpoolFull:
-                lost, why = "dead_letter_full", f"not kept: the dead-letter spool {dead.directory} is full"
-            except OSError as error:
-                lost, why = "dead_letter_error", f"not kept: writing the dead-letter spool failed: {error}"
-            else:
-                with self._lock:
-                    self.dead_lettered += count
-                self._notify(_Notice(reason, message, True, count, request))
-                return f"kept in the dead-letter spool {dead.directory}, {_REPLAY_HINT}"
-        with self._lock:
-            self.dropped += count
-            self._dropped_by[lost] = self._dropped_by.get(lost, 0) + count
-        self._notify(_Notice(reason, f"{message} ({why})", False, count, request))
-        return why
+            self._refusals.delivered(result.accepted)
+        self._refusals.settle_refused(request, count, result)
 
     def _store(
         self, request: audit_pb2.ExportRequest, count: int, *, last_resort: bool = False
@@ -907,144 +534,19 @@ class BatchProcessor:
                 self._blocked = True
                 self._hold(request, count)
                 return
-        self._drop(count, reason, why, request=request)
+        self._refusals.drop(count, reason, why, request=request)
 
     def _hold(self, request: audit_pb2.ExportRequest, count: int) -> None:
         self._held.append((request, count))
         with self._lock:
             self._held_events += count
 
-    def _drop(
-        self,
-        count: int,
-        reason: str,
-        why: str,
-        *,
-        request: audit_pb2.ExportRequest | None = None,
-        events: Sequence[CapturedEvent] = (),
-    ) -> None:
+    def _take_waiters(self, batch_id: str) -> list[Waiter] | None:
         with self._lock:
-            self.dropped += count
-            self._dropped_by[reason] = self._dropped_by.get(reason, 0) + count
-            self._drops_unreported += count
-            now = time.monotonic()
-            report = now - self._last_drop_warning >= _DROP_WARNING_INTERVAL
-            if report:
-                unreported, self._drops_unreported = self._drops_unreported, 0
-                self._last_drop_warning = now
-        if report:
-            log.warning(
-                "auditlake: %s: dropped %d audit events (%d in total)",
-                why,
-                unreported,
-                self.dropped,
-            )
-        self._notify(_Notice(reason, why, False, count, request, events))
-        if request is not None:
-            self._resolve(request.batch_id, DeliveryError(f"dropped: {why}"))
-
-    def _notify(self, notice: _Notice) -> None:
-        """Queue a drop for the on_drop hook (called from any thread)."""
-        if self._on_drop is None:
-            return
-        with self._lock:
-            # Bounded: drops that pile up while the export thread is stuck
-            # reach the hook as counts only.
-            if self._notice_events + notice.count > self.max_queue:
-                notice.request, notice.events = None, ()
-            else:
-                self._notice_events += notice.count
-            self._notices.append(notice)
-
-    def _deliver_notices(self) -> None:
-        """Call the on_drop hook for each queued drop; it must not stop us."""
-        hook = self._on_drop
-        while hook is not None:
-            try:
-                notice = self._notices.popleft()
-            except IndexError:
-                return
-            with self._lock:
-                if notice.request is not None or notice.events:
-                    self._notice_events -= notice.count
-            try:
-                if notice.request is not None:
-                    events = decode_columns(notice.request)
-                elif notice.events:
-                    encoded = encode_batch(
-                        notice.events, "", self._service(), self._rng, self._default_tenant
-                    )
-                    events = decode_columns(encoded)
-                else:
-                    events = []
-                hook(DroppedEvents(notice.reason, notice.message, notice.kept, notice.count, events))
-            except Exception:  # the hook is the application's: log, go on
-                now = time.monotonic()
-                if now - self._last_hook_error >= _DROP_WARNING_INTERVAL:
-                    self._last_hook_error = now
-                    log.exception("auditlake: the on_drop hook raised (reason %s)", notice.reason)
-
-    # -- replaying the dead-letter spool -----------------------------------------
-
-    def _replay_all(self, marker: _ReplayMarker) -> None:
-        dead = self._dead
-        if dead is None:
-            marker.done.set()
-            return
-        dead.rescan()
-        self._replay = marker
-        try:
-            names = dead.names()
-            for position, name in enumerate(names):
-                letter = dead.claim(name)
-                if letter is None:
-                    continue  # another process replays it, or it was unreadable
-                if not self._replay_one(dead, name, letter):
-                    # The collector is unavailable: the rest waits too.
-                    marker.pending += sum(dead.events_in(n) for n in names[position + 1 :])
-                    break
-        finally:
-            self._replay = None
-            marker.done.set()
-        log.warning(
-            "auditlake: replayed the dead-letter spool %s: %d events delivered, %d refused "
-            "again (kept), %d not delivered yet (the collector is unavailable)",
-            dead.directory,
-            marker.delivered,
-            marker.refused,
-            marker.pending,
-        )
-
-    def _replay_one(self, dead: DeadLetterSpool, name: str, letter: DeadLetter) -> bool:
-        """Resend one claimed dead letter; False when the collector is unavailable."""
-        marker = self._replay
-        assert marker is not None
-        marker.written.clear()
-        marker.replays = letter.replays + 1
-        request = fill_tenant(letter.request, self._default_tenant) or letter.request
-        count = event_count(request)
-        result = self._export_once(request)
-        if result.status is ExportStatus.RETRY:
-            dead.release(name)
-            marker.pending += count
-            return False
-        try:
-            self._settle(request, count, result)
-        except OSError as error:
-            # A refused part could not be written back: keep the batch as it
-            # was (its delivered events are found stored when replayed again).
-            log.error("auditlake: writing the dead-letter spool failed: %s", error)
-            dead.release(name)
-            return True
-        if name in marker.written:
-            dead.discard_claim(name)  # rewritten under the same name
-        else:
-            dead.done(name)
-        return True
+            return self._waiters.pop(batch_id, None)
 
     def _resolve(self, batch_id: str, error: DeliveryError | None) -> None:
-        with self._lock:
-            waiters = self._waiters.pop(batch_id, None)
+        waiters = self._take_waiters(batch_id)
         for waiter in waiters or ():
             waiter.error = error
             waiter.done.set()
@@ -1122,7 +624,7 @@ class BatchProcessor:
 
     def _losses(self) -> int:
         # Spooled events are not losses once the backlog is delivered.
-        return self.dropped + self.rejected
+        return self._refusals.dropped + self._refusals.rejected
 
     def _take_queued(self, limit: int | None = None) -> list[CapturedEvent]:
         """Pop up to ``limit`` events from the head of the queue (all by default)."""
@@ -1152,14 +654,3 @@ def _count_value(counter: itertools.count[int]) -> int:
 
 def _chunks(events: list[CapturedEvent], size: int) -> list[list[CapturedEvent]]:
     return [events[i : i + size] for i in range(0, len(events), size)]
-
-
-def _derived_id(batch_id: str, suffix: str) -> str:
-    """``<batch_id>.<suffix>``: a part's id that says where it comes from,
-    or a fresh id when that would pass the collector's limit."""
-    derived = f"{batch_id}.{suffix}"
-    return derived if len(derived) <= _MAX_BATCH_ID else new_id(time.time_ns())
-
-
-def _by_reason(counts: Mapping[str, int]) -> str:
-    return ", ".join(f"{reason}: {n}" for reason, n in sorted(counts.items()))

@@ -411,14 +411,18 @@ class LakeReader:
         # the collector writes has EVENT_SCHEMA; a lake with mixed schemas
         # falls back to it (see _fetch_cols).
         con = duckdb.connect(config={"threads": self.threads} if self.threads else {})
-        con.execute("SET TimeZone = 'UTC'")
+        # Queries run on cursors (``cursor()``), which are sessions of their
+        # own: a plain SET is session-local and would not reach them (a cursor
+        # would print and bucket times in the host's time zone), so these are
+        # GLOBAL (this in-memory database is this reader's alone).
+        con.execute("SET GLOBAL TimeZone = 'UTC'")
         if self.memory_limit_mb:
             con.execute(f"SET memory_limit = '{int(self.memory_limit_mb)}MB'")
-        con.execute("SET parquet_metadata_cache = true")  # footers once per connection
+        con.execute("SET GLOBAL parquet_metadata_cache = true")  # footers once per connection
         # Top-N late materialization (sort on created_at/id, then fetch the
         # other columns of the winners only) applies up to this many rows;
         # DuckDB's default, 50, just misses a page of 50 plus its look-ahead row.
-        con.execute(f"SET late_materialization_max_rows = {DEFAULT_LIMIT + 1}")
+        con.execute(f"SET GLOBAL late_materialization_max_rows = {DEFAULT_LIMIT + 1}")
         self._remote = remote_lake(self.data)
         hot = lake_globs(self.data)
         if hot and not self.union_by_name and self._first_file_lacks_key_column():

@@ -283,6 +283,22 @@ def test_invalid_value_names_its_column(writer: SyntheticWriter) -> None:
     assert changed.column == "outcome" and changed.seq == t.column("seq")[2].as_py()
 
 
+def test_a_stored_hash_in_upper_case_is_a_changed_hash(writer: SyntheticWriter) -> None:
+    """docs/integrity.md: chain_hash is the lowercase hex of the hash.  The
+    same digest in capitals is a changed stored hash, named at its event
+    (hex readers such as bytes.fromhex and DuckDB's unhex would take it)."""
+    entry = day_files(writer, "2026-03-02")[0]
+    path = writer.data.lake / entry.path
+    t = pq.read_table(path)
+    hashes = t.column("chain_hash").to_pylist()
+    hashes[3] = hashes[3].upper()
+    pq.write_table(t.set_column(t.schema.get_field_index("chain_hash"), "chain_hash", pa.array(hashes)), path)
+    report = verify_lake(writer.data)
+    assert kinds(report) == {"changed_hash", "changed_file"}
+    [changed] = [p for p in report.problems if p.kind == "changed_hash"]
+    assert changed.seq == t.column("seq")[3].as_py() and changed.file == entry.path
+
+
 def test_rewritten_chain_from_an_event_is_a_head_mismatch(writer: SyntheticWriter) -> None:
     # Re-hash everything from seq 41 on with a changed event: every link holds,
     # only the signed head (and the file digests) can tell.

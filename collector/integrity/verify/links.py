@@ -13,6 +13,7 @@ whatever it cannot confirm is re-hashed by the stream, which names it."""
 from __future__ import annotations
 
 import hashlib
+import re
 import time
 from collections import deque
 from dataclasses import dataclass, field
@@ -28,6 +29,9 @@ from auditlake.collector.integrity.verify.index import LakeScan
 from auditlake.collector.integrity.verify.listing import ExpectedFiles
 from auditlake.collector.integrity.verify.parallel import FileTask, Piece, Rehash
 from auditlake.collector.integrity.verify.report import ProgressFn
+
+#: A stored chain_hash as docs/integrity.md defines it: 64 lowercase hex digits.
+_HEX64 = re.compile("[0-9a-f]{64}")
 
 #: (writer, seq, previous hash) of an event whose link fails.
 Failure = tuple[str, int, str | None]
@@ -207,7 +211,7 @@ def _events_sql(con: duckdb.DuckDBPyConnection, scan: LakeScan, keys: list[str],
     # Only what the loop needs goes through the sort: the file of a failing
     # event and its stored hex hash are looked up afterwards.
     return ("SELECT writer_id, seq, canon, "
-            "CASE WHEN strlen(chain_hash) = 64 THEN try(unhex(chain_hash)) END AS h FROM ("
+            "CASE WHEN regexp_full_match(chain_hash, '[0-9a-f]{64}') THEN unhex(chain_hash) END AS h FROM ("
             + " UNION ALL ".join(parts) + ") ORDER BY writer_id, seq")
 
 
@@ -289,7 +293,7 @@ def _previous_hashes(con: duckdb.DuckDBPyConnection, spans: dict[str, _Span],
         for w, seq, h in con.execute("SELECT i.writer_id, i.seq, i.chain_hash FROM idx i JOIN rehash_prev p "
                                      "ON i.writer_id = p.w AND i.seq = p.s").fetchall():
             try:
-                digest = bytes.fromhex(h) if h is not None and len(h) == 64 else None
+                digest = bytes.fromhex(h) if h is not None and _HEX64.fullmatch(h) else None
             except ValueError:
                 digest = None
             stored[(w, int(seq))] = digest if digest is not None and len(digest) == 32 else None

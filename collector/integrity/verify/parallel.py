@@ -134,7 +134,8 @@ def _read(task: FileTask) -> pa.Table | None:
         return None
     dictionary = _dictionary_columns(parquet, wanted) if NATIVE else []
     if dictionary:
-        parquet = pq.ParquetFile(source, read_dictionary=dictionary)
+        # the footer already read serves again: no second parse
+        parquet = pq.ParquetFile(source, metadata=parquet.metadata, read_dictionary=dictionary)
     table = parquet.read(columns=wanted, use_threads=False)
     for name in wanted:
         col = table.column(name)
